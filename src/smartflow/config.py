@@ -1,0 +1,311 @@
+"""Typed, frozen settings, built once at start-up and passed down.
+
+Precedence, lowest first: built-in defaults < the TOML file < environment
+variables ``SMARTFLOW_<SECTION>__<KEY>`` < command-line flags (``overrides``).
+
+This is the only module that reads ``os.environ``: secrets written as
+``env:NAME`` are resolved here, once, so nothing downstream touches the
+environment.
+
+Validation is strict because a typo in a gateway config is an outage waiting
+for traffic: an unknown key or a wrong type is rejected with the key path in
+the message (``server.port: expected int, got str``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SMARTFLOW_"
+PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mistral", "cohere", "ollama",
+             "openai_compatible", "mock")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key path."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 0  # 0 = one per core
+    data_dir: str = ".smartflow"
+    shutdown_timeout: float = 30.0
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 5.0
+    max_header_bytes: int = 65536
+    max_body_bytes: int = 32 * 1024 * 1024
+    access_log: bool = True
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    h2_max_concurrent_streams: int = 128
+    bench_routes: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisorSettings:
+    crash_loop_restarts: int = 5
+    crash_loop_window: float = 10.0
+    restart_backoff_max: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    redis_url: str = ""  # empty: start an embedded redis-server in data_dir
+    redis_server_bin: str = "redis-server"
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    connect_timeout: float = 5.0
+    first_byte_timeout: float = 120.0
+    read_idle_timeout: float = 120.0
+    stream_keepalive_interval: float = 15.0
+    stream_idle_timeout: float = 300.0
+    pool_max_connections_per_origin: int = 256
+    pool_idle_timeout: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    master_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str
+    provider: str
+    model: str = ""
+    api_base: str = ""
+    api_key: str = ""
+    api_version: str = ""
+    input_price_per_mtok: float | None = None
+    output_price_per_mtok: float | None = None
+    cached_input_price_per_mtok: float | None = None
+    price_per_request: float | None = None
+    context_window: int = 0
+    tags: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    tls_ca_file: str = ""
+    tls_client_cert_file: str = ""
+    tls_client_key_file: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    state: StateSettings = field(default_factory=StateSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    models: tuple[ModelConfig, ...] = ()
+    source: str = ""  # the file the settings came from, "" for built-in defaults
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerSettings,
+    "supervisor": SupervisorSettings,
+    "state": StateSettings,
+    "proxy": ProxySettings,
+    "auth": AuthSettings,
+}
+
+# Built-in models when no config file names any: the mock provider answers
+# out of the box, so a fresh `smartflow serve` is useful with no set-up.
+DEFAULT_MODELS: tuple[ModelConfig, ...] = (
+    ModelConfig(
+        name="mock-gpt",
+        provider="mock",
+        model="mock-gpt",
+        input_price_per_mtok=0.0,
+        output_price_per_mtok=0.0,
+        price_per_request=0.0,
+    ),
+)
+
+
+def _type_name(value: object) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "str", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _coerce(path: str, value: object, annotation: Any) -> object:
+    """Check ``value`` against a field annotation, converting only the safe cases."""
+    origin = typing.get_origin(annotation)
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(path, value, args[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected bool, got {_type_name(value)}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{path}: expected int, got {_type_name(value)}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{path}: expected float, got {_type_name(value)}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{path}: expected str, got {_type_name(value)}")
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected array, got {_type_name(value)}")
+        item_type = typing.get_args(annotation)[0]
+        return tuple(_coerce(f"{path}[{i}]", v, item_type) for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected table, got {_type_name(value)}")
+        key_type, value_type = typing.get_args(annotation)
+        if value_type is Any:
+            return types.MappingProxyType(dict(value))
+        return types.MappingProxyType(
+            {k: _coerce(f"{path}.{k}", v, value_type) for k, v in value.items()}
+        )
+    return value
+
+
+def _build(cls: type, path: str, table: object, environ: Mapping[str, str]) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: expected table, got {_type_name(table)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown key")
+    kwargs: dict[str, object] = {}
+    for name, value in table.items():
+        value = _coerce(f"{path}.{name}", value, hints[name])
+        if isinstance(value, str) and value.startswith("env:"):
+            value = _resolve_env_secret(f"{path}.{name}", value, environ)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        missing = [
+            f.name for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            and f.name not in kwargs
+        ]
+        if missing:
+            raise ConfigError(f"{path}.{missing[0]}: required key is missing") from exc
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _resolve_env_secret(path: str, value: str, environ: Mapping[str, str]) -> str:
+    # An unset variable is not an error at load time: a model whose key is
+    # missing fails its own calls with a clear 401, the rest keep working.
+    return environ.get(value[4:], "")
+
+
+def _parse_env_value(raw: str) -> object:
+    """Environment values are TOML literals when they parse as one, else strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
+    found: dict[str, dict[str, object]] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].partition("__")
+        section, key = section.lower(), key.lower()
+        if section not in _SECTIONS:
+            raise ConfigError(f"{name}: unknown section {section!r}")
+        found.setdefault(section, {})[key] = _parse_env_value(raw)
+    return found
+
+
+def default_config_path() -> str | None:
+    """./config.toml when present, else None (built-in defaults)."""
+    return "config.toml" if Path("config.toml").is_file() else None
+
+
+def load_settings(
+    path: str | None,
+    overrides: Mapping[str, Mapping[str, object]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the one Settings object: defaults < file < environment < overrides."""
+    env = os.environ if environ is None else environ
+    document: dict[str, Any] = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                document = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: file not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    unknown = sorted(set(document) - set(_SECTIONS) - {"models"})
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown section")
+    merged: dict[str, dict[str, object]] = {
+        name: dict(document.get(name, {})) if isinstance(document.get(name, {}), dict)
+        else document[name]
+        for name in _SECTIONS
+    }
+    for layer in (_env_overrides(env), overrides or {}):
+        for section, values in layer.items():
+            if section not in _SECTIONS:
+                raise ConfigError(f"{section}: unknown section")
+            merged.setdefault(section, {}).update(values)
+    sections = {name: _build(cls, name, merged[name], env) for name, cls in _SECTIONS.items()}
+    raw_models = document.get("models", [])
+    if not isinstance(raw_models, list):
+        raise ConfigError(f"models: expected array of tables, got {_type_name(raw_models)}")
+    models = tuple(
+        _build(ModelConfig, f"models[{i}]", m, env) for i, m in enumerate(raw_models)
+    ) or DEFAULT_MODELS
+    settings = Settings(models=models, source=path or "", **sections)
+    _check_values(settings)
+    return settings
+
+
+def _check_values(settings: Settings) -> None:
+    server = settings.server
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"server.port: must be 0-65535, got {server.port}")
+    if server.workers < 0:
+        raise ConfigError(f"server.workers: must be >= 0, got {server.workers}")
+    for name in ("shutdown_timeout", "header_timeout", "keepalive_timeout"):
+        if getattr(server, name) <= 0:
+            raise ConfigError(f"server.{name}: must be > 0")
+    if server.max_header_bytes < 1024:
+        raise ConfigError("server.max_header_bytes: must be >= 1024")
+    if server.max_body_bytes < 1:
+        raise ConfigError("server.max_body_bytes: must be >= 1")
+    if bool(server.tls_cert_file) != bool(server.tls_key_file):
+        raise ConfigError("server.tls_cert_file: tls_cert_file and tls_key_file go together")
+    # Several entries may share a public name: they are deployments of one
+    # model, for balancing and fallback.
+    for i, model in enumerate(settings.models):
+        if not model.name:
+            raise ConfigError(f"models[{i}].name: must not be empty")
+        if model.provider not in PROVIDERS:
+            raise ConfigError(
+                f"models[{i}].provider: unknown provider {model.provider!r} "
+                f"(one of: {', '.join(PROVIDERS)})"
+            )
+
+
+def worker_count(settings: Settings) -> int:
+    return settings.server.workers or (os.cpu_count() or 1)
