@@ -25,6 +25,11 @@ from pathlib import Path
 from typing import Any
 
 ENV_PREFIX = "SMARTFLOW_"
+PROVIDER_ENV_VARS = (
+    "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT",
+    "OPENAI_API_VERSION", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY",
+    "MISTRAL_API_KEY", "CO_API_KEY", "COHERE_API_KEY",
+)
 PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mistral", "cohere", "ollama",
              "openai_compatible", "mock")
 
@@ -109,6 +114,9 @@ class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     models: tuple[ModelConfig, ...] = ()
+    # The provider SDKs' own variables (OPENAI_API_KEY, ...), read here once so
+    # a model resolved by name prefix can use them; nothing else reads the env.
+    provider_env: Mapping[str, str] = field(default_factory=dict)
     source: str = ""  # the file the settings came from, "" for built-in defaults
 
 
@@ -275,7 +283,11 @@ def load_settings(
     models = tuple(
         _build(ModelConfig, f"models[{i}]", m, env) for i, m in enumerate(raw_models)
     ) or DEFAULT_MODELS
-    settings = Settings(models=models, source=path or "", **sections)
+    provider_env = types.MappingProxyType(
+        {name: env[name] for name in PROVIDER_ENV_VARS if env.get(name)}
+    )
+    settings = Settings(models=models, provider_env=provider_env, source=path or "",
+                        **sections)
     _check_values(settings)
     return settings
 

@@ -1,0 +1,85 @@
+"""Sending one ``UpstreamCall``: through the pool, or to the built-in mock.
+
+Both kinds of answer look the same to the routes (status, headers, body as
+bytes or chunks, ``aclose``), so the mock provider exercises the real relay
+path. Transport failures come back as ``ProviderError`` (502 / 504).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from smartflow.http.client import TLSConfig, UpstreamError
+from smartflow.providers.base import Target, UpstreamCall
+from smartflow.providers.mock import MOCK_SCHEME, MockResponse, serve_mock
+from smartflow.proxy.context import ProxyContext
+from smartflow.proxy.errors import provider_error_from_upstream_failure
+
+MAX_ERROR_BODY_BYTES = 1024 * 1024
+
+
+class Upstream(Protocol):
+    status: int
+    headers: list[tuple[str, str]]
+
+    def header(self, name: str) -> str | None: ...
+
+    async def read(self) -> bytes: ...
+
+    def iter_bytes(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class MockUpstream:
+    __slots__ = ("_chunks", "headers", "status")
+
+    def __init__(self, response: MockResponse) -> None:
+        self.status = response.status
+        self.headers = response.headers
+        self._chunks = response.body_chunks
+
+    def header(self, name: str) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self._chunks])
+
+    def iter_bytes(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def aclose(self) -> None:
+        close = getattr(self._chunks, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def tls_for(target: Target) -> TLSConfig | None:
+    if target.tls_ca_file or target.tls_client_cert_file or target.tls_client_key_file:
+        return TLSConfig(target.tls_ca_file, target.tls_client_cert_file,
+                         target.tls_client_key_file)
+    return None
+
+
+async def send(context: ProxyContext, target: Target, call: UpstreamCall) -> Upstream:
+    """The upstream's answer (head in, body on demand); ProviderError on transport failure."""
+    if call.url.startswith(MOCK_SCHEME):
+        return MockUpstream(serve_mock(call))
+    try:
+        return await context.pool.request(call.method, call.url, call.headers, call.body,
+                                          tls=tls_for(target))
+    except UpstreamError as exc:
+        raise provider_error_from_upstream_failure(exc) from None
+
+
+async def read_body(upstream: Upstream) -> bytes:
+    """The whole body; transport failures as ProviderError."""
+    try:
+        return await upstream.read()
+    except UpstreamError as exc:
+        await upstream.aclose()
+        raise provider_error_from_upstream_failure(exc) from None

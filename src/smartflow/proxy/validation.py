@@ -1,0 +1,174 @@
+"""Request checks done before any upstream call.
+
+Each failure is an ``HTTPError`` in OpenAI's shape with the offending field in
+``param``, so a client sees exactly what to fix and no provider is ever
+called with a request we already know is wrong. The checks cover structure
+(what the proxy itself relies on: model, messages, stream flags) and leave
+the meaning of sampling parameters to the provider.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from smartflow.http.errors import HTTPError
+
+CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+ANTHROPIC_ROLES = frozenset({"user", "assistant", "system"})
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequestFacts:
+    """What the proxy needs to know about a validated request."""
+
+    model: str
+    is_stream: bool
+    wants_usage: bool  # stream_options.include_usage
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    if not raw:
+        raise HTTPError(400, "The request body is empty; expected a JSON object.")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise HTTPError(400, f"We could not parse the JSON body of your request: {exc}") from None
+    if not isinstance(body, dict):
+        raise HTTPError(400, "The request body must be a JSON object, got "
+                             f"{_json_type(body)}.")
+    return body
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array",
+            dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _bad(param: str, message: str) -> HTTPError:
+    return HTTPError(400, message, param=param)
+
+
+def check_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None:
+        raise _bad("model", "you must provide a model parameter")
+    if not isinstance(model, str):
+        raise _bad("model", f"model: expected a string, got {_json_type(model)}")
+    if not model:
+        raise _bad("model", "model: must not be empty")
+    return model
+
+
+def check_stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream", False)
+    if stream is None:
+        stream = False
+    if not isinstance(stream, bool):
+        raise _bad("stream", f"stream: expected a boolean, got {_json_type(stream)}")
+    options = body.get("stream_options")
+    wants_usage = False
+    if options is not None:
+        if not isinstance(options, dict):
+            raise _bad("stream_options",
+                       f"stream_options: expected an object, got {_json_type(options)}")
+        include = options.get("include_usage", False)
+        if include is not None and not isinstance(include, bool):
+            raise _bad("stream_options.include_usage",
+                       "stream_options.include_usage: expected a boolean")
+        wants_usage = bool(include)
+    return stream, wants_usage
+
+
+def _check_n(body: dict[str, Any]) -> None:
+    n = body.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise _bad("n", "n: expected an integer >= 1")
+
+
+def _check_optional_list(body: dict[str, Any], name: str) -> None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, list):
+        raise _bad(name, f"{name}: expected an array, got {_json_type(value)}")
+
+
+def validate_chat(body: dict[str, Any]) -> ChatRequestFacts:
+    model = check_model(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise _bad("messages", "messages: required")
+    if not isinstance(messages, list):
+        raise _bad("messages", f"messages: expected an array, got {_json_type(messages)}")
+    if not messages:
+        raise _bad("messages", "messages: must contain at least one message")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad("messages",
+                       f"messages[{index}]: expected an object, got {_json_type(message)}")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in CHAT_ROLES:
+            raise _bad("messages",
+                       f"messages[{index}].role: expected one of "
+                       f"{', '.join(sorted(CHAT_ROLES))}, got {role!r}"[:300])
+        content = message.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise _bad("messages",
+                       f"messages[{index}].content: expected a string or an array of parts")
+    stream, wants_usage = check_stream(body)
+    _check_n(body)
+    _check_optional_list(body, "tools")
+    return ChatRequestFacts(model, stream, wants_usage)
+
+
+def validate_completions(body: dict[str, Any]) -> ChatRequestFacts:
+    model = check_model(body)
+    prompt = body.get("prompt")
+    if prompt is None:
+        raise _bad("prompt", "prompt: required")
+    if isinstance(prompt, list):
+        if not prompt:
+            raise _bad("prompt", "prompt: must not be empty")
+    elif not isinstance(prompt, str):
+        raise _bad("prompt", f"prompt: expected a string or an array, got {_json_type(prompt)}")
+    stream, wants_usage = check_stream(body)
+    _check_n(body)
+    return ChatRequestFacts(model, stream, wants_usage)
+
+
+def validate_embeddings(body: dict[str, Any]) -> str:
+    model = check_model(body)
+    inputs = body.get("input")
+    if inputs is None:
+        raise _bad("input", "input: required")
+    if isinstance(inputs, list):
+        if not inputs:
+            raise _bad("input", "input: must not be empty")
+    elif not isinstance(inputs, str):
+        raise _bad("input", f"input: expected a string or an array, got {_json_type(inputs)}")
+    return model
+
+
+def validate_anthropic_messages(body: dict[str, Any]) -> ChatRequestFacts:
+    """Anthropic's /v1/messages: model, messages, max_tokens (checked like Anthropic does)."""
+    model = check_model(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise _bad("messages", "messages: Field required (an array of messages)")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise _bad("messages", f"messages.{index}: expected an object")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ANTHROPIC_ROLES:
+            raise _bad("messages", f"messages.{index}.role: expected 'user' or 'assistant'")
+    max_tokens = body.get("max_tokens")
+    if max_tokens is not None and (not isinstance(max_tokens, int)
+                                   or isinstance(max_tokens, bool)):
+        raise _bad("max_tokens", "max_tokens: expected an integer")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise _bad("stream", "stream: expected a boolean")
+    return ChatRequestFacts(model, bool(stream), True)

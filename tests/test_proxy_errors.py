@@ -1,0 +1,118 @@
+"""Upstream failures become OpenAI-shaped errors: unreachable 502, slow 504, errors mapped."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import httpx
+import pytest
+from harness.ports import free_port
+from upstreams.openai_mock import build_openai_mock
+from upstreams.server import start_upstream, stop_upstream
+from upstreams.state import UpstreamState
+
+from smartflow.config import ModelConfig, ProxySettings, ServerSettings, Settings
+from smartflow.http.router import Router
+from smartflow.http.transport import HTTPServer
+from smartflow.proxy import ProxyContext, build_proxy_context, register_proxy_routes
+
+HELLO = [{"role": "user", "content": "Hello"}]
+
+
+async def _start_gateway(settings: Settings) -> tuple[HTTPServer, str, ProxyContext]:
+    router = Router()
+    context = build_proxy_context(settings)
+    register_proxy_routes(router, context)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    server = HTTPServer(router, ServerSettings(port=0, access_log=False))
+    await server.start(sock)
+    return server, f"http://127.0.0.1:{sock.getsockname()[1]}", context
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, UpstreamState, ProxyContext]]:
+    state = UpstreamState(latency_s=0.0)
+    upstream, port = await start_upstream(build_openai_mock(state))
+    base = f"http://127.0.0.1:{port}/v1"
+    models = (
+        ModelConfig(name="gpt-test", provider="openai", model="gpt-4o-mini", api_base=base,
+                    api_key="sk-openai-test"),
+        ModelConfig(name="bad-key", provider="openai", model="gpt-4o-mini", api_base=base,
+                    api_key="sk-wrong"),
+        ModelConfig(name="nowhere", provider="openai", model="gpt-4o-mini",
+                    api_base=f"http://127.0.0.1:{free_port()}/v1", api_key="k"),
+    )
+    settings = Settings(models=models, proxy=replace(ProxySettings(), first_byte_timeout=0.3))
+    server, url, context = await _start_gateway(settings)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            yield client, state, context
+    finally:
+        await server.drain(2.0)
+        await context.aclose()
+        await stop_upstream(upstream, 0.5)
+
+
+def _error(response: httpx.Response) -> dict[str, object]:
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error  # type: ignore[no-any-return]
+
+
+async def test_an_unreachable_upstream_is_a_502(
+        gateway: tuple[httpx.AsyncClient, UpstreamState, ProxyContext]) -> None:
+    client, _state, _context = gateway
+    response = await client.post("/v1/chat/completions",
+                                 json={"model": "nowhere", "messages": HELLO})
+    assert response.status_code == 502
+    assert _error(response)["code"] == "upstream_unavailable"
+    assert response.headers["x-smartflow-provider"] == "openai"
+
+
+async def test_an_upstream_slower_than_first_byte_timeout_is_a_504(
+        gateway: tuple[httpx.AsyncClient, UpstreamState, ProxyContext]) -> None:
+    client, state, context = gateway
+    state.latency_s = 2.0
+    response = await client.post("/v1/chat/completions",
+                                 json={"model": "gpt-test", "messages": HELLO})
+    assert response.status_code == 504
+    assert _error(response)["type"] == "timeout_error"
+    assert context.pool.statistics().in_use == 0
+
+
+async def test_an_upstream_401_keeps_its_status_in_openai_shape(
+        gateway: tuple[httpx.AsyncClient, UpstreamState, ProxyContext]) -> None:
+    client, _state, _context = gateway
+    response = await client.post("/v1/chat/completions",
+                                 json={"model": "bad-key", "messages": HELLO, "stream": True})
+    assert response.status_code == 401
+    assert _error(response)["message"]
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 500, 503])
+async def test_upstream_error_statuses_pass_through(
+        gateway: tuple[httpx.AsyncClient, UpstreamState, ProxyContext], status: int) -> None:
+    client, _state, _context = gateway
+    response = await client.post("/v1/chat/completions",
+                                 json={"model": f"openai/fail-{status}", "messages": HELLO})
+    assert response.status_code == status
+    assert f"Injected failure {status}" in str(_error(response)["message"])
+
+
+async def test_non_streamed_bytes_are_the_upstream_bytes_and_carry_the_cost(
+        gateway: tuple[httpx.AsyncClient, UpstreamState, ProxyContext]) -> None:
+    client, _state, _context = gateway
+    response = await client.post("/v1/chat/completions",
+                                 json={"model": "gpt-test", "messages": HELLO})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == "gpt-4o-mini"  # the upstream's id, as OpenAI answers
+    usage = body["usage"]
+    expected = (usage["prompt_tokens"] * 0.15 + usage["completion_tokens"] * 0.60) / 1e6
+    assert float(response.headers["x-smartflow-response-cost"]) == pytest.approx(expected)
+    assert "x-smartflow-response-cost-final" not in response.headers
