@@ -1,0 +1,205 @@
+"""The gateway application: one Router holding every route a worker serves.
+
+Operational routes live here (liveness, readiness, metrics, and the
+benchmark-only routes); the LLM API routes are registered by
+`smartflow.proxy.register_proxy_routes` at the marked hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from smartflow.http.request import Request
+from smartflow.http.response import Response, StreamingResponse, error_response, json_response
+from smartflow.http.router import Router
+from smartflow.telemetry.metrics import METRICS_CONTENT_TYPE, render_metrics
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    from redis.asyncio import Redis
+
+    from smartflow.config import Settings
+    from smartflow.http.transport import RequestObserver
+    from smartflow.telemetry.access_log import AccessLog
+    from smartflow.telemetry.metrics import RequestMetrics
+
+READINESS_PING_TIMEOUT_S = 1.0
+MAX_BENCH_STREAM_CHUNKS = 10_000
+MAX_BENCH_STREAM_INTERVAL_MS = 10_000
+
+_HEALTH_BODY = b'{"status":"ok"}'
+_READY_BODY = b'{"status":"ready"}'
+
+
+@dataclass(frozen=True, slots=True)
+class AppContext:
+    """What route handlers share within one worker (passed to the proxy hook)."""
+
+    settings: Settings
+    redis: Redis
+    metrics_dir: str | None
+
+
+def build_app(
+    settings: Settings,
+    redis: Redis,
+    *,
+    metrics_dir: str | None = None,
+    on_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
+) -> Router:
+    """The worker's Router: health, readiness, metrics, bench routes and the proxy.
+
+    Call it with the worker's event loop running. Whatever must be closed
+    when the worker exits (the proxy's upstream pool) is appended to
+    `on_shutdown`; the worker awaits each after draining.
+    """
+    context = AppContext(settings=settings, redis=redis, metrics_dir=metrics_dir)
+    router = Router()
+
+    async def health(request: Request) -> Response:
+        return Response(200, _HEALTH_BODY)
+
+    async def ready(request: Request) -> Response:
+        try:
+            await asyncio.wait_for(redis.ping(), READINESS_PING_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready"
+            return error_response(
+                503,
+                f"Redis is not answering: {type(exc).__name__}: {exc}"[:300],
+                type="server_error",
+                code="redis_unavailable",
+            )
+        return Response(200, _READY_BODY)
+
+    async def metrics(request: Request) -> Response:
+        # Reading one small mmap file per process: a millisecond or so; not
+        # worth a thread.
+        return Response(200, render_metrics(metrics_dir), content_type=METRICS_CONTENT_TYPE)
+
+    router.add("GET", "/health", health)
+    router.add("GET", "/health/ready", ready)
+    router.add("GET", "/metrics", metrics)
+    if settings.server.bench_routes:
+        _add_bench_routes(router)
+
+    # ---- LLM proxy routes hook -------------------------------------------
+    # smartflow.proxy is written separately; until it exists the gateway
+    # serves only the operational routes above.
+    register_proxy_routes: Callable[[Router, AppContext], object] | None
+    try:
+        from smartflow.proxy import register_proxy_routes
+    except ImportError:
+        register_proxy_routes = None
+    if register_proxy_routes is not None:
+        proxy_context = register_proxy_routes(router, context)
+        aclose = getattr(proxy_context, "aclose", None)
+        if on_shutdown is not None and aclose is not None:
+            on_shutdown.append(aclose)
+    # -----------------------------------------------------------------------
+    return router
+
+
+def _add_bench_routes(router: Router) -> None:
+    """Routes for benchmarks and process-model tests; only with server.bench_routes."""
+
+    async def echo(request: Request) -> Response:
+        content_type = request.header("content-type") or "application/octet-stream"
+        return Response(200, await request.body(), content_type=content_type)
+
+    async def stream(request: Request) -> StreamingResponse:
+        chunks = _bounded_int(request, "chunks", 10, MAX_BENCH_STREAM_CHUNKS)
+        interval_ms = _bounded_int(request, "interval_ms", 10, MAX_BENCH_STREAM_INTERVAL_MS)
+        return StreamingResponse(
+            _numbered_lines(chunks, interval_ms / 1000.0), content_type="text/plain"
+        )
+
+    async def worker(request: Request) -> Response:
+        # Which worker answered: lets tests pin a connection to one process.
+        return json_response({"pid": os.getpid()})
+
+    router.add("POST", "/bench/echo", echo)
+    router.add("GET", "/bench/stream", stream)
+    router.add("GET", "/bench/worker", worker)
+
+
+def _bounded_int(request: Request, name: str, default: int, maximum: int) -> int:
+    from smartflow.http.errors import HTTPError
+
+    values = request.query.get(name)
+    if not values:
+        return default
+    try:
+        value = int(values[0])
+    except ValueError:
+        raise HTTPError(400, f"{name}: expected an integer", param=name) from None
+    if not 0 <= value <= maximum:
+        raise HTTPError(400, f"{name}: must be between 0 and {maximum}", param=name)
+    return value
+
+
+async def _numbered_lines(count: int, interval_s: float) -> AsyncIterator[bytes]:
+    for index in range(count):
+        if index and interval_s:
+            await asyncio.sleep(interval_s)
+        yield b"line %d\n" % index
+
+
+class _BothObservers:
+    """Metrics and access log behind the one observer slot the server has."""
+
+    __slots__ = ("_access_log", "_metrics")
+
+    def __init__(self, metrics: RequestMetrics, access_log: AccessLog) -> None:
+        self._metrics = metrics
+        self._access_log = access_log
+
+    def on_request_start(self, request: Request) -> None:
+        self._metrics.on_request_start(request)
+
+    def on_request_end(
+        self, request: Request, status: int, duration_s: float, bytes_sent: int, route: str
+    ) -> None:
+        self._metrics.on_request_end(request, status, duration_s, bytes_sent, route)
+        self._access_log.on_request_end(request, status, duration_s, bytes_sent, route)
+
+
+class RequestTelemetry:
+    """A worker's per-request telemetry: the observer, and its periodic flush."""
+
+    def __init__(self, metrics: RequestMetrics, access_log: AccessLog | None) -> None:
+        self.metrics = metrics
+        self.access_log = access_log
+        self.observer: RequestObserver = (
+            metrics if access_log is None else _BothObservers(metrics, access_log)
+        )
+
+    def flush(self) -> None:
+        self.metrics.flush()
+        if self.access_log is not None:
+            self.access_log.flush()
+
+    async def run_flusher(self, interval_s: float) -> None:
+        """Flush every `interval_s` until cancelled (then once more)."""
+        try:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    self.flush()
+                except Exception as exc:  # noqa: BLE001 - telemetry must not stop a worker
+                    from smartflow.supervisor import log_event
+
+                    log_event("error", "telemetry_flush_failed",
+                              message=f"{type(exc).__name__}: {exc}")
+        finally:
+            with contextlib.suppress(Exception):
+                self.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self.access_log is not None:
+            self.access_log.close()

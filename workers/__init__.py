@@ -1,0 +1,1 @@
+"""Process entry points the supervisor runs (one module per kind of process)."""
