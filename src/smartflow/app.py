@@ -2,7 +2,7 @@
 
 Operational routes live here (liveness, readiness, metrics, and the
 benchmark-only routes); the LLM API routes are registered by
-`smartflow.proxy.register_proxy_routes` at the marked hook.
+`smartflow.proxy.register_proxy_routes`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from smartflow.http.request import Request
@@ -36,15 +35,6 @@ _HEALTH_BODY = b'{"status":"ok"}'
 _READY_BODY = b'{"status":"ready"}'
 
 
-@dataclass(frozen=True, slots=True)
-class AppContext:
-    """What route handlers share within one worker (passed to the proxy hook)."""
-
-    settings: Settings
-    redis: Redis
-    metrics_dir: str | None
-
-
 def build_app(
     settings: Settings,
     redis: Redis,
@@ -58,7 +48,6 @@ def build_app(
     when the worker exits (the proxy's upstream pool) is appended to
     `on_shutdown`; the worker awaits each after draining.
     """
-    context = AppContext(settings=settings, redis=redis, metrics_dir=metrics_dir)
     router = Router()
 
     async def health(request: Request) -> Response:
@@ -87,20 +76,14 @@ def build_app(
     if settings.server.bench_routes:
         _add_bench_routes(router)
 
-    # ---- LLM proxy routes hook -------------------------------------------
-    # smartflow.proxy is written separately; until it exists the gateway
-    # serves only the operational routes above.
-    register_proxy_routes: Callable[[Router, AppContext], object] | None
-    try:
-        from smartflow.proxy import register_proxy_routes
-    except ImportError:
-        register_proxy_routes = None
-    if register_proxy_routes is not None:
-        proxy_context = register_proxy_routes(router, context)
-        aclose = getattr(proxy_context, "aclose", None)
-        if on_shutdown is not None and aclose is not None:
-            on_shutdown.append(aclose)
-    # -----------------------------------------------------------------------
+    # The LLM proxy: imported here, not at module top, so the supervisor's
+    # pre-fork import of this module stays light.
+    from smartflow.proxy import build_proxy_context, register_proxy_routes
+
+    proxy_context = build_proxy_context(settings, provider_environ=settings.provider_env)
+    register_proxy_routes(router, proxy_context)
+    if on_shutdown is not None:
+        on_shutdown.append(proxy_context.aclose)
     return router
 
 

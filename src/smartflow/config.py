@@ -179,7 +179,7 @@ def _coerce(path: str, value: object, annotation: Any) -> object:
     if origin in (Mapping, dict):
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected table, got {_type_name(value)}")
-        key_type, value_type = typing.get_args(annotation)
+        _key_type, value_type = typing.get_args(annotation)
         if value_type is Any:
             return types.MappingProxyType(dict(value))
         return types.MappingProxyType(

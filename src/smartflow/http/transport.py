@@ -341,7 +341,9 @@ class _Connection(asyncio.Protocol):
         observer = server._observer
         request = exchange.request
         if observer is not None:
-            exchange.started_at = self._loop.time()
+            # perf_counter, not loop.time(): uvloop's clock ticks in whole
+            # milliseconds, too coarse for sub-millisecond latency buckets.
+            exchange.started_at = time.perf_counter()
             try:
                 observer.on_request_start(request)
             except Exception:
@@ -396,7 +398,7 @@ class _Connection(asyncio.Protocol):
                     observer.on_request_end(
                         request,
                         exchange.status,
-                        self._loop.time() - exchange.started_at,
+                        time.perf_counter() - exchange.started_at,
                         exchange.bytes_sent,
                         request.route,
                     )

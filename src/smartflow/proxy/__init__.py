@@ -8,22 +8,18 @@ when it shuts down.
 
 from __future__ import annotations
 
-from typing import Any
-
 from smartflow.http.router import Router
 from smartflow.proxy.context import ProxyContext, build_proxy_context
 
 __all__ = ["ProxyContext", "build_proxy_context", "register_proxy_routes"]
 
 
-def register_proxy_routes(router: Router, context: Any) -> ProxyContext:
+def register_proxy_routes(router: Router, context: ProxyContext) -> ProxyContext:
     """Add /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}],
     /v1/messages[/count_tokens] and /anthropic/{path} to ``router``.
 
-    ``context`` is a ``ProxyContext``; anything else with a ``settings``
-    attribute (the app's own context) gets one built from those settings —
-    then nobody closes its upstream pool at shutdown, so prefer passing one.
-    Returns the context used.
+    The caller owns ``context`` and closes it (its upstream pool) at shutdown.
+    Returns the context.
     """
     from smartflow.proxy.anthropic_routes import register_anthropic_routes
     from smartflow.proxy.chat import make_chat_handler
@@ -31,8 +27,6 @@ def register_proxy_routes(router: Router, context: Any) -> ProxyContext:
     from smartflow.proxy.embeddings import make_embeddings_handler
     from smartflow.proxy.models import make_models_handlers
 
-    if not isinstance(context, ProxyContext):
-        context = build_proxy_context(context.settings)
     router.add("POST", "/v1/chat/completions", make_chat_handler(context))
     router.add("POST", "/v1/completions", make_completions_handler(context))
     router.add("POST", "/v1/embeddings", make_embeddings_handler(context))
