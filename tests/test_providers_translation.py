@@ -1290,3 +1290,17 @@ def test_any_malformed_upstream_body_is_a_provider_error_not_a_crash(payload: An
             except ProviderError as exc:
                 assert exc.status == 502
         encoder.finish()
+
+
+def test_a_system_message_inside_anthropic_messages_becomes_an_openai_system_message() -> None:
+    # Claude Code sends these under its mid-conversation-system beta.
+    request = anthropic_request_to_openai({
+        "model": "gpt-test", "max_tokens": 16, "system": "Rules.",
+        "messages": [{"role": "user", "content": "hi"},
+                     {"role": "system", "content": [{"type": "text", "text": "Now be brief."}]}],
+    })
+    assert request["messages"] == [
+        {"role": "system", "content": "Rules."},
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": "Now be brief."},
+    ]

@@ -254,8 +254,13 @@ def _anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
             assistant = _assistant_message(content, f"{where}.content")
             if assistant is not None:
                 messages.append(assistant)
+        elif role == "system":
+            # Claude Code sends system messages mid-conversation (under its
+            # mid-conversation-system beta); OpenAI's format has them too.
+            messages.append({"role": "system",
+                             "content": _text_of_blocks(content, f"{where}.content")})
         else:
-            raise _bad_request(f"{where}.role: expected user or assistant", where)
+            raise _bad_request(f"{where}.role: expected user, assistant or system", where)
     request: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     max_tokens = body.get("max_tokens")
     if max_tokens is not None:

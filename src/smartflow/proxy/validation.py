@@ -18,7 +18,7 @@ import orjson
 from smartflow.http.errors import HTTPError
 
 CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-ANTHROPIC_ROLES = frozenset({"user", "assistant", "system"})
+ANTHROPIC_ROLES = frozenset({"user", "assistant", "system"})  # system: mid-conversation beta
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +191,8 @@ def validate_anthropic_messages(body: dict[str, Any]) -> ChatRequestFacts:
             raise _bad("messages", f"messages.{index}: expected an object")
         role = message.get("role")
         if not isinstance(role, str) or role not in ANTHROPIC_ROLES:
-            raise _bad("messages", f"messages.{index}.role: expected 'user' or 'assistant'")
+            raise _bad("messages",
+                       f"messages.{index}.role: expected 'user', 'assistant' or 'system'")
     max_tokens = body.get("max_tokens")
     if max_tokens is not None and (not isinstance(max_tokens, int)
                                    or isinstance(max_tokens, bool)):
