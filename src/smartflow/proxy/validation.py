@@ -9,8 +9,8 @@ the meaning of sampling parameters to the provider.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
