@@ -33,12 +33,17 @@ from smartflow.providers.base import (
     join_url,
 )
 from smartflow.providers.openai import (
+    SHAPE_ERRORS,
+    bad_request,
+    bad_shape,
     call_headers,
     is_context_length_message,
     json_object,
+    openai_usage,
     retry_after_from,
+    stop_sequences,
 )
-from smartflow.providers.sse import SSEError, SSEParser
+from smartflow.providers.sse_decoder import SSEChunkDecoder
 
 ANTHROPIC_API_BASE = "https://api.anthropic.com"
 DEFAULT_ANTHROPIC_VERSION = "2023-06-01"
@@ -66,30 +71,6 @@ _ERROR_TYPE_BY_STATUS: dict[int, str] = {
 }
 
 
-# What reading an upstream body of an unexpected shape raises (a dict where a
-# list was expected, a string where a number was): a 502, never a traceback.
-_SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
-
-
-def bad_shape(provider: str, exc: Exception) -> ProviderError:
-    return ProviderError(502, f"{provider} sent a response we cannot read "
-                              f"({type(exc).__name__}: {exc})", "api_error",
-                         "bad_upstream_response")
-
-
-def _bad_request(message: str, param: str | None = None) -> ProviderError:
-    return ProviderError(400, message, "invalid_request_error", None, param)
-
-
-def stop_sequences(stop: Any) -> list[str]:
-    """OpenAI's ``stop`` (a string or a list of strings) as a list."""
-    if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(item, str) for item in stop):
-        return stop
-    raise _bad_request("stop: expected a string or a list of strings", "stop")
-
-
 # -- request: OpenAI -> Anthropic ---------------------------------------------
 
 
@@ -107,21 +88,21 @@ def _text_of(content: Any, where: str) -> str:
             elif isinstance(part, str):
                 pieces.append(part)
             else:
-                raise _bad_request(f"{where}: only text parts are allowed here", where)
+                raise bad_request(f"{where}: only text parts are allowed here", where)
         return "".join(pieces)
-    raise _bad_request(f"{where}: content must be a string or a list of parts", where)
+    raise bad_request(f"{where}: content must be a string or a list of parts", where)
 
 
 def _image_source(url: str, where: str) -> dict[str, Any]:
     if url.startswith("data:"):
         header, sep, data = url.partition(",")
         if not sep or ";base64" not in header:
-            raise _bad_request(f"{where}: data URLs must be base64-encoded", where)
+            raise bad_request(f"{where}: data URLs must be base64-encoded", where)
         media_type = header[5:].split(";", 1)[0] or "image/png"
         return {"type": "base64", "media_type": media_type, "data": data}
     if url.startswith(("http://", "https://")):
         return {"type": "url", "url": url}
-    raise _bad_request(f"{where}: image_url must be a data: or http(s) URL", where)
+    raise bad_request(f"{where}: image_url must be a data: or http(s) URL", where)
 
 
 def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
@@ -130,35 +111,35 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     if not isinstance(content, list):
-        raise _bad_request(f"{where}: content must be a string or a list of parts", where)
+        raise bad_request(f"{where}: content must be a string or a list of parts", where)
     blocks: list[dict[str, Any]] = []
     for index, part in enumerate(content):
         part_where = f"{where}[{index}]"
         if not isinstance(part, dict):
-            raise _bad_request(f"{part_where}: each content part must be an object", part_where)
+            raise bad_request(f"{part_where}: each content part must be an object", part_where)
         kind = part.get("type")
         if kind == "text":
             text = part.get("text")
             if not isinstance(text, str):
-                raise _bad_request(f"{part_where}.text: expected a string", part_where)
+                raise bad_request(f"{part_where}.text: expected a string", part_where)
             if text:
                 blocks.append(_with_cache_control({"type": "text", "text": text}, part))
         elif kind == "image_url":
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str):
-                raise _bad_request(f"{part_where}.image_url.url: expected a string", part_where)
+                raise bad_request(f"{part_where}.image_url.url: expected a string", part_where)
             blocks.append({"type": "image", "source": _image_source(url, part_where)})
         elif kind == "file":
             file = part.get("file")
             data = file.get("file_data") if isinstance(file, dict) else None
             if not isinstance(data, str) or not data.startswith("data:"):
-                raise _bad_request(f"{part_where}.file.file_data: expected a base64 data URL",
-                                   part_where)
+                raise bad_request(f"{part_where}.file.file_data: expected a base64 data URL",
+                                  part_where)
             source = _image_source(data, part_where)
             blocks.append({"type": "document", "source": source})
         else:
-            raise _bad_request(
+            raise bad_request(
                 f"{part_where}: content part type {kind!r} is not supported by Anthropic",
                 part_where)
     return blocks
@@ -177,7 +158,7 @@ def _system_blocks(content: Any, where: str) -> list[dict[str, Any]]:
         blocks = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise _bad_request(f"{where}: only text parts are allowed here", where)
+                raise bad_request(f"{where}: only text parts are allowed here", where)
             if part.get("text"):
                 blocks.append(_with_cache_control({"type": "text", "text": str(part["text"])},
                                                   part))
@@ -192,13 +173,13 @@ def _tool_arguments(arguments: Any, where: str) -> dict[str, Any]:
     if arguments is None or arguments == "":
         return {}
     if not isinstance(arguments, str):
-        raise _bad_request(f"{where}: arguments must be a JSON string", where)
+        raise bad_request(f"{where}: arguments must be a JSON string", where)
     try:
         parsed = orjson.loads(arguments)
     except orjson.JSONDecodeError:
-        raise _bad_request(f"{where}: arguments are not valid JSON", where) from None
+        raise bad_request(f"{where}: arguments are not valid JSON", where) from None
     if not isinstance(parsed, dict):
-        raise _bad_request(f"{where}: arguments must be a JSON object", where)
+        raise bad_request(f"{where}: arguments must be a JSON object", where)
     return parsed
 
 
@@ -209,12 +190,12 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
         blocks.append({"type": "text", "text": text})
     tool_calls = message.get("tool_calls") or []
     if not isinstance(tool_calls, list):
-        raise _bad_request(f"{where}.tool_calls: expected a list", where)
+        raise bad_request(f"{where}.tool_calls: expected a list", where)
     for index, call in enumerate(tool_calls):
         call_where = f"{where}.tool_calls[{index}]"
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise _bad_request(f"{call_where}.function.name: expected a string", call_where)
+            raise bad_request(f"{call_where}.function.name: expected a string", call_where)
         blocks.append({
             "type": "tool_use",
             "id": str(call.get("id") or f"toolu_{index}"),
@@ -227,7 +208,7 @@ def _assistant_blocks(message: dict[str, Any], where: str) -> list[dict[str, Any
 def _tool_result_block(message: dict[str, Any], where: str) -> dict[str, Any]:
     call_id = message.get("tool_call_id")
     if not isinstance(call_id, str) or not call_id:
-        raise _bad_request(f"{where}.tool_call_id: required on tool messages", where)
+        raise bad_request(f"{where}.tool_call_id: required on tool messages", where)
     content = message.get("content")
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call_id}
     if isinstance(content, list):
@@ -242,13 +223,13 @@ def _system_and_messages(
 ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]]]:
     """(text blocks of each system message, Anthropic turns)."""
     if not isinstance(messages, list) or not messages:
-        raise _bad_request("messages: expected a non-empty list", "messages")
+        raise bad_request("messages: expected a non-empty list", "messages")
     system: list[list[dict[str, Any]]] = []
     turns: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise _bad_request(f"{where}: expected an object", where)
+            raise bad_request(f"{where}: expected an object", where)
         role = message.get("role")
         if role in ("system", "developer"):
             blocks = _system_blocks(message.get("content"), f"{where}.content")
@@ -263,7 +244,7 @@ def _system_and_messages(
         elif role == "tool":
             anthropic_role, blocks = "user", [_tool_result_block(message, where)]
         else:
-            raise _bad_request(f"{where}.role: {role!r} is not supported", where)
+            raise bad_request(f"{where}.role: {role!r} is not supported", where)
         if not blocks:
             continue  # Anthropic rejects empty turns; an empty message carries no meaning
         if turns and turns[-1]["role"] == anthropic_role:
@@ -282,14 +263,14 @@ def _system_and_messages(
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _bad_request("tools: expected a list", "tools")
+        raise bad_request("tools: expected a list", "tools")
     converted: list[dict[str, Any]] = []
     for index, tool in enumerate(tools):
         where = f"tools[{index}]"
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(
                 function, dict) or not isinstance(function.get("name"), str):
-            raise _bad_request(f"{where}: only function tools with a name are supported", where)
+            raise bad_request(f"{where}: only function tools with a name are supported", where)
         entry: dict[str, Any] = {
             "name": function["name"],
             "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
@@ -313,8 +294,8 @@ def _tool_choice(choice: Any, parallel_tool_calls: Any) -> dict[str, Any] | None
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         result = {"type": "tool", "name": choice["function"].get("name")}
     else:
-        raise _bad_request("tool_choice: expected auto, none, required or a named function",
-                           "tool_choice")
+        raise bad_request("tool_choice: expected auto, none, required or a named function",
+                          "tool_choice")
     if parallel_tool_calls is False:
         result = dict(result or {"type": "auto"})
         if result["type"] != "none":
@@ -343,16 +324,16 @@ def openai_to_anthropic_request(body: dict[str, Any], model: str, *,
     Raises ProviderError(400) naming the problem for a malformed request."""
     try:
         return _openai_to_anthropic_request(body, model, default_max_tokens=default_max_tokens)
-    except _SHAPE_ERRORS as exc:
-        raise _bad_request(f"the request has a field of the wrong type or shape "
-                           f"({type(exc).__name__}: {exc})") from None
+    except SHAPE_ERRORS as exc:
+        raise bad_request(f"the request has a field of the wrong type or shape "
+                          f"({type(exc).__name__}: {exc})") from None
 
 
 def _openai_to_anthropic_request(body: dict[str, Any], model: str, *,
                                 default_max_tokens: int = DEFAULT_MAX_TOKENS) -> dict[str, Any]:
     """An OpenAI chat request dict as an Anthropic Messages request dict."""
     if isinstance(body.get("n"), int) and body["n"] > 1:
-        raise _bad_request("n: Anthropic models return one choice; n must be 1", "n")
+        raise bad_request("n: Anthropic models return one choice; n must be 1", "n")
     system, turns = _system_and_messages(body.get("messages"))
     instruction = _response_format_instruction(body.get("response_format"))
     if instruction:
@@ -404,15 +385,6 @@ def usage_from_anthropic(usage: Any) -> Usage:
     return Usage(prompt, int(usage.get("output_tokens") or 0), cache_read)
 
 
-def openai_usage(usage: Usage) -> dict[str, Any]:
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-
-
 def anthropic_to_openai_response(message: dict[str, Any], model: str) -> dict[str, Any]:
     """An Anthropic ``message`` dict as an OpenAI ``chat.completion`` dict."""
     texts: list[str] = []
@@ -451,7 +423,7 @@ def anthropic_to_openai_response(message: dict[str, Any], model: str) -> dict[st
 # -- streaming ----------------------------------------------------------------
 
 
-class AnthropicStreamDecoder:
+class AnthropicStreamDecoder(SSEChunkDecoder):
     """Anthropic SSE events in, OpenAI ``chat.completion.chunk`` dicts out.
 
     A mid-stream ``error`` event raises ``ProviderError`` (as the OpenAI decoder
@@ -460,71 +432,19 @@ class AnthropicStreamDecoder:
     """
 
     def __init__(self, model: str, *, include_usage: bool) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._parser = SSEParser()
-        self._id = ""
-        self._created = int(time.time())
+        super().__init__("anthropic", model, include_usage=include_usage, chunk_id="")
         self._tool_index_by_block: dict[int, int] = {}
-        self._started = False
         self._finished = False
         self._usage_sent = False
         self._raw_usage: dict[str, Any] = {}
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.error: ProviderError | None = None
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                "model": self._model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                             "finish_reason": finish_reason}]}
+    def _on_close(self, out: list[dict[str, Any]]) -> None:
+        self._send_usage(out)
 
-    def _role_chunk(self, out: list[dict[str, Any]]) -> None:
-        if not self._started:
-            self._started = True
-            out.append(self._chunk({"role": "assistant", "content": ""}))
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._raise_pending_error()
-        try:
-            events = self._parser.feed(data)
-        except SSEError as exc:
-            raise ProviderError(502, str(exc), "api_error", "bad_upstream_response") from None
-        out: list[dict[str, Any]] = []
-        for event in events:
-            try:
-                self._on_event(event.data, out)
-            except _SHAPE_ERRORS as exc:
-                raise bad_shape("anthropic", exc) from None
-        if not out:
-            self._raise_pending_error()
-        return out
-
-    def close(self) -> list[dict[str, Any]]:
-        self._raise_pending_error()
-        out: list[dict[str, Any]] = []
-        for event in self._parser.close():
-            try:
-                self._on_event(event.data, out)
-            except _SHAPE_ERRORS as exc:
-                raise bad_shape("anthropic", exc) from None
-        if not out:
-            self._raise_pending_error()
-        self._usage_chunk(out)
-        return out
-
-    def _raise_pending_error(self) -> None:
-        # chunks decoded before an error event go out first; the error on the next call
-        if self.error is not None:
-            raise self.error
-
-    def _usage_chunk(self, out: list[dict[str, Any]]) -> None:
+    def _send_usage(self, out: list[dict[str, Any]]) -> None:
         if self._include_usage and self.usage is not None and not self._usage_sent:
             self._usage_sent = True
-            out.append({"id": self._id, "object": "chat.completion.chunk",
-                        "created": self._created, "model": self._model, "choices": [],
-                        "usage": openai_usage(self.usage)})
+            out.append(self._usage_chunk(self.usage))
 
     def _on_event(self, data: str, out: list[dict[str, Any]]) -> None:
         if not data:
@@ -540,7 +460,7 @@ class AnthropicStreamDecoder:
             delta = event.get("delta") or {}
             delta_type = delta.get("type")
             if delta_type == "text_delta":
-                self._role_chunk(out)
+                self._start(out)
                 out.append(self._chunk({"content": delta.get("text", "")}))
             elif delta_type == "input_json_delta":
                 tool_index = self._tool_index_by_block.get(event.get("index", 0))
@@ -549,12 +469,12 @@ class AnthropicStreamDecoder:
                     out.append(self._chunk({"tool_calls": [
                         {"index": tool_index, "function": {"arguments": fragment}}]}))
             elif delta_type == "thinking_delta":
-                self._role_chunk(out)
+                self._start(out)
                 out.append(self._chunk({"reasoning_content": delta.get("thinking", "")}))
         elif kind == "content_block_start":
             block = event.get("content_block") or {}
             block_type = block.get("type")
-            self._role_chunk(out)
+            self._start(out)
             if block_type == "tool_use":
                 tool_index = len(self._tool_index_by_block)
                 self._tool_index_by_block[event.get("index", 0)] = tool_index
@@ -572,7 +492,7 @@ class AnthropicStreamDecoder:
             self._id = message.get("id", "") or self._id
             self._raw_usage.update(message.get("usage") or {})
             self.usage = usage_from_anthropic(self._raw_usage)
-            self._role_chunk(out)
+            self._start(out)
         elif kind == "message_delta":
             delta = event.get("delta") or {}
             usage = event.get("usage")
@@ -582,11 +502,11 @@ class AnthropicStreamDecoder:
             stop_reason = delta.get("stop_reason")
             if stop_reason and not self._finished:
                 self._finished = True
-                self._role_chunk(out)
+                self._start(out)
                 self.finish_reason = STOP_REASON_TO_FINISH.get(stop_reason, "stop")
                 out.append(self._chunk({}, self.finish_reason))
         elif kind == "message_stop":
-            self._usage_chunk(out)
+            self._send_usage(out)
         elif kind == "error" and self.error is None:
             self.error = _error_from_payload(event, 500, None)
 
@@ -671,7 +591,7 @@ class AnthropicAdapter:
             raise _error_from_payload(message, 502, None)
         try:
             return anthropic_to_openai_response(message, target.public_name)
-        except _SHAPE_ERRORS as exc:
+        except SHAPE_ERRORS as exc:
             raise bad_shape("anthropic", exc) from None
 
     def chat_stream_decoder(self, target: Target, *, include_usage: bool) -> AnthropicStreamDecoder:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from smartflow.providers.base import ProviderError
+from smartflow.providers.openai import SHAPE_ERRORS, bad_request
 from smartflow.providers.sse import sse_event as named_sse_event
 
 FINISH_TO_STOP_REASON: dict[str, str] = {
@@ -46,15 +47,6 @@ ANTHROPIC_ERROR_TYPE_BY_STATUS: dict[int, str] = {
 PING_EVENT = b'event: ping\ndata: {"type":"ping"}\n\n'
 
 
-# A request field of the wrong type deep inside (a number where a list was
-# expected): a 400 naming the problem, never a traceback.
-_SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
-
-
-def _bad_request(message: str, param: str | None = None) -> ProviderError:
-    return ProviderError(400, message, "invalid_request_error", None, param)
-
-
 # -- request: Anthropic -> OpenAI ---------------------------------------------
 
 
@@ -67,7 +59,7 @@ def _data_url(source: dict[str, Any], where: str) -> str:
         url = source.get("url")
         if isinstance(url, str):
             return url
-    raise _bad_request(f"{where}.source: expected a base64 or url source", where)
+    raise bad_request(f"{where}.source: expected a base64 or url source", where)
 
 
 def _text_of_blocks(content: Any, where: str) -> str:
@@ -76,7 +68,7 @@ def _text_of_blocks(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _bad_request(f"{where}: expected a string or a list of blocks", where)
+        raise bad_request(f"{where}: expected a string or a list of blocks", where)
     pieces: list[str] = []
     for block in content:
         if isinstance(block, dict) and block.get("type") == "text":
@@ -99,7 +91,7 @@ def _openai_part(block: dict[str, Any], where: str) -> dict[str, Any] | None:
                                          "filename": str(block.get("title") or "document")}}
     if kind in ("thinking", "redacted_thinking"):
         return None  # the other model cannot use Anthropic's signed reasoning
-    raise _bad_request(f"{where}: content block type {kind!r} is not supported here", where)
+    raise bad_request(f"{where}: content block type {kind!r} is not supported here", where)
 
 
 def _simplify(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
@@ -111,7 +103,7 @@ def _simplify(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
 def _tool_result_message(block: dict[str, Any], where: str) -> dict[str, Any]:
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
-        raise _bad_request(f"{where}.tool_use_id: required on tool_result blocks", where)
+        raise bad_request(f"{where}.tool_use_id: required on tool_result blocks", where)
     content = block.get("content")
     text: str | list[dict[str, Any]]
     if isinstance(content, list):
@@ -129,13 +121,13 @@ def _user_messages(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"role": "user", "content": content}]
     if not isinstance(content, list):
-        raise _bad_request(f"{where}: expected a string or a list of blocks", where)
+        raise bad_request(f"{where}: expected a string or a list of blocks", where)
     tool_messages: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
     for index, block in enumerate(content):
         block_where = f"{where}[{index}]"
         if not isinstance(block, dict):
-            raise _bad_request(f"{block_where}: expected an object", block_where)
+            raise bad_request(f"{block_where}: expected an object", block_where)
         if block.get("type") == "tool_result":
             tool_messages.append(_tool_result_message(block, block_where))
             continue
@@ -153,13 +145,13 @@ def _assistant_message(content: Any, where: str) -> dict[str, Any] | None:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
     if not isinstance(content, list):
-        raise _bad_request(f"{where}: expected a string or a list of blocks", where)
+        raise bad_request(f"{where}: expected a string or a list of blocks", where)
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
     for index, block in enumerate(content):
         block_where = f"{where}[{index}]"
         if not isinstance(block, dict):
-            raise _bad_request(f"{block_where}: expected an object", block_where)
+            raise bad_request(f"{block_where}: expected an object", block_where)
         kind = block.get("type")
         if kind == "text":
             texts.append(str(block.get("text", "")))
@@ -173,8 +165,8 @@ def _assistant_message(content: Any, where: str) -> dict[str, Any] | None:
         elif kind in ("thinking", "redacted_thinking"):
             continue
         else:
-            raise _bad_request(f"{block_where}: block type {kind!r} is not supported in an "
-                               "assistant turn here", block_where)
+            raise bad_request(f"{block_where}: block type {kind!r} is not supported in an "
+                              "assistant turn here", block_where)
     if not texts and not tool_calls:
         return None
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or None}
@@ -185,16 +177,16 @@ def _assistant_message(content: Any, where: str) -> dict[str, Any] | None:
 
 def _tools(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _bad_request("tools: expected a list", "tools")
+        raise bad_request("tools: expected a list", "tools")
     converted: list[dict[str, Any]] = []
     for index, tool in enumerate(tools):
         where = f"tools[{index}]"
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
-            raise _bad_request(f"{where}: expected an object with a name", where)
+            raise bad_request(f"{where}: expected an object with a name", where)
         tool_type = tool.get("type")
         if tool_type not in (None, "custom") or "input_schema" not in tool:
-            raise _bad_request(f"{where}: server tool {tool.get('name')!r} is only available on "
-                               "Anthropic models", where)
+            raise bad_request(f"{where}: server tool {tool.get('name')!r} is only available on "
+                              "Anthropic models", where)
         function: dict[str, Any] = {"name": tool["name"],
                                     "parameters": tool.get("input_schema") or {"type": "object"}}
         if tool.get("description"):
@@ -206,7 +198,7 @@ def _tools(tools: Any) -> list[dict[str, Any]]:
 def _tool_choice(choice: Any) -> tuple[Any, bool]:
     """(OpenAI tool_choice, parallel tool calls allowed)."""
     if not isinstance(choice, dict):
-        raise _bad_request("tool_choice: expected an object", "tool_choice")
+        raise bad_request("tool_choice: expected an object", "tool_choice")
     kind = choice.get("type")
     parallel = not choice.get("disable_parallel_tool_use", False)
     if kind == "auto":
@@ -217,7 +209,7 @@ def _tool_choice(choice: Any) -> tuple[Any, bool]:
         return "none", parallel
     if kind == "tool" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}, parallel
-    raise _bad_request("tool_choice.type: expected auto, any, tool or none", "tool_choice")
+    raise bad_request("tool_choice.type: expected auto, any, tool or none", "tool_choice")
 
 
 def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
@@ -227,17 +219,17 @@ def anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     """
     try:
         return _anthropic_request_to_openai(body)
-    except _SHAPE_ERRORS as exc:
-        raise _bad_request(f"the request has a field of the wrong type or shape "
-                           f"({type(exc).__name__}: {exc})") from None
+    except SHAPE_ERRORS as exc:
+        raise bad_request(f"the request has a field of the wrong type or shape "
+                          f"({type(exc).__name__}: {exc})") from None
 
 
 def _anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise _bad_request("the request body must be a JSON object")
+        raise bad_request("the request body must be a JSON object")
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
-        raise _bad_request("messages: expected a non-empty list", "messages")
+        raise bad_request("messages: expected a non-empty list", "messages")
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
@@ -245,7 +237,7 @@ def _anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     for index, message in enumerate(raw_messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise _bad_request(f"{where}: expected an object", where)
+            raise bad_request(f"{where}: expected an object", where)
         role = message.get("role")
         content = message.get("content")
         if role == "user":
@@ -260,12 +252,12 @@ def _anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
             messages.append({"role": "system",
                              "content": _text_of_blocks(content, f"{where}.content")})
         else:
-            raise _bad_request(f"{where}.role: expected user, assistant or system", where)
+            raise bad_request(f"{where}.role: expected user, assistant or system", where)
     request: dict[str, Any] = {"model": body.get("model"), "messages": messages}
     max_tokens = body.get("max_tokens")
     if max_tokens is not None:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-            raise _bad_request("max_tokens: expected a positive integer", "max_tokens")
+            raise bad_request("max_tokens: expected a positive integer", "max_tokens")
         request["max_tokens"] = max_tokens
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
@@ -273,7 +265,7 @@ def _anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop_sequences")
     if stop:
         if not isinstance(stop, list) or not all(isinstance(item, str) for item in stop):
-            raise _bad_request("stop_sequences: expected a list of strings", "stop_sequences")
+            raise bad_request("stop_sequences: expected a list of strings", "stop_sequences")
         request["stop"] = stop
     tools = body.get("tools")
     if tools:
@@ -331,7 +323,7 @@ def openai_response_to_anthropic(completion: dict[str, Any], *,
     Raises ProviderError(502) when the completion is not shaped like one."""
     try:
         return _openai_response_to_anthropic(completion, model)
-    except _SHAPE_ERRORS as exc:
+    except SHAPE_ERRORS as exc:
         raise _bad_upstream(exc) from None
 
 
@@ -452,7 +444,7 @@ class AnthropicStreamEncoder:
             return b""
         try:
             return self._feed(chunk)
-        except _SHAPE_ERRORS as exc:
+        except SHAPE_ERRORS as exc:
             raise _bad_upstream(exc) from None
 
     def _feed(self, chunk: dict[str, Any]) -> bytes:

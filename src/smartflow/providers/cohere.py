@@ -27,14 +27,22 @@ from smartflow.providers.base import (
     join_url,
 )
 from smartflow.providers.openai import (
+    SHAPE_ERRORS,
+    bad_request,
+    bad_shape,
     bearer_auth,
     call_headers,
+    embedding_texts,
     error_type_for_status,
     is_context_length_message,
     json_object,
+    not_json_event,
+    openai_usage,
     retry_after_from,
+    stop_sequences,
+    text_of,
 )
-from smartflow.providers.sse import SSEError, SSEParser
+from smartflow.providers.sse_decoder import SSEChunkDecoder
 
 COHERE_API_BASE = "https://api.cohere.com"
 
@@ -53,46 +61,11 @@ FINISH_REASONS: dict[str, str] = {
 _TOKEN_LIMIT_PHRASES = ("too many tokens", "exceeds the context", "context length")
 
 
-# What reading an upstream body of an unexpected shape raises (a dict where a
-# list was expected, a string where a number was): a 502, never a traceback.
-_SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
-
-
-def bad_shape(provider: str, exc: Exception) -> ProviderError:
-    return ProviderError(502, f"{provider} sent a response we cannot read "
-                              f"({type(exc).__name__}: {exc})", "api_error",
-                         "bad_upstream_response")
-
-
-def _bad_request(message: str, param: str | None = None) -> ProviderError:
-    return ProviderError(400, message, "invalid_request_error", None, param)
-
-
-def stop_sequences(stop: Any) -> list[str]:
-    """OpenAI's ``stop`` (a string or a list of strings) as a list."""
-    if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(item, str) for item in stop):
-        return stop
-    raise _bad_request("stop: expected a string or a list of strings", "stop")
-
-
-def _text_of(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content
-                       if isinstance(part, dict) and part.get("type") == "text")
-    raise _bad_request(f"{where}: content must be a string or a list of parts", where)
-
-
 def _user_content(content: Any, where: str) -> Any:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _bad_request(f"{where}: content must be a string or a list of parts", where)
+        raise bad_request(f"{where}: content must be a string or a list of parts", where)
     parts: list[dict[str, Any]] = []
     for index, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -103,8 +76,8 @@ def _user_content(content: Any, where: str) -> Any:
             url = image.get("url") if isinstance(image, dict) else image
             parts.append({"type": "image_url", "image_url": {"url": url}})
         else:
-            raise _bad_request(f"{where}[{index}]: content part type {kind!r} is not supported "
-                               "by Cohere", f"{where}[{index}]")
+            raise bad_request(f"{where}[{index}]: content part type {kind!r} is not supported "
+                              "by Cohere", f"{where}[{index}]")
     if all(part["type"] == "text" for part in parts):
         return "".join(part["text"] for part in parts)
     return parts
@@ -115,8 +88,8 @@ def _tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
     for index, call in enumerate(calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise _bad_request(f"{where}[{index}].function.name: expected a string",
-                               f"{where}[{index}]")
+            raise bad_request(f"{where}[{index}].function.name: expected a string",
+                              f"{where}[{index}]")
         arguments = function.get("arguments")
         if not isinstance(arguments, str):
             arguments = orjson.dumps(arguments or {}).decode()
@@ -131,30 +104,30 @@ def openai_to_cohere_request(body: dict[str, Any], model: str) -> dict[str, Any]
     Raises ProviderError(400) naming the problem for a malformed request."""
     try:
         return _openai_to_cohere_request(body, model)
-    except _SHAPE_ERRORS as exc:
-        raise _bad_request(f"the request has a field of the wrong type or shape "
-                           f"({type(exc).__name__}: {exc})") from None
+    except SHAPE_ERRORS as exc:
+        raise bad_request(f"the request has a field of the wrong type or shape "
+                          f"({type(exc).__name__}: {exc})") from None
 
 
 def _openai_to_cohere_request(body: dict[str, Any], model: str) -> dict[str, Any]:
     """An OpenAI chat request dict as a Cohere v2 chat request dict."""
     raw_messages = body.get("messages")
     if not isinstance(raw_messages, list) or not raw_messages:
-        raise _bad_request("messages: expected a non-empty list", "messages")
+        raise bad_request("messages: expected a non-empty list", "messages")
     messages: list[dict[str, Any]] = []
     for index, message in enumerate(raw_messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise _bad_request(f"{where}: expected an object", where)
+            raise bad_request(f"{where}: expected an object", where)
         role = message.get("role")
         content = message.get("content")
         if role in ("system", "developer"):
-            messages.append({"role": "system", "content": _text_of(content, f"{where}.content")})
+            messages.append({"role": "system", "content": text_of(content, f"{where}.content")})
         elif role == "user":
             messages.append({"role": "user", "content": _user_content(content,
                                                                       f"{where}.content")})
         elif role == "assistant":
-            text = _text_of(content, f"{where}.content")
+            text = text_of(content, f"{where}.content")
             calls = message.get("tool_calls")
             if calls:
                 entry: dict[str, Any] = {"role": "assistant",
@@ -167,11 +140,11 @@ def _openai_to_cohere_request(body: dict[str, Any], model: str) -> dict[str, Any
         elif role == "tool":
             call_id = message.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
-                raise _bad_request(f"{where}.tool_call_id: required on tool messages", where)
+                raise bad_request(f"{where}.tool_call_id: required on tool messages", where)
             messages.append({"role": "tool", "tool_call_id": call_id,
-                             "content": _text_of(content, f"{where}.content")})
+                             "content": text_of(content, f"{where}.content")})
         else:
-            raise _bad_request(f"{where}.role: {role!r} is not supported", where)
+            raise bad_request(f"{where}.role: {role!r} is not supported", where)
     request: dict[str, Any] = {"model": model, "messages": messages}
     max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
     if max_tokens:
@@ -189,7 +162,7 @@ def _openai_to_cohere_request(body: dict[str, Any], model: str) -> dict[str, Any
     if tools:
         if not isinstance(tools, list) or not all(
                 isinstance(t, dict) and t.get("type") == "function" for t in tools):
-            raise _bad_request("tools: only function tools are supported", "tools")
+            raise bad_request("tools: only function tools are supported", "tools")
         choice = body.get("tool_choice")
         selected = tools
         if choice == "required":
@@ -200,7 +173,7 @@ def _openai_to_cohere_request(body: dict[str, Any], model: str) -> dict[str, Any
             name = choice["function"].get("name")
             selected = [t for t in tools if (t.get("function") or {}).get("name") == name]
             if not selected:
-                raise _bad_request(f"tool_choice: no tool named {name!r}", "tool_choice")
+                raise bad_request(f"tool_choice: no tool named {name!r}", "tool_choice")
             request["tool_choice"] = "REQUIRED"
         request["tools"] = [{"type": "function", "function": t["function"]} for t in selected]
     response_format = body.get("response_format")
@@ -224,13 +197,6 @@ def usage_from_cohere(usage: Any) -> Usage:
     counts = usage.get("tokens") or usage.get("billed_units") or {}
     return Usage(int(counts.get("input_tokens") or 0), int(counts.get("output_tokens") or 0),
                  int(usage.get("cached_tokens") or 0))
-
-
-def _openai_usage(usage: Usage) -> dict[str, Any]:
-    return {"prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
 def cohere_to_openai_response(response: dict[str, Any], model: str) -> dict[str, Any]:
@@ -257,10 +223,10 @@ def cohere_to_openai_response(response: dict[str, Any], model: str) -> dict[str,
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": reply, "logprobs": None,
                          "finish_reason": finish}],
-            "usage": _openai_usage(usage_from_cohere(response.get("usage")))}
+            "usage": openai_usage(usage_from_cohere(response.get("usage")))}
 
 
-class CohereStreamDecoder:
+class CohereStreamDecoder(SSEChunkDecoder):
     """Cohere v2 stream events in, OpenAI chunks out.
 
     ``message-end`` carries the finish reason and usage; ``tool-plan-delta``
@@ -270,69 +236,17 @@ class CohereStreamDecoder:
     """
 
     def __init__(self, model: str, *, include_usage: bool) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._parser = SSEParser()
-        self._id = "chatcmpl-cohere"
-        self._created = int(time.time())
-        self._started = False
+        super().__init__("cohere", model, include_usage=include_usage,
+                         chunk_id="chatcmpl-cohere")
         self._tool_indexes: dict[int, int] = {}
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.error: ProviderError | None = None
 
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                "model": self._model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                             "finish_reason": finish_reason}]}
-
-    def _start(self, out: list[dict[str, Any]]) -> None:
-        if not self._started:
-            self._started = True
-            out.append(self._chunk({"role": "assistant", "content": ""}))
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._raise_pending_error()
-        try:
-            events = self._parser.feed(data)
-        except SSEError as exc:
-            raise ProviderError(502, str(exc), "api_error", "bad_upstream_response") from None
-        out: list[dict[str, Any]] = []
-        for event in events:
-            try:
-                self._on_data(event.data, out)
-            except _SHAPE_ERRORS as exc:
-                raise bad_shape("cohere", exc) from None
-        if not out:
-            self._raise_pending_error()
-        return out
-
-    def close(self) -> list[dict[str, Any]]:
-        self._raise_pending_error()
-        out: list[dict[str, Any]] = []
-        for event in self._parser.close():
-            try:
-                self._on_data(event.data, out)
-            except _SHAPE_ERRORS as exc:
-                raise bad_shape("cohere", exc) from None
-        if not out:
-            self._raise_pending_error()
-        return out
-
-    def _raise_pending_error(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _on_data(self, data: str, out: list[dict[str, Any]]) -> None:
+    def _on_event(self, data: str, out: list[dict[str, Any]]) -> None:
         if data == "[DONE]":
             return
         try:
             event = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise ProviderError(502, f"cohere sent a stream event that is not JSON: "
-                                     f"{data[:200]!r}", "api_error",
-                                "bad_upstream_response") from None
+            raise not_json_event("cohere", data) from None
         if not isinstance(event, dict):
             return
         kind = event.get("type")
@@ -383,9 +297,7 @@ class CohereStreamDecoder:
             self.finish_reason = reason
             out.append(self._chunk({}, reason))
             if self._include_usage:
-                out.append({"id": self._id, "object": "chat.completion.chunk",
-                            "created": self._created, "model": self._model, "choices": [],
-                            "usage": _openai_usage(self.usage)})
+                out.append(self._usage_chunk(self.usage))
 
 
 # -- errors ------------------------------------------------------------------
@@ -444,19 +356,14 @@ class CohereAdapter:
                       body: bytes) -> dict[str, Any]:
         try:
             return cohere_to_openai_response(json_object(body, self.name), target.public_name)
-        except _SHAPE_ERRORS as exc:
+        except SHAPE_ERRORS as exc:
             raise bad_shape("cohere", exc) from None
 
     def chat_stream_decoder(self, target: Target, *, include_usage: bool) -> CohereStreamDecoder:
         return CohereStreamDecoder(target.public_name, include_usage=include_usage)
 
     def embeddings_request(self, target: Target, body: dict[str, Any]) -> UpstreamCall:
-        texts = body.get("input")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise _bad_request("input: cohere embeddings take a string or a list of strings",
-                               "input")
+        texts = embedding_texts(body, "cohere")
         request: dict[str, Any] = {
             "model": target.model, "texts": texts,
             "input_type": str(body.get("input_type") or target.options.get(

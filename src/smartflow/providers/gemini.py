@@ -37,13 +37,21 @@ from smartflow.providers.base import (
     Usage,
 )
 from smartflow.providers.openai import (
+    SHAPE_ERRORS,
+    bad_request,
+    bad_shape,
     call_headers,
+    embedding_texts,
     error_type_for_status,
     is_context_length_message,
     json_object,
+    not_json_event,
+    openai_usage,
     retry_after_from,
+    stop_sequences,
+    text_of,
 )
-from smartflow.providers.sse import SSEError, SSEParser
+from smartflow.providers.sse_decoder import SSEChunkDecoder
 
 GEMINI_API_BASE = "https://generativelanguage.googleapis.com"
 THOUGHT_SIGNATURE_SEPARATOR = "__thought__"
@@ -83,30 +91,6 @@ _TOKEN_LIMIT_PHRASES = ("exceeds the maximum number of tokens", "input token cou
                         "token count exceeds", "too many tokens")
 
 
-# What reading an upstream body of an unexpected shape raises (a dict where a
-# list was expected, a string where a number was): a 502, never a traceback.
-_SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
-
-
-def bad_shape(provider: str, exc: Exception) -> ProviderError:
-    return ProviderError(502, f"{provider} sent a response we cannot read "
-                              f"({type(exc).__name__}: {exc})", "api_error",
-                         "bad_upstream_response")
-
-
-def _bad_request(message: str, param: str | None = None) -> ProviderError:
-    return ProviderError(400, message, "invalid_request_error", None, param)
-
-
-def stop_sequences(stop: Any) -> list[str]:
-    """OpenAI's ``stop`` (a string or a list of strings) as a list."""
-    if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(item, str) for item in stop):
-        return stop
-    raise _bad_request("stop: expected a string or a list of strings", "stop")
-
-
 def gemini_schema(schema: Any) -> Any:
     """A JSON schema with the keywords Gemini rejects removed (recursively)."""
     if isinstance(schema, dict):
@@ -136,17 +120,6 @@ def gemini_schema(schema: Any) -> Any:
 # -- request -----------------------------------------------------------------
 
 
-def _text_of(content: Any, where: str) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(part.get("text", "")) for part in content
-                       if isinstance(part, dict) and part.get("type") == "text")
-    raise _bad_request(f"{where}: content must be a string or a list of parts", where)
-
-
 def _guess_mime_type(url: str) -> str:
     lowered = url.lower().split("?", 1)[0]
     for suffix, mime in ((".png", "image/png"), (".jpg", "image/jpeg"), (".jpeg", "image/jpeg"),
@@ -161,12 +134,12 @@ def _media_part(url: str, where: str) -> dict[str, Any]:
     if url.startswith("data:"):
         header, sep, data = url.partition(",")
         if not sep or ";base64" not in header:
-            raise _bad_request(f"{where}: data URLs must be base64-encoded", where)
+            raise bad_request(f"{where}: data URLs must be base64-encoded", where)
         return {"inlineData": {"mimeType": header[5:].split(";", 1)[0] or "image/png",
                                "data": data}}
     if url.startswith(("http://", "https://", "gs://")):
         return {"fileData": {"mimeType": _guess_mime_type(url), "fileUri": url}}
-    raise _bad_request(f"{where}: expected a data: or http(s) URL", where)
+    raise bad_request(f"{where}: expected a data: or http(s) URL", where)
 
 
 def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
@@ -175,7 +148,7 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"text": content}] if content else []
     if not isinstance(content, list):
-        raise _bad_request(f"{where}: content must be a string or a list of parts", where)
+        raise bad_request(f"{where}: content must be a string or a list of parts", where)
     parts: list[dict[str, Any]] = []
     for index, part in enumerate(content):
         part_where = f"{where}[{index}]"
@@ -187,38 +160,38 @@ def _user_parts(content: Any, where: str) -> list[dict[str, Any]]:
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if not isinstance(url, str):
-                raise _bad_request(f"{part_where}.image_url.url: expected a string", part_where)
+                raise bad_request(f"{part_where}.image_url.url: expected a string", part_where)
             parts.append(_media_part(url, part_where))
         elif kind == "file":
             file = part.get("file") or {}
             data = file.get("file_data") if isinstance(file, dict) else None
             if not isinstance(data, str):
-                raise _bad_request(f"{part_where}.file.file_data: expected a data URL", part_where)
+                raise bad_request(f"{part_where}.file.file_data: expected a data URL", part_where)
             parts.append(_media_part(data, part_where))
         elif kind == "input_audio":
             audio = part.get("input_audio") or {}
             parts.append({"inlineData": {"mimeType": f"audio/{audio.get('format', 'wav')}",
                                          "data": str(audio.get("data", ""))}})
         else:
-            raise _bad_request(f"{part_where}: content part type {kind!r} is not supported",
-                               part_where)
+            raise bad_request(f"{part_where}: content part type {kind!r} is not supported",
+                              part_where)
     return parts
 
 
 def _function_call_part(call: Any, where: str) -> tuple[str, dict[str, Any]]:
     function = call.get("function") if isinstance(call, dict) else None
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-        raise _bad_request(f"{where}.function.name: expected a string", where)
+        raise bad_request(f"{where}.function.name: expected a string", where)
     arguments = function.get("arguments")
     if isinstance(arguments, str) and arguments:
         try:
             args = orjson.loads(arguments)
         except orjson.JSONDecodeError:
-            raise _bad_request(f"{where}.function.arguments: not valid JSON", where) from None
+            raise bad_request(f"{where}.function.arguments: not valid JSON", where) from None
     else:
         args = arguments if isinstance(arguments, dict) else {}
     if not isinstance(args, dict):
-        raise _bad_request(f"{where}.function.arguments: must be a JSON object", where)
+        raise bad_request(f"{where}.function.arguments: must be a JSON object", where)
     part: dict[str, Any] = {"functionCall": {"name": function["name"], "args": args}}
     call_id = call.get("id")
     if isinstance(call_id, str) and THOUGHT_SIGNATURE_SEPARATOR in call_id:
@@ -233,9 +206,9 @@ def _function_response_part(message: dict[str, Any], names_by_id: dict[str, str]
     if name is None:
         name = message.get("name") if isinstance(message.get("name"), str) else None
     if name is None:
-        raise _bad_request(f"{where}.tool_call_id: no earlier assistant tool call has id "
-                           f"{call_id!r}", where)
-    text = _text_of(message.get("content"), f"{where}.content")
+        raise bad_request(f"{where}.tool_call_id: no earlier assistant tool call has id "
+                          f"{call_id!r}", where)
+    text = text_of(message.get("content"), f"{where}.content")
     response: Any
     try:
         response = orjson.loads(text) if text[:1] in ("{",) else None
@@ -252,27 +225,27 @@ def openai_to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
     Raises ProviderError(400) naming the problem for a malformed request."""
     try:
         return _openai_to_gemini_request(body)
-    except _SHAPE_ERRORS as exc:
-        raise _bad_request(f"the request has a field of the wrong type or shape "
-                           f"({type(exc).__name__}: {exc})") from None
+    except SHAPE_ERRORS as exc:
+        raise bad_request(f"the request has a field of the wrong type or shape "
+                          f"({type(exc).__name__}: {exc})") from None
 
 
 def _openai_to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
     """An OpenAI chat request dict as a Gemini ``GenerateContentRequest`` dict."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise _bad_request("messages: expected a non-empty list", "messages")
+        raise bad_request("messages: expected a non-empty list", "messages")
     system: list[str] = []
     contents: list[dict[str, Any]] = []
     names_by_id: dict[str, str] = {}
     for index, message in enumerate(messages):
         where = f"messages[{index}]"
         if not isinstance(message, dict):
-            raise _bad_request(f"{where}: expected an object", where)
+            raise bad_request(f"{where}: expected an object", where)
         role = message.get("role")
         parts: list[dict[str, Any]]
         if role in ("system", "developer"):
-            text = _text_of(message.get("content"), f"{where}.content")
+            text = text_of(message.get("content"), f"{where}.content")
             if text:
                 system.append(text)
             continue
@@ -280,7 +253,7 @@ def _openai_to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
             gemini_role, parts = "user", _user_parts(message.get("content"), f"{where}.content")
         elif role == "assistant":
             gemini_role = "model"
-            text = _text_of(message.get("content"), f"{where}.content")
+            text = text_of(message.get("content"), f"{where}.content")
             parts = [{"text": text}] if text else []
             for call_index, call in enumerate(message.get("tool_calls") or ()):
                 name, part = _function_call_part(call, f"{where}.tool_calls[{call_index}]")
@@ -291,7 +264,7 @@ def _openai_to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
             gemini_role = "user"
             parts = [_function_response_part(message, names_by_id, where)]
         else:
-            raise _bad_request(f"{where}.role: {role!r} is not supported", where)
+            raise bad_request(f"{where}.role: {role!r} is not supported", where)
         if not parts:
             continue
         if contents and contents[-1]["role"] == gemini_role:
@@ -339,13 +312,13 @@ def _openai_to_gemini_request(body: dict[str, Any]) -> dict[str, Any]:
 
 def _function_declarations(tools: Any) -> list[dict[str, Any]]:
     if not isinstance(tools, list):
-        raise _bad_request("tools: expected a list", "tools")
+        raise bad_request("tools: expected a list", "tools")
     declarations: list[dict[str, Any]] = []
     for index, tool in enumerate(tools):
         function = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-            raise _bad_request(f"tools[{index}]: only function tools with a name are supported",
-                               f"tools[{index}]")
+            raise bad_request(f"tools[{index}]: only function tools with a name are supported",
+                              f"tools[{index}]")
         declaration: dict[str, Any] = {"name": function["name"]}
         if function.get("description"):
             declaration["description"] = function["description"]
@@ -368,8 +341,8 @@ def _tool_config(choice: Any) -> dict[str, Any] | None:
     elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
         mode = {"mode": "ANY", "allowedFunctionNames": [choice["function"].get("name")]}
     else:
-        raise _bad_request("tool_choice: expected auto, none, required or a named function",
-                           "tool_choice")
+        raise bad_request("tool_choice: expected auto, none, required or a named function",
+                          "tool_choice")
     return {"functionCallingConfig": mode}
 
 
@@ -383,13 +356,6 @@ def usage_from_gemini(metadata: Any) -> Usage:
         metadata.get("thoughtsTokenCount") or 0)
     return Usage(int(metadata.get("promptTokenCount") or 0), completion,
                  int(metadata.get("cachedContentTokenCount") or 0))
-
-
-def _openai_usage(usage: Usage) -> dict[str, Any]:
-    return {"prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": usage.cached_tokens}}
 
 
 def _tool_call(part: dict[str, Any], response_id: str, candidate_index: int,
@@ -450,11 +416,11 @@ def gemini_to_openai_response(response: dict[str, Any], model: str) -> dict[str,
         "created": int(time.time()),
         "model": model,
         "choices": choices,
-        "usage": _openai_usage(usage_from_gemini(response.get("usageMetadata"))),
+        "usage": openai_usage(usage_from_gemini(response.get("usageMetadata"))),
     }
 
 
-class GeminiStreamDecoder:
+class GeminiStreamDecoder(SSEChunkDecoder):
     """Gemini SSE (one ``GenerateContentResponse`` per event) in, OpenAI chunks out.
 
     Gemini's ``usageMetadata`` is cumulative and repeats on every event, so
@@ -464,68 +430,22 @@ class GeminiStreamDecoder:
     """
 
     def __init__(self, model: str, *, include_usage: bool) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._parser = SSEParser()
-        self._id = "gemini" + secrets.token_hex(6)
-        self._created = int(time.time())
-        self._started: set[int] = set()
+        super().__init__("gemini", model, include_usage=include_usage,
+                         chunk_id="gemini" + secrets.token_hex(6))
+        # one start and one finish chunk per candidate, so these are per index
+        self._started_indexes: set[int] = set()
         self._finished: set[int] = set()
         self._tool_counts: dict[int, int] = {}
-        self.usage: Usage | None = None
-        self.finish_reason: str | None = None
-        self.error: ProviderError | None = None
 
-    def _chunk(self, index: int, delta: dict[str, Any],
-               finish_reason: str | None = None) -> dict[str, Any]:
-        return {"id": self._id, "object": "chat.completion.chunk", "created": self._created,
-                "model": self._model,
-                "choices": [{"index": index, "delta": delta, "logprobs": None,
-                             "finish_reason": finish_reason}]}
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        self._raise_pending_error()
-        try:
-            events = self._parser.feed(data)
-        except SSEError as exc:
-            raise ProviderError(502, str(exc), "api_error", "bad_upstream_response") from None
-        out: list[dict[str, Any]] = []
-        for event in events:
-            try:
-                self._on_data(event.data, out)
-            except _SHAPE_ERRORS as exc:
-                raise bad_shape("gemini", exc) from None
-        if not out:
-            self._raise_pending_error()
-        return out
-
-    def close(self) -> list[dict[str, Any]]:
-        self._raise_pending_error()
-        out: list[dict[str, Any]] = []
-        for event in self._parser.close():
-            try:
-                self._on_data(event.data, out)
-            except _SHAPE_ERRORS as exc:
-                raise bad_shape("gemini", exc) from None
-        if not out:
-            self._raise_pending_error()
+    def _on_close(self, out: list[dict[str, Any]]) -> None:
         if self._include_usage and self.usage is not None:
-            out.append({"id": self._id, "object": "chat.completion.chunk",
-                        "created": self._created, "model": self._model, "choices": [],
-                        "usage": _openai_usage(self.usage)})
-        return out
+            out.append(self._usage_chunk(self.usage))
 
-    def _raise_pending_error(self) -> None:
-        if self.error is not None:
-            raise self.error
-
-    def _on_data(self, data: str, out: list[dict[str, Any]]) -> None:
+    def _on_event(self, data: str, out: list[dict[str, Any]]) -> None:
         try:
             response = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise ProviderError(502, f"gemini sent a stream event that is not JSON: "
-                                     f"{data[:200]!r}", "api_error",
-                                "bad_upstream_response") from None
+            raise not_json_event("gemini", data) from None
         if not isinstance(response, dict):
             return
         if "error" in response:
@@ -539,33 +459,33 @@ class GeminiStreamDecoder:
             self.usage = usage_from_gemini(response["usageMetadata"])
         for position, candidate in enumerate(response.get("candidates") or ()):
             index = int(candidate.get("index", position))
-            if index not in self._started:
-                self._started.add(index)
-                out.append(self._chunk(index, {"role": "assistant", "content": ""}))
+            if index not in self._started_indexes:
+                self._started_indexes.add(index)
+                out.append(self._chunk({"role": "assistant", "content": ""}, index=index))
             for part in (candidate.get("content") or {}).get("parts") or ():
                 if "functionCall" in part:
                     count = self._tool_counts.get(index, 0)
                     self._tool_counts[index] = count + 1
                     call = _tool_call(part, self._id, index, count)
                     call["index"] = count
-                    out.append(self._chunk(index, {"tool_calls": [call]}))
+                    out.append(self._chunk({"tool_calls": [call]}, index=index))
                 elif part.get("text"):
                     key = "reasoning_content" if part.get("thought") else "content"
-                    out.append(self._chunk(index, {key: part["text"]}))
+                    out.append(self._chunk({key: part["text"]}, index=index))
             raw_finish = candidate.get("finishReason")
             if raw_finish and index not in self._finished:
                 self._finished.add(index)
                 reason = _finish_reason(raw_finish, self._tool_counts.get(index, 0) > 0)
                 self.finish_reason = reason
-                out.append(self._chunk(index, {}, reason))
+                out.append(self._chunk({}, reason, index))
         if not response.get("candidates") and (response.get("promptFeedback") or {}).get(
                 "blockReason") and 0 not in self._finished:
             self._finished.add(0)
-            if 0 not in self._started:
-                self._started.add(0)
-                out.append(self._chunk(0, {"role": "assistant", "content": ""}))
+            if 0 not in self._started_indexes:
+                self._started_indexes.add(0)
+                out.append(self._chunk({"role": "assistant", "content": ""}))
             self.finish_reason = "content_filter"
-            out.append(self._chunk(0, {}, "content_filter"))
+            out.append(self._chunk({}, "content_filter"))
 
 
 # -- errors ------------------------------------------------------------------
@@ -652,19 +572,14 @@ class GeminiAdapter:
                       body: bytes) -> dict[str, Any]:
         try:
             return gemini_to_openai_response(json_object(body, self.name), target.public_name)
-        except _SHAPE_ERRORS as exc:
+        except SHAPE_ERRORS as exc:
             raise bad_shape("gemini", exc) from None
 
     def chat_stream_decoder(self, target: Target, *, include_usage: bool) -> GeminiStreamDecoder:
         return GeminiStreamDecoder(target.public_name, include_usage=include_usage)
 
     def embeddings_request(self, target: Target, body: dict[str, Any]) -> UpstreamCall:
-        texts = body.get("input")
-        if isinstance(texts, str):
-            texts = [texts]
-        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-            raise _bad_request("input: gemini embeddings take a string or a list of strings",
-                               "input")
+        texts = embedding_texts(body, "gemini")
         model = target.model if target.model.startswith("models/") else "models/" + target.model
         requests: list[dict[str, Any]] = []
         for text in texts:

@@ -35,6 +35,7 @@ from smartflow.providers.openai import (
     as_int,
     as_list,
     as_str,
+    bad_request,
     call_headers,
     encode_embedding,
     is_context_length_message,
@@ -58,10 +59,6 @@ def _completion_id() -> str:
     return f"chatcmpl-{random.getrandbits(96):024x}"
 
 
-def _bad_request(message: str, param: str | None = None) -> ProviderError:
-    return ProviderError(400, message, "invalid_request_error", None, param)
-
-
 def _messages_to_ollama(messages: list[Any]) -> list[dict[str, Any]]:
     # OpenAI tool results carry only the call id; Ollama wants the tool's name.
     tool_names: dict[str, str] = {}
@@ -83,7 +80,7 @@ def _messages_to_ollama(messages: list[Any]) -> list[dict[str, Any]]:
 
 def _message_to_ollama(message: Any) -> dict[str, Any]:
     if not isinstance(message, dict):
-        raise _bad_request("each message must be an object", "messages")
+        raise bad_request("each message must be an object", "messages")
     role = message.get("role")
     out: dict[str, Any] = {"role": "system" if role == "developer" else role}
     content = message.get("content")
@@ -100,11 +97,11 @@ def _message_to_ollama(message: Any) -> dict[str, Any]:
                 image = part.get("image_url")
                 url = image.get("url") if isinstance(image, dict) else image
                 if not isinstance(url, str) or not url.startswith("data:"):
-                    raise _bad_request("ollama accepts images only as data: URLs (base64)",
-                                       "messages")
+                    raise bad_request("ollama accepts images only as data: URLs (base64)",
+                                      "messages")
                 _, sep, payload = url.partition(";base64,")
                 if not sep:
-                    raise _bad_request("image data: URL must be base64-encoded", "messages")
+                    raise bad_request("image data: URL must be base64-encoded", "messages")
                 images.append(payload)
         out["content"] = "\n".join(texts)
         if images:
@@ -123,7 +120,7 @@ def _message_to_ollama(message: Any) -> dict[str, Any]:
                 try:
                     arguments = orjson.loads(arguments) if arguments else {}
                 except orjson.JSONDecodeError:
-                    raise _bad_request("tool call arguments must be JSON", "messages") from None
+                    raise bad_request("tool call arguments must be JSON", "messages") from None
             converted.append({"function": {"name": function.get("name"),
                                            "arguments": arguments}})
         out["tool_calls"] = converted
@@ -182,7 +179,7 @@ def _error(status: int, message: str) -> ProviderError:
     if status == 404:
         return ProviderError(404, message, "not_found_error", "model_not_found", "model")
     if status == 400:
-        return _bad_request(message)
+        return bad_request(message)
     return ProviderError(status, message, "api_error" if status >= 500 else
                          "invalid_request_error")
 
@@ -304,7 +301,7 @@ class OllamaAdapter:
     def chat_request(self, target: Target, body: dict[str, Any], *, stream: bool) -> UpstreamCall:
         messages = body.get("messages")
         if not isinstance(messages, list):
-            raise _bad_request("messages must be a list", "messages")
+            raise bad_request("messages must be a list", "messages")
         out: dict[str, Any] = {
             "model": target.model,
             "messages": _messages_to_ollama(messages),
@@ -377,7 +374,7 @@ class OllamaAdapter:
         is_text = isinstance(text_input, str) or (
             isinstance(text_input, list) and all(isinstance(item, str) for item in text_input))
         if not is_text:
-            raise _bad_request("ollama embeddings take a string or a list of strings", "input")
+            raise bad_request("ollama embeddings take a string or a list of strings", "input")
         out: dict[str, Any] = {"model": target.model, "input": text_input}
         if body.get("dimensions") is not None:
             out["dimensions"] = body["dimensions"]

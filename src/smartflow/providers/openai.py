@@ -8,7 +8,10 @@ reason) and for the few paths that must re-shape chunks.
 
 This module also holds the pieces the other OpenAI-family adapters share:
 ``OpenAIStreamDecoder``, ``openai_error_from_upstream`` (OpenAI's error body,
-and the near-misses that OpenAI-compatible servers send) and ``json_object``.
+and the near-misses that OpenAI-compatible servers send), ``json_object``, and
+for the translating adapters ``bad_request``, ``stop_sequences``, ``text_of``,
+``embedding_texts``, ``SHAPE_ERRORS``/``bad_shape``, ``not_json_event`` and
+``openai_usage``.
 """
 
 from __future__ import annotations
@@ -120,6 +123,59 @@ def json_object(body: bytes, provider: str) -> dict[str, Any]:
         raise ProviderError(502, f"{provider} returned JSON that is not an object",
                             "api_error", "bad_upstream_response")
     return parsed
+
+
+def bad_request(message: str, param: str | None = None) -> ProviderError:
+    return ProviderError(400, message, "invalid_request_error", None, param)
+
+
+def stop_sequences(stop: Any) -> list[str]:
+    """OpenAI's ``stop`` (a string or a list of strings) as a list."""
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list) and all(isinstance(item, str) for item in stop):
+        return stop
+    raise bad_request("stop: expected a string or a list of strings", "stop")
+
+
+def text_of(content: Any, where: str) -> str:
+    """The text parts of an OpenAI message ``content``, joined; other part types are skipped."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(part.get("text", "")) for part in content
+                       if isinstance(part, dict) and part.get("type") == "text")
+    raise bad_request(f"{where}: content must be a string or a list of parts", where)
+
+
+def embedding_texts(body: dict[str, Any], provider: str) -> list[str]:
+    """The ``input`` of an embeddings request, for an upstream that takes text only."""
+    texts = body.get("input")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise bad_request(f"input: {provider} embeddings take a string or a list of strings",
+                          "input")
+    return texts
+
+
+def not_json_event(provider: str, data: str) -> ProviderError:
+    return ProviderError(502, f"{provider} sent a stream event that is not JSON: "
+                              f"{data[:200]!r}", "api_error", "bad_upstream_response")
+
+
+# What reading a JSON body of an unexpected shape raises (a dict where a list
+# was expected, a string where a number was); callers turn it into a clear
+# error (a 400 for a request, ``bad_shape``'s 502 for a response), never a traceback.
+SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
+
+
+def bad_shape(provider: str, exc: Exception) -> ProviderError:
+    return ProviderError(502, f"{provider} sent a response we cannot read "
+                              f"({type(exc).__name__}: {exc})", "api_error",
+                         "bad_upstream_response")
 
 
 def error_type_for_status(status: int) -> str:
@@ -237,6 +293,16 @@ def usage_from(obj: Any) -> Usage | None:
                  as_int(as_dict(obj.get("prompt_tokens_details")).get("cached_tokens")))
 
 
+def openai_usage(usage: Usage) -> dict[str, Any]:
+    """A ``Usage`` as OpenAI's usage object (the reverse of ``usage_from``)."""
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
 def encode_embedding(vector: list[float], encoding_format: str) -> list[float] | str:
     """OpenAI's ``encoding_format``: floats as they are, or base64 of little-endian float32."""
     if encoding_format != "base64":
@@ -291,9 +357,7 @@ class OpenAIStreamDecoder:
             try:
                 chunk = orjson.loads(data)
             except orjson.JSONDecodeError:
-                raise ProviderError(502, f"{self._provider} sent a stream event that is not "
-                                         f"JSON: {data[:200]!r}", "api_error",
-                                    "bad_upstream_response") from None
+                raise not_json_event(self._provider, data) from None
             if not isinstance(chunk, dict):
                 continue
             if "error" in chunk and "choices" not in chunk:
