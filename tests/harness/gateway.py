@@ -22,9 +22,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from .lifecycle import ManagedService
 from .ports import LOOPBACK_HOST, free_port
 
 GATEWAY_MODULE = "smartflow.cli"
@@ -176,7 +175,7 @@ def http_get_status(port: int, path: str, host: str = LOOPBACK_HOST, timeout_s: 
     return None
 
 
-class GatewayProcess:
+class GatewayProcess(ManagedService):
     """One `smartflow serve` process tree; see the module docstring.
 
     `config` is a dict (written as TOML), TOML text, or None (an empty file:
@@ -420,15 +419,3 @@ class GatewayProcess:
                 self._process.stdout.close()
             if self._owns_directory:
                 shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

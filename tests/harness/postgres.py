@@ -18,13 +18,11 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from .lifecycle import ManagedService, read_log_tail
 from .ports import LOOPBACK_HOST, free_port
 
 DEBIAN_PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
-_LOG_TAIL_CHARS = 4000
 
 
 class PostgresServerError(RuntimeError):
@@ -46,7 +44,7 @@ def find_pg_bin_dir() -> Path:
     )
 
 
-class PostgresServer:
+class PostgresServer(ManagedService):
     """One throw-away PostgreSQL cluster; see the module docstring."""
 
     def __init__(self, *, port: int | None = None, directory: Path | None = None) -> None:
@@ -203,25 +201,10 @@ class PostgresServer:
             pass
 
     def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-_LOG_TAIL_CHARS:]
-        except OSError:
-            return "(no log)"
+        return read_log_tail(self.log_path)
 
     def close(self) -> None:
         """Stop the server and remove its temp dir (if the harness made it)."""
         self.stop()
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -15,12 +15,9 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from .lifecycle import ManagedService, read_log_tail
 from .ports import LOOPBACK_HOST, free_port
-
-_LOG_TAIL_CHARS = 4000
 
 
 class RedisServerError(RuntimeError):
@@ -48,7 +45,7 @@ def redis_command(port: int, *args: str, host: str = LOOPBACK_HOST, timeout_s: f
     return reply.split(b"\r\n", 1)[0]
 
 
-class RedisServer:
+class RedisServer(ManagedService):
     """One redis-server process; see the module docstring.
 
     `directory` (default: a fresh temp dir, removed by `close()`) holds the
@@ -165,25 +162,10 @@ class RedisServer:
             return False
 
     def log_tail(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-_LOG_TAIL_CHARS:]
-        except OSError:
-            return "(no log)"
+        return read_log_tail(self.log_path)
 
     def close(self) -> None:
         """Stop the server and remove its temp dir (if the harness made it)."""
         self.stop()
         if self._owns_directory:
             shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

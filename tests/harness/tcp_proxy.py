@@ -14,9 +14,9 @@ import asyncio
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
+from .lifecycle import ManagedService
 from .ports import LOOPBACK_HOST
 
 _T = TypeVar("_T")
@@ -24,7 +24,7 @@ _RELAY_CHUNK_BYTES = 65536
 _CONTROL_TIMEOUT_S = 10.0
 
 
-class TCPProxy:
+class TCPProxy(ManagedService):
     """Relays 127.0.0.1:`port` to target_host:target_port; see the module docstring."""
 
     def __init__(self, target_port: int, *, target_host: str = LOOPBACK_HOST) -> None:
@@ -164,15 +164,3 @@ class TCPProxy:
                 return
             writer.write(data)
             await writer.drain()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
