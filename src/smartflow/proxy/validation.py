@@ -154,14 +154,7 @@ def validate_chat(body: dict[str, Any]) -> ChatRequestFacts:
 
 def validate_completions(body: dict[str, Any]) -> ChatRequestFacts:
     model = check_model(body)
-    prompt = body.get("prompt")
-    if prompt is None:
-        raise _bad("prompt", "prompt: required")
-    if isinstance(prompt, list):
-        if not prompt:
-            raise _bad("prompt", "prompt: must not be empty")
-    elif not isinstance(prompt, str):
-        raise _bad("prompt", f"prompt: expected a string or an array, got {_json_type(prompt)}")
+    _check_text_or_array(body, "prompt")
     stream, wants_usage = check_stream(body)
     _check_n(body)
     return ChatRequestFacts(model, stream, wants_usage)
@@ -169,15 +162,20 @@ def validate_completions(body: dict[str, Any]) -> ChatRequestFacts:
 
 def validate_embeddings(body: dict[str, Any]) -> str:
     model = check_model(body)
-    inputs = body.get("input")
-    if inputs is None:
-        raise _bad("input", "input: required")
-    if isinstance(inputs, list):
-        if not inputs:
-            raise _bad("input", "input: must not be empty")
-    elif not isinstance(inputs, str):
-        raise _bad("input", f"input: expected a string or an array, got {_json_type(inputs)}")
+    _check_text_or_array(body, "input")
     return model
+
+
+def _check_text_or_array(body: dict[str, Any], name: str) -> None:
+    """``prompt`` and ``input``: a string, or a non-empty array (of strings or tokens)."""
+    value = body.get(name)
+    if value is None:
+        raise _bad(name, f"{name}: required")
+    if isinstance(value, list):
+        if not value:
+            raise _bad(name, f"{name}: must not be empty")
+    elif not isinstance(value, str):
+        raise _bad(name, f"{name}: expected a string or an array, got {_json_type(value)}")
 
 
 def validate_anthropic_messages(body: dict[str, Any]) -> ChatRequestFacts:
