@@ -648,9 +648,7 @@ def assert_well_formed_answer(path: str, response: httpx.Response) -> None:
         return
     payload = orjson.loads(response.content)
     assert isinstance(payload, dict), context
-    if path in ANTHROPIC_ROUTES and not (status == 413 and "type" not in payload):
-        # A body past max_body_bytes is refused by the HTTP layer before any
-        # route runs, so today it comes in OpenAI's shape on these routes too.
+    if path in ANTHROPIC_ROUTES:
         assert payload.get("type") == "error", context
         error = payload.get("error")
         assert isinstance(error, dict), context

@@ -118,6 +118,23 @@ def test_a_body_past_max_body_bytes_is_413(
     assert len(state.requests) == before
 
 
+@pytest.mark.parametrize("path", ["/v1/messages", "/anthropic/v1/messages"])
+def test_a_body_past_max_body_bytes_on_anthropic_routes_is_413_in_anthropic_shape(
+        stack: tuple[str, UpstreamState, GatewayProcess], path: str) -> None:
+    # Refused from the declared length, before any route runs: the caller
+    # still gets the error shape of the API it speaks.
+    url, state, _gateway = stack
+    before = len(state.requests)
+    big = _j({"model": "claude-test", "max_tokens": 8,
+              "messages": [{"role": "user", "content": "x" * (MAX_BODY_BYTES * 2)}]})
+    response = _post(url, path, big)
+    assert response.status_code == 413
+    payload = response.json()
+    assert payload["type"] == "error"
+    assert payload["error"]["type"] == "request_too_large"
+    assert len(state.requests) == before
+
+
 OTHER_CASES = [
     ("/v1/embeddings", _j({"model": "gpt-test"}), 400, "input"),
     ("/v1/embeddings", _j({"model": "gpt-test", "input": 5}), 400, "input"),

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from smartflow.app import RequestTelemetry, build_app
 from smartflow.http.transport import HTTPServer
+from smartflow.proxy.errors import protocol_error_body
 from smartflow.store.redis_client import create_redis_client
 from smartflow.supervisor import (
     EXIT_BIND_FAILED,
@@ -95,7 +96,7 @@ async def _serve(context: WorkerContext, sock: socket.socket) -> int:
     app = build_app(settings, redis, metrics_dir=context.metrics_dir, on_shutdown=closers)
     server = HTTPServer(
         app, settings.server, ssl_context=build_server_ssl_context(settings.server),
-        observer=telemetry.observer,
+        observer=telemetry.observer, error_body_for=protocol_error_body,
     )
     await server.start(sock)
     context.report_ready()

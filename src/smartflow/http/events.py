@@ -53,6 +53,9 @@ class BadRequest:
     stream_id: int
     status: int  # 400 | 408 | 413 | 431 | 505
     message: str
+    # The request target when the head was readable (a 413 for a declared
+    # length): lets the app answer in the shape of the route it was meant for.
+    target: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -213,11 +213,11 @@ class H1Connection:
 
     # -- parsing -------------------------------------------------------------
 
-    def _fail(self, status: int, message: str) -> list[Event]:
+    def _fail(self, status: int, message: str, target: str | None = None) -> list[Event]:
         self.state = State.ERROR
         self._buffer = bytearray()
         self._parser = None
-        return [BadRequest(STREAM_ID, status, message)]
+        return [BadRequest(STREAM_ID, status, message, target)]
 
     def _head_events(self, buffer: bytes | bytearray) -> list[Event]:
         if buffer[:1] in (b"\r", b"\n"):
@@ -267,7 +267,7 @@ class H1Connection:
                 self._last_head = head
                 self._last_parsed = parsed
         if parsed.content_length > self.max_body_bytes:
-            return self._fail(413, "Request body too large")
+            return self._fail(413, "Request body too large", parsed.target)
         request_event = RequestReceived(
             STREAM_ID,
             parsed.method,

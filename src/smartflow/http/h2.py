@@ -162,7 +162,7 @@ class H2Connection:
         if authority and not has_host:
             headers.append((b"host", authority))
         if content_length > self.max_body_bytes:
-            return BadRequest(stream_id, 413, "Request body too large")
+            return BadRequest(stream_id, 413, "Request body too large", path)
         has_body = event.stream_ended is None
         if has_body:
             self._body_bytes[stream_id] = 0

@@ -77,6 +77,11 @@ class RequestObserver(Protocol):
     ) -> None: ...
 
 
+# (status, message, request path or None) -> the error body a protocol-level
+# refusal is answered with; the default is the OpenAI shape.
+ErrorBodyRenderer = Callable[[int, str, str | None], bytes]
+
+
 class _StreamGone(Exception):
     """The stream or connection went away while a response was being written."""
 
@@ -251,8 +256,7 @@ class _Connection(asyncio.Protocol):
             self._close()
             return
         if self._h1 is not None and self._deadline_is_header and self._h1.has_partial_head:
-            event = self._h1.timeout_event()
-            self._answer_bad_request(event.status, event.message)
+            self._answer_bad_request(self._h1.timeout_event())
             return
         if self._h2 is not None:
             self._send_goaway()
@@ -500,7 +504,7 @@ class _Connection(asyncio.Protocol):
                 assert isinstance(event, BadRequest)
                 exchange = self._current
                 if exchange is None:
-                    self._answer_bad_request(event.status, event.message)
+                    self._answer_bad_request(event)
                 else:
                     # Mid-body fault (413 as a chunked body grows, bad chunk framing):
                     # the handler's next read raises; the connection closes after.
@@ -516,9 +520,10 @@ class _Connection(asyncio.Protocol):
         ):
             self._pause_reading()  # pipelined requests pile up while one is answered
 
-    def _answer_bad_request(self, status: int, message: str) -> None:
-        body = error_body(message, error_type_for_status(status))
-        self._write(h1_protocol.encode_error_response(status, body, self._server._date_line))
+    def _answer_bad_request(self, event: BadRequest) -> None:
+        body = self._server._bad_request_body(event)
+        self._write(h1_protocol.encode_error_response(event.status, body,
+                                                      self._server._date_line))
         self._linger_close()
 
     async def _send_h1_response(
@@ -709,7 +714,7 @@ class _Connection(asyncio.Protocol):
     def _answer_h2_bad_request(self, event: BadRequest) -> None:
         h2 = self._h2
         assert h2 is not None
-        body = error_body(event.message, error_type_for_status(event.status))
+        body = self._server._bad_request_body(event)
         try:
             h2.send_headers(
                 event.stream_id,
@@ -900,8 +905,10 @@ class HTTPServer:
         *,
         ssl_context: ssl.SSLContext | None = None,
         observer: RequestObserver | None = None,
+        error_body_for: ErrorBodyRenderer | None = None,
     ) -> None:
         self._app = app
+        self._error_body_for = error_body_for
         self._settings = settings
         self._ssl_context = ssl_context
         self._observer = observer
@@ -923,6 +930,13 @@ class HTTPServer:
         self._tick_s = max(
             0.02, min(t for t in ticks if t > 0) if any(t > 0 for t in ticks) else 1.0
         )
+
+    def _bad_request_body(self, event: BadRequest) -> bytes:
+        renderer = self._error_body_for
+        if renderer is not None:
+            path = _split_target(event.target)[0] if event.target is not None else None
+            return renderer(event.status, event.message, path)
+        return error_body(event.message, error_type_for_status(event.status))
 
     @property
     def in_flight(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from smartflow.http.client import (
     ConnectTimeout,
     FirstByteTimeout,
@@ -9,7 +11,9 @@ from smartflow.http.client import (
     ReadTimeout,
     UpstreamError,
 )
-from smartflow.http.response import Response, error_response
+from smartflow.http.errors import error_type_for_status
+from smartflow.http.response import Response, error_body, error_response
+from smartflow.providers.anthropic_inbound import anthropic_error_body
 from smartflow.providers.base import ProviderError
 
 _TIMEOUTS = (ConnectTimeout, FirstByteTimeout, ReadTimeout, PoolTimeout)
@@ -33,3 +37,16 @@ def provider_error_response(error: ProviderError,
     if error.retry_after and not any(name == "retry-after" for name, _ in out):
         out.append(("retry-after", error.retry_after))
     return error_response(error.status, error.message, error.type, error.param, error.code, out)
+
+
+def is_anthropic_path(path: str) -> bool:
+    """Routes whose callers expect Anthropic's error shape."""
+    return path.startswith(("/anthropic/", "/v1/messages")) or path == "/anthropic"
+
+
+def protocol_error_body(status: int, message: str, path: str | None) -> bytes:
+    """The body for a refusal made before any route ran (a 413 for a declared
+    length), in the error shape of the API the caller was speaking."""
+    if path is not None and is_anthropic_path(path):
+        return orjson.dumps(anthropic_error_body(status, message))
+    return error_body(message, error_type_for_status(status))
