@@ -25,6 +25,7 @@ from smartflow.store.redis_client import create_redis_client
 from smartflow.supervisor import (
     EXIT_BIND_FAILED,
     EXIT_OK,
+    WORKER_HEARTBEAT_INTERVAL_S,
     WorkerContext,
     bind_listener,
     build_server_ssl_context,
@@ -102,11 +103,13 @@ async def _serve(context: WorkerContext, sock: socket.socket) -> int:
     context.report_ready()
     try:
         async with asyncio.TaskGroup() as tasks:
+            heartbeat = tasks.create_task(_beat_heartbeat(context))
             flusher = tasks.create_task(telemetry.run_flusher(FLUSH_INTERVAL_S))
             await retire.wait()
             await server.accept_backlog_and_close_listener()
             await server.drain(settings.server.shutdown_timeout)
             flusher.cancel()
+            heartbeat.cancel()
     finally:
         telemetry.close()
         for close in closers:
@@ -115,3 +118,14 @@ async def _serve(context: WorkerContext, sock: socket.socket) -> int:
         with contextlib.suppress(Exception):
             await redis.aclose()
     return EXIT_OK
+
+
+async def _beat_heartbeat(context: WorkerContext) -> None:
+    """Tell the supervisor this worker's event loop is turning.
+
+    It runs on the loop itself, so a loop blocked by a handler stops the
+    beats, and the supervisor kills the worker after supervisor.worker_timeout.
+    """
+    while True:
+        context.report_alive()
+        await asyncio.sleep(WORKER_HEARTBEAT_INTERVAL_S)

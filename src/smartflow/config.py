@@ -61,6 +61,7 @@ class SupervisorSettings:
     crash_loop_restarts: int = 5
     crash_loop_window: float = 10.0
     restart_backoff_max: float = 5.0
+    worker_timeout: float = 30.0  # seconds without a worker heartbeat; 0 = never kill
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,6 +308,11 @@ def _check_values(settings: Settings) -> None:
         raise ConfigError("server.max_body_bytes: must be >= 1")
     if bool(server.tls_cert_file) != bool(server.tls_key_file):
         raise ConfigError("server.tls_cert_file: tls_cert_file and tls_key_file go together")
+    worker_timeout = settings.supervisor.worker_timeout
+    if not worker_timeout >= 0:  # also refuses nan
+        raise ConfigError(
+            f"supervisor.worker_timeout: must be >= 0 (0 disables), got {worker_timeout}"
+        )
     # Several entries may share a public name: they are deployments of one
     # model, for balancing and fallback.
     for i, model in enumerate(settings.models):

@@ -17,6 +17,11 @@ Workers:
     so the kernel spreads connections over workers and a worker that exits
     takes only its own queue with it;
   * a child writes one byte to its readiness pipe once it is accepting;
+  * a ready child proves its event loop is turning by stamping the time into
+    a shared-memory heartbeat every second; one whose heartbeat is older than
+    `supervisor.worker_timeout` is wedged (a blocked loop never recovers by
+    itself) and is killed with SIGKILL, then reaped and replaced like any
+    other death;
   * exit status is a contract: 3 = could not bind (halt the gateway with 3,
     never respawn), anything else unexpected is a crash: respawn at once,
     then with exponential backoff; `crash_loop_restarts` crashes within
@@ -36,11 +41,13 @@ import dataclasses
 import gc
 import importlib
 import logging
+import mmap
 import os
 import select
 import signal
 import socket
 import ssl
+import struct
 import sys
 import time
 import traceback
@@ -61,6 +68,7 @@ EXIT_BIND_FAILED = 3
 EXIT_CRASH_LOOP = 4
 
 WORKER_BOOT_TIMEOUT_S = 30.0
+WORKER_HEARTBEAT_INTERVAL_S = 1.0
 # Retiring workers get shutdown_timeout to drain, plus this much to exit.
 KILL_GRACE_S = 2.0
 FIRST_BACKOFF_S = 0.1
@@ -68,6 +76,7 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 _IDLE_WAKEUP_S = 1.0
 _PR_SET_PDEATHSIG = 1
 _READY_BYTE = b"R"
+_HEARTBEAT_STAMP = struct.Struct("d")
 _HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 
 
@@ -111,6 +120,30 @@ class StartupError(Exception):
         self.exit_code = exit_code
 
 
+class Heartbeat:
+    """When a worker's event loop last turned (`time.monotonic()`, which is
+    system-wide on Linux), in a page of anonymous shared memory mapped before
+    the fork: the worker stamps it and the supervisor reads it with plain
+    memory accesses, no syscalls and no files, however many workers there are.
+    """
+
+    __slots__ = ("_memory",)
+
+    def __init__(self) -> None:
+        self._memory = mmap.mmap(-1, _HEARTBEAT_STAMP.size)  # MAP_SHARED: survives fork
+        self.beat()
+
+    def beat(self) -> None:
+        _HEARTBEAT_STAMP.pack_into(self._memory, 0, time.monotonic())
+
+    def last_beat(self) -> float:
+        stamp: float = _HEARTBEAT_STAMP.unpack_from(self._memory, 0)[0]
+        return stamp
+
+    def close(self) -> None:
+        self._memory.close()
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerContext:
     """Everything a worker process is told by the supervisor."""
@@ -121,11 +154,16 @@ class WorkerContext:
     ready_fd: int               # write one byte here once accepting
     generation: int
     supervisor_pid: int
+    heartbeat: Heartbeat | None = None  # beat every WORKER_HEARTBEAT_INTERVAL_S once ready
 
     def report_ready(self) -> None:
         with contextlib.suppress(OSError):
             os.write(self.ready_fd, _READY_BYTE)
             os.close(self.ready_fd)
+
+    def report_alive(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.beat()
 
 
 WorkerEntry = Callable[[WorkerContext], int]
@@ -137,9 +175,16 @@ class _Worker:
     generation: int
     ready_fd: int | None
     started_at: float
+    heartbeat: Heartbeat
+    ready_at: float = 0.0
     is_ready: bool = False
     is_retiring: bool = False
+    is_hung: bool = False       # killed for a stale heartbeat, not yet reaped
     kill_at: float | None = None
+
+    def last_sign_of_life(self) -> float:
+        # The ready time covers a worker whose first beat is not stamped yet.
+        return max(self.heartbeat.last_beat(), self.ready_at)
 
 
 class RestartBackoff:
@@ -458,9 +503,12 @@ class Supervisor:
         deadlines = [now + _IDLE_WAKEUP_S]
         if self._backoff.next_spawn_at > now:
             deadlines.append(self._backoff.next_spawn_at)
+        worker_timeout_s = self._settings.supervisor.worker_timeout
         for worker in self._workers.values():
             if worker.kill_at is not None:
                 deadlines.append(worker.kill_at)
+            if worker_timeout_s > 0 and self._is_heartbeat_watched(worker):
+                deadlines.append(worker.last_sign_of_life() + worker_timeout_s)
         return max(0.0, min(deadlines) - now)
 
     def _read_signals(self) -> list[int]:
@@ -485,6 +533,7 @@ class Supervisor:
         worker.ready_fd = None
         if data.startswith(_READY_BYTE):
             worker.is_ready = True
+            worker.ready_at = time.monotonic()
             log_event("info", "worker_ready", worker_pid=worker.pid, generation=worker.generation)
         # EOF without the byte: the worker died before it was ready; the reap
         # that follows says why.
@@ -519,6 +568,7 @@ class Supervisor:
             worker = self._workers.pop(pid)
             if worker.ready_fd is not None:
                 os.close(worker.ready_fd)
+            worker.heartbeat.close()
             from smartflow.telemetry.metrics import mark_worker_dead
 
             mark_worker_dead(pid)
@@ -580,6 +630,7 @@ class Supervisor:
         self._kill_overdue(now)
         if self._is_stopping:
             return
+        self._kill_hung(now)
         wanted = worker_count(self._settings)
         current = sorted(
             (w for w in self._workers.values()
@@ -617,6 +668,28 @@ class Supervisor:
                           reason="did not exit within shutdown_timeout")
                 self._signal(worker.pid, signal.SIGKILL)
                 worker.kill_at = None
+
+    def _is_heartbeat_watched(self, worker: _Worker) -> bool:
+        # Before ready the boot timeout applies; a retiring worker has its
+        # drain deadline (kill_at) instead.
+        return (worker.is_ready and not worker.is_retiring and not worker.is_hung
+                and not self._is_stopping)
+
+    def _kill_hung(self, now: float) -> None:
+        worker_timeout_s = self._settings.supervisor.worker_timeout
+        if worker_timeout_s <= 0:
+            return
+        for worker in self._workers.values():
+            if not self._is_heartbeat_watched(worker):
+                continue
+            silent_s = now - worker.last_sign_of_life()
+            if silent_s > worker_timeout_s:
+                log_event("error", "worker_timeout", worker_pid=worker.pid,
+                          seconds_since_heartbeat=round(silent_s, 3),
+                          worker_timeout_s=worker_timeout_s,
+                          message="worker event loop blocked; killing it with SIGKILL")
+                worker.is_hung = True
+                self._signal(worker.pid, signal.SIGKILL)
 
     def _retire(self, worker: _Worker, now: float) -> None:
         worker.is_retiring = True
@@ -675,6 +748,7 @@ class Supervisor:
 
     def _spawn(self) -> None:
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        heartbeat = Heartbeat()
         # Objects made so far are never freed by the workers: keep the cyclic
         # GC from touching (and so copying) their pages in every child.
         gc.freeze()
@@ -683,14 +757,15 @@ class Supervisor:
         pid = os.fork()
         if pid == 0:
             os.close(ready_r)
-            self._run_child(ready_w)  # never returns
+            self._run_child(ready_w, heartbeat)  # never returns
         os.close(ready_w)
         self._workers[pid] = _Worker(
-            pid=pid, generation=self._generation, ready_fd=ready_r, started_at=time.monotonic()
+            pid=pid, generation=self._generation, ready_fd=ready_r, started_at=time.monotonic(),
+            heartbeat=heartbeat,
         )
         log_event("info", "worker_started", worker_pid=pid, generation=self._generation)
 
-    def _run_child(self, ready_fd: int) -> None:
+    def _run_child(self, ready_fd: int, heartbeat: Heartbeat) -> None:
         exit_code = EXIT_STARTUP_FAILED
         try:
             signal.set_wakeup_fd(-1)
@@ -710,6 +785,7 @@ class Supervisor:
                 if worker.ready_fd is not None:
                     with contextlib.suppress(OSError):
                         os.close(worker.ready_fd)
+                worker.heartbeat.close()  # the siblings' heartbeats are not ours
             if self._port_holder is not None:
                 self._port_holder.close()
             context = WorkerContext(
@@ -719,6 +795,7 @@ class Supervisor:
                 ready_fd=ready_fd,
                 generation=self._generation,
                 supervisor_pid=self._pid,
+                heartbeat=heartbeat,
             )
             assert self._worker_entry is not None
             exit_code = self._worker_entry(context)
@@ -776,6 +853,6 @@ def serve(
 
 __all__ = [
     "EXIT_BIND_FAILED", "EXIT_CONFIG_ERROR", "EXIT_CRASH_LOOP", "EXIT_OK",
-    "EXIT_STARTUP_FAILED", "RestartBackoff", "StartupError", "Supervisor", "WorkerContext",
-    "bind_listener", "load_gateway_entry", "log_event", "serve",
+    "EXIT_STARTUP_FAILED", "Heartbeat", "RestartBackoff", "StartupError", "Supervisor",
+    "WorkerContext", "bind_listener", "load_gateway_entry", "log_event", "serve",
 ]
