@@ -18,61 +18,11 @@ from pathlib import Path
 import orjson
 import pytest
 from harness.gateway import GatewayError, GatewayProcess, group_pids, http_get_status
+from harness.worker_client import Connection, get_once, worker_pid_of
 
 from smartflow.supervisor import RestartBackoff
 
 BENCH = {"server": {"bench_routes": True, "shutdown_timeout": 10.0}}
-
-
-# -- a tiny blocking HTTP/1.1 client: exact control over connections -----------------
-
-class Connection:
-    """One keep-alive HTTP/1.1 connection (Content-Length responses only)."""
-
-    def __init__(self, port: int, timeout_s: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-        self._buffer = b""
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        while b"\r\n\r\n" not in self._buffer:
-            self._fill()
-        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(self._buffer) < length:
-            self._fill()
-        body, self._buffer = self._buffer[:length], self._buffer[length:]
-        return status, body
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed by the gateway")
-        self._buffer += chunk
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def worker_pid_of(connection: Connection) -> int:
-    status, body = connection.get("/bench/worker")
-    assert status == 200
-    return int(orjson.loads(body)["pid"])
-
-
-def get_once(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
-    """GET on a fresh connection, closed afterwards."""
-    connection = Connection(port, timeout_s)
-    try:
-        return connection.get(path)
-    finally:
-        connection.close()
 
 
 def connections_per_worker(port: int, pids: list[int]) -> dict[int, Connection]:
@@ -181,16 +131,6 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> floa
     return time.monotonic() - start
 
 
-def events(gateway: GatewayProcess, name: str) -> list[dict[str, object]]:
-    found = []
-    for line in list(gateway.output_lines):
-        if line.startswith("{"):
-            record = orjson.loads(line)
-            if record.get("event") == name:
-                found.append(record)
-    return found
-
-
 def redis_children(gateway: GatewayProcess) -> list[int]:
     names = {pid: Path(f"/proc/{pid}/comm").read_text().strip() for pid in gateway.child_pids()}
     return [pid for pid, name in names.items() if name.startswith("redis")]
@@ -235,7 +175,7 @@ def test_a_killed_worker_is_replaced_within_a_second_while_the_other_keeps_answe
 
     assert healed_s < 1.0, f"healing took {healed_s:.2f} s"
     assert load.failures == [] and load.ok > 10
-    assert events(gateway, "worker_died")
+    assert gateway.log_events("worker_died")
 
 
 def test_sighup_rolls_every_worker_without_failing_a_request_or_cutting_a_stream(
@@ -252,7 +192,7 @@ def test_sighup_rolls_every_worker_without_failing_a_request_or_cutting_a_stream
     time.sleep(0.2)
 
     gateway.send_signal(signal.SIGHUP)
-    wait_for(lambda: len(events(gateway, "worker_ready")) >= 4, 10, "the new generation")
+    wait_for(lambda: len(gateway.log_events("worker_ready")) >= 4, 10, "the new generation")
     wait_for(lambda: not (set(gateway.worker_pids()) & old_pids), 15, "old workers to exit")
     time.sleep(0.3)
     for load in loads:
@@ -276,7 +216,7 @@ def test_sighup_applies_the_edited_config_to_the_new_workers(
     gateway.config_path.write_text("[server]\nbench_routes = false\n")
 
     gateway.send_signal(signal.SIGHUP)
-    wait_for(lambda: len(events(gateway, "worker_ready")) >= 4, 10, "the new generation")
+    wait_for(lambda: len(gateway.log_events("worker_ready")) >= 4, 10, "the new generation")
     wait_for(lambda: not (set(gateway.worker_pids()) & old_pids), 15, "old workers to exit")
 
     assert get_once(gateway.port, "/bench/worker")[0] == 404
@@ -291,10 +231,10 @@ def test_sighup_with_an_invalid_config_keeps_the_running_workers(
     gateway.config_path.write_text('[server]\nkeepalive_timeout = "soon"\n')
 
     gateway.send_signal(signal.SIGHUP)
-    wait_for(lambda: bool(events(gateway, "reload_refused")), 5, "the reload to be refused")
+    wait_for(lambda: bool(gateway.log_events("reload_refused")), 5, "the reload to be refused")
     time.sleep(0.3)
 
-    assert "server.keepalive_timeout: expected float, got str" in events(gateway, "reload_refused")[0]["message"]
+    assert "server.keepalive_timeout: expected float, got str" in gateway.log_events("reload_refused")[0]["message"]
     assert gateway.worker_pids() == pids
     assert http_get_status(gateway.port, "/health") == 200
 
@@ -306,7 +246,7 @@ def test_a_stop_signal_finishes_an_in_flight_stream_then_leaves_nothing_running(
     gateway = gateway_factory(BENCH)
     redis_pids = redis_children(gateway)
     assert len(redis_pids) == 1
-    socket_path = Path(str(events(gateway, "redis_started")[0]["url"])[len("unix://"):])
+    socket_path = Path(str(gateway.log_events("redis_started")[0]["url"])[len("unix://"):])
     assert socket_path.exists()
     stream = StreamReader(gateway.port, chunks=10, interval_ms=100)
     stream.start()
@@ -333,7 +273,7 @@ def test_a_crashed_embedded_redis_is_restarted_and_readiness_recovers(
     (redis_pid,) = redis_children(gateway)
 
     os.kill(redis_pid, signal.SIGKILL)
-    wait_for(lambda: bool(events(gateway, "redis_restarted")), 10, "redis to be restarted")
+    wait_for(lambda: bool(gateway.log_events("redis_restarted")), 10, "redis to be restarted")
     wait_for(lambda: get_once(gateway.port, "/health/ready")[0] == 200, 10, "readiness")
 
     assert len(redis_children(gateway)) == 1 and redis_children(gateway) != [redis_pid]
@@ -361,9 +301,9 @@ def test_workers_that_die_at_boot_halt_the_gateway_with_exit_status_4(
     with pytest.raises(GatewayError):
         gateway.start()
     assert gateway.returncode == 4
-    halt = events(gateway, "halt")
+    halt = gateway.log_events("halt")
     assert halt and "crash loop" in str(halt[0]["message"])
-    assert len(events(gateway, "worker_died")) == 4
+    assert len(gateway.log_events("worker_died")) == 4
 
 
 def test_a_port_already_in_use_stops_the_gateway_with_exit_status_3(
@@ -388,7 +328,7 @@ def test_a_worker_reporting_a_bind_failure_halts_the_gateway_with_exit_status_3(
         gateway.start()
     assert gateway.returncode == 3
     assert "could not bind" in gateway.output_text()
-    assert len(events(gateway, "worker_died")) == 0
+    assert len(gateway.log_events("worker_died")) == 0
 
 
 @pytest.mark.parametrize("flag", ["--http1.1", "--http2-prior-knowledge"])

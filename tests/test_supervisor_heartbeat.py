@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import time
 from collections.abc import Callable, Iterator
 
-import orjson
 import pytest
 from harness.gateway import GatewayProcess
+from harness.worker_client import Connection, worker_pid_of
 
 WORKER_TIMEOUT_S = 2.0
 
@@ -30,46 +29,11 @@ def _config(worker_timeout_s: float, shutdown_timeout_s: float = 10.0) -> dict[s
     }
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection (Content-Length responses only)."""
-
-    def __init__(self, port: int, timeout_s: float = 5.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
-        self._buffer = b""
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        while b"\r\n\r\n" not in self._buffer:
-            self._fill()
-        head, _, self._buffer = self._buffer.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        while len(self._buffer) < length:
-            self._fill()
-        body, self._buffer = self._buffer[:length], self._buffer[length:]
-        return status, body
-
-    def _fill(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("connection closed by the gateway")
-        self._buffer += chunk
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def _connection_to(gateway: GatewayProcess, pid: int, attempts: int = 100) -> Connection:
     """A keep-alive connection the kernel handed to worker `pid`."""
     for _ in range(attempts):
         connection = Connection(gateway.port)
-        status, body = connection.get("/bench/worker")
-        if status == 200 and orjson.loads(body)["pid"] == pid:
+        if worker_pid_of(connection) == pid:
             return connection
         connection.close()
     raise AssertionError(f"no connection reached worker {pid} in {attempts} attempts")
@@ -90,18 +54,6 @@ def stopped_pids() -> Iterator[list[int]]:
 def _freeze(pid: int, stopped_pids: list[int]) -> None:
     stopped_pids.append(pid)
     os.kill(pid, signal.SIGSTOP)
-
-
-def _events(gateway: GatewayProcess, event: str) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = []
-    for line in list(gateway.output_lines):
-        if f'"{event}"' not in line:
-            continue
-        with contextlib.suppress(orjson.JSONDecodeError):
-            record = orjson.loads(line)
-            if isinstance(record, dict) and record.get("event") == event:
-                found.append(record)
-    return found
 
 
 def test_a_wedged_worker_is_killed_and_replaced_while_the_other_keeps_serving(
@@ -132,7 +84,7 @@ def test_a_wedged_worker_is_killed_and_replaced_while_the_other_keeps_serving(
     finally:
         to_survivor.close()
 
-    timeouts = _events(gateway, "worker_timeout")
+    timeouts = gateway.log_events("worker_timeout")
     assert [event["worker_pid"] for event in timeouts] == [wedged]
     seconds_silent = timeouts[0]["seconds_since_heartbeat"]
     assert isinstance(seconds_silent, float) and seconds_silent > WORKER_TIMEOUT_S
@@ -159,7 +111,7 @@ def test_with_worker_timeout_zero_a_wedged_worker_is_left_alone(
         assert to_wedged.get("/health")[0] == 200, "the resumed worker serves again"
     finally:
         to_wedged.close()
-    assert _events(gateway, "worker_timeout") == []
+    assert gateway.log_events("worker_timeout") == []
     assert gateway.stop() == 0
 
 
@@ -175,7 +127,7 @@ def test_a_draining_worker_is_not_killed_by_the_heartbeat_check(
     started = time.monotonic()
     assert gateway.stop(timeout_s=30.0) == 0
     assert time.monotonic() - started >= shutdown_timeout_s - 0.5
-    assert _events(gateway, "worker_timeout") == []
-    killed = _events(gateway, "worker_killed")
+    assert gateway.log_events("worker_timeout") == []
+    killed = gateway.log_events("worker_killed")
     assert [event["worker_pid"] for event in killed] == [wedged]
     assert gateway.stray_pids_at_stop == []

@@ -10,6 +10,7 @@ a plain socket: no client library, no event loop.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -22,6 +23,8 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import orjson
 
 from .lifecycle import ManagedService
 from .ports import LOOPBACK_HOST, free_port
@@ -260,6 +263,18 @@ class GatewayProcess(ManagedService):
 
     def output_tail(self, lines: int = _OUTPUT_TAIL_LINES) -> str:
         return "\n".join(list(self.output_lines)[-lines:])
+
+    def log_events(self, name: str) -> list[dict[str, object]]:
+        """The gateway's JSON log records whose "event" is `name`, in order."""
+        found: list[dict[str, object]] = []
+        for line in list(self.output_lines):
+            if f'"{name}"' not in line:
+                continue
+            with contextlib.suppress(orjson.JSONDecodeError):
+                record = orjson.loads(line)
+                if isinstance(record, dict) and record.get("event") == name:
+                    found.append(record)
+        return found
 
     def child_pids(self) -> list[int]:
         """Every live direct child of the supervisor (workers, embedded redis, ...)."""
