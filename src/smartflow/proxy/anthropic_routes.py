@@ -50,7 +50,11 @@ from smartflow.proxy.relay import (
     relay,
 )
 from smartflow.proxy.upstream import Upstream, read_body, send
-from smartflow.proxy.validation import parse_json_object, validate_anthropic_messages
+from smartflow.proxy.validation import (
+    ChatRequestFacts,
+    parse_json_object,
+    validate_anthropic_messages,
+)
 
 Handler = Callable[[Request], Awaitable[Response | StreamingResponse]]
 
@@ -275,20 +279,32 @@ def register_anthropic_routes(router: Any, context: ProxyContext) -> None:
         return await passthrough(context, request, state, url,
                                  forward_headers(context, request, native.api_key), raw, body)
 
-    @_anthropic_errors
-    async def messages(request: Request) -> Response | StreamingResponse:
+    async def native_or_parsed(
+        request: Request, upstream_path: str
+    ) -> tuple[Response | StreamingResponse | None, CallState, dict[str, Any], ChatRequestFacts]:
+        """Authenticate, parse and resolve an Anthropic-format request. For an
+        Anthropic target it is forwarded natively to ``upstream_path`` and the
+        response comes first; otherwise that is None and the caller answers."""
         context.authenticator.check(request)
         raw = await request.body()
         body = parse_json_object(raw)
         facts = validate_anthropic_messages(body)
         target = resolve(request, facts.model)
         state = CallState(request, target)
-        if target.provider == "anthropic":
-            api_key = target.api_key or native.api_key
-            url = native.url("v1/messages", request.query_string, target.api_base or None)
-            return await passthrough(context, request, state, url,
+        if target.provider != "anthropic":
+            return None, state, body, facts
+        api_key = target.api_key or native.api_key
+        url = native.url(upstream_path, request.query_string, target.api_base or None)
+        response = await passthrough(context, request, state, url,
                                      forward_headers(context, request, api_key),
                                      _rewrite_model(raw, body, target.model), body)
+        return response, state, body, facts
+
+    @_anthropic_errors
+    async def messages(request: Request) -> Response | StreamingResponse:
+        response, state, body, facts = await native_or_parsed(request, "v1/messages")
+        if response is not None:
+            return response
         return await translated(request, state, body, facts.is_stream)
 
     async def translated(request: Request, state: CallState, body: dict[str, Any],
@@ -349,19 +365,10 @@ def register_anthropic_routes(router: Any, context: ProxyContext) -> None:
 
     @_anthropic_errors
     async def count_tokens(request: Request) -> Response | StreamingResponse:
-        context.authenticator.check(request)
-        raw = await request.body()
-        body = parse_json_object(raw)
-        facts = validate_anthropic_messages(body)
-        target = resolve(request, facts.model)
-        state = CallState(request, target)
-        if target.provider == "anthropic":
-            api_key = target.api_key or native.api_key
-            url = native.url("v1/messages/count_tokens", request.query_string,
-                             target.api_base or None)
-            return await passthrough(context, request, state, url,
-                                     forward_headers(context, request, api_key),
-                                     _rewrite_model(raw, body, target.model), body)
+        response, state, body, _facts = await native_or_parsed(request,
+                                                               "v1/messages/count_tokens")
+        if response is not None:
+            return response
         return Response(200, orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}),
                         state.headers(None, 0.0))
 
