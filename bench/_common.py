@@ -525,3 +525,14 @@ def python_import_time_s(python: str, module: str, runs: int = 7,
         return statistics.median(samples)
 
     return max(0.0, median_wall(f"import {module}") - median_wall("pass"))
+
+
+def write_results(file_name: str, args: object, results: dict[str, object]) -> None:
+    """Save a run to bench/results/<file_name> with its settings and machine note."""
+    import json  # off the hot path: only for the results file
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / file_name
+    document = {"settings": vars(args), "machine": machine_note(), **results}
+    out.write_text(json.dumps(document, indent=2, default=str))
+    log(f"wrote {out.relative_to(REPO_DIR)}")

@@ -34,7 +34,6 @@ from _common import (
     PEERS_DIR,
     REPO_DIR,
     REPO_PYTHON,
-    RESULTS_DIR,
     WORK_DIR,
     LoadResult,
     ServerProcess,
@@ -52,6 +51,7 @@ from _common import (
     run_cli,
     run_h2load,
     run_wrk,
+    write_results,
     wrk_post_script,
 )
 
@@ -395,13 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(measurements, list(servers), cold))
 
     if args.json:
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        out = RESULTS_DIR / "http_bench.json"
-        import json  # off the hot path: only for the results file
-
-        out.write_text(json.dumps({
-            "settings": vars(args),
-            "machine": machine_note(),
+        write_results("http_bench.json", args, {
             "measurements": [
                 {"scenario": m.scenario, "concurrency": m.concurrency, "server": m.server,
                  "result": asdict(m.result) if m.result else None, "error": m.error}
@@ -410,8 +404,7 @@ def main(argv: list[str] | None = None) -> int:
             "import_s": cold.import_s if cold else {},
             "cold_start_median_s": statistics.median(cold.ready_s) if cold and cold.ready_s
             else None,
-        }, indent=2, default=str))
-        log(f"wrote {out.relative_to(REPO_DIR)}")
+        })
     return 0
 
 

@@ -58,6 +58,7 @@ from _common import (
     run_cli,
     run_wrk,
     worker_pids,
+    write_results,
     wrk_post_script,
 )
 from http_bench import smartflow_argv, smartflow_available
@@ -569,21 +570,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + "\n".join(profile_lines[:40]))
 
     if args.json:
-        import json  # off the hot path: only for the results file
-
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        out = RESULTS_DIR / "llm_proxy_bench.json"
-        out.write_text(json.dumps({
-            "settings": vars(args),
-            "machine": machine_note(),
+        write_results("llm_proxy_bench.json", args, {
             "measurements": [
                 {"mode": m.mode, "concurrency": m.concurrency, "target": m.target,
                  "result": asdict(m.result) if m.result else None, "error": m.error}
                 for m in measurements],
             "time_to_first_byte": [asdict(f) for f in first_bytes],
             "memory": {name: asdict(r) for name, r in memory.items()},
-        }, indent=2, default=str))
-        log(f"wrote {out.relative_to(REPO_DIR)}")
+        })
     return 0
 
 
