@@ -10,9 +10,10 @@ Content-Length body is framed here by counting bytes.  The last head parsed on
 a connection is remembered with its result: clients repeat the same head byte
 for byte, and the same bytes need not be parsed (or checked) twice.
 
-Responses are framed here (status line + headers + Content-Length or chunked)
-instead of through `h11.Connection.send`, which costs about as much as all the
-rest of a request; outgoing header names and values are checked for CR/LF/NUL.
+Responses are framed here (status line + headers + Content-Length or chunked,
+trailer fields in the last chunk) instead of through `h11.Connection.send`,
+which costs about as much as all the rest of a request; outgoing header (and
+trailer) names and values are checked for CR/LF/NUL.
 
 Requests on one connection are strictly sequential: after `RequestReceived`
 (and its body events) the connection waits in `State.RESPONDING` until the
@@ -425,6 +426,19 @@ def encode_response_head(
 
 def encode_chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def encode_last_chunk(trailers: list[tuple[str, str]]) -> bytes:
+    """The last chunk of a chunked body, carrying `trailers` as trailer fields
+    (RFC 9112 7.1.2); the fields are checked like headers (HeaderError)."""
+    if not trailers:
+        return LAST_CHUNK
+    parts = ["0\r\n"]
+    for name, value in trailers:
+        check_header(name, value)
+        parts.append(f"{name}: {value}\r\n")
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1")
 
 
 def encode_error_response(status: int, body: bytes, date_line: bytes) -> bytes:

@@ -204,6 +204,21 @@ class H2Connection:
         out.append((b"date", date_value))
         self._conn.send_headers(stream_id, out, end_stream=end_stream)
 
+    def send_trailers(self, stream_id: int, trailers: list[tuple[str, str]]) -> None:
+        """Trailer fields as a HEADERS frame with END_STREAM (ends the stream).
+        Checked like headers (HeaderError, before anything is queued)."""
+        out: list[tuple[bytes, bytes]] = []
+        for name, value in trailers:
+            check_header(name, value)
+            lower = name.lower()
+            if lower in _CONNECTION_SPECIFIC:
+                continue
+            out.append((lower.encode("latin-1"), value.encode("latin-1")))
+        if out:
+            self._conn.send_headers(stream_id, out, end_stream=True)
+        else:
+            self._conn.end_stream(stream_id)
+
     def send_window(self, stream_id: int) -> int:
         """How many bytes of DATA may be sent on the stream right now."""
         conn = self._conn

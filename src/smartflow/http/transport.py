@@ -18,6 +18,9 @@ Back-pressure, both ways:
     after each streamed chunk, so a client that does not read stops the
     producer; HTTP/2 additionally waits for flow-control window per stream.
 
+Streaming responses may end with trailer fields (`StreamingResponse.trailers`):
+in the last chunk on HTTP/1.1, as a trailing HEADERS frame on HTTP/2.
+
 Timers are not per request: one server tick (a few times a second) updates the
 cached `date` header and closes connections whose deadline passed (no complete
 head within header_timeout -> 408; idle keep-alive past keepalive_timeout ->
@@ -98,6 +101,26 @@ def _split_target(target: bytes) -> tuple[str, bytes]:
     if "%" in path:
         path = unquote(path)
     return path, query
+
+
+def _with_trailer_header(
+    headers: list[tuple[str, str]], trailer_names: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """A copy of `headers` announcing `trailer_names` (the response's own list is
+    left alone)."""
+    return [*headers, ("trailer", ", ".join(trailer_names))]
+
+
+def _encode_h1_last_chunk(fields: list[tuple[str, str]]) -> bytes:
+    """The last chunk with `fields` as trailers; invalid fields are logged and
+    dropped (the body is already on the wire and must still end properly)."""
+    if not fields:
+        return h1_protocol.LAST_CHUNK
+    try:
+        return h1_protocol.encode_last_chunk(fields)
+    except (ValueError, TypeError):  # HeaderError, UnicodeEncodeError, bad shapes
+        logger.exception("invalid trailer fields from a streaming response; not sent")
+        return h1_protocol.LAST_CHUNK
 
 
 class _Exchange:
@@ -311,6 +334,20 @@ class _Connection(asyncio.Protocol):
             await waiter
         if self._is_closed:
             raise _StreamGone()
+
+    def _take_trailers(
+        self, trailers: Callable[[], list[tuple[str, str]]]
+    ) -> list[tuple[str, str]]:
+        """Call a streaming response's `trailers` once its body ended normally.
+        A failing callback is logged and yields no fields."""
+        if self._is_closed:
+            raise _StreamGone()  # ended abnormally after all: no trailers
+        try:
+            fields = trailers()
+        except Exception:
+            logger.exception("trailers callback of a streaming response failed")
+            return []
+        return fields or []
 
     def _abandon(self, exchange: _Exchange) -> None:
         """The client is gone (or reset the stream): cancel the handler."""
@@ -559,14 +596,18 @@ class _Connection(asyncio.Protocol):
                 exchange.bytes_sent = len(data)
             return
         chunks = response.chunks
+        trailers = response.trailers
         try:
             is_chunked = exchange.request.http_version == "1.1"
             keep_alive = exchange.keep_alive and is_chunked and not self._is_draining
             exchange.keep_alive = keep_alive
             exchange.status = response.status
+            headers = response.headers
+            if response.trailer_names and is_chunked and not exchange.is_head:
+                headers = _with_trailer_header(headers, response.trailer_names)
             head = h1_protocol.encode_response_head(
                 response.status,
-                response.headers,
+                headers,
                 response.content_type,
                 None,
                 keep_alive=keep_alive,
@@ -589,8 +630,15 @@ class _Connection(asyncio.Protocol):
                     if self._is_writing_paused:
                         await self._wait_writable()
                 if is_chunked:
-                    self._write(h1_protocol.LAST_CHUNK)
-                    sent += len(h1_protocol.LAST_CHUNK)
+                    last_chunk = h1_protocol.LAST_CHUNK
+                    if trailers is not None:
+                        last_chunk = _encode_h1_last_chunk(self._take_trailers(trailers))
+                    self._write(last_chunk)
+                    sent += len(last_chunk)
+                elif trailers is not None:
+                    self._take_trailers(trailers)  # close-delimited: nowhere to put them
+            elif trailers is not None:
+                self._take_trailers(trailers)
             exchange.bytes_sent = sent
             if self._is_closed:
                 raise _StreamGone()
@@ -765,13 +813,17 @@ class _Connection(asyncio.Protocol):
                 await self._send_h2_data(exchange, body, end_stream=True)
             return
         chunks = response.chunks
+        trailers = response.trailers
         try:
             exchange.status = response.status
+            headers = response.headers
+            if response.trailer_names and not exchange.is_head:
+                headers = _with_trailer_header(headers, response.trailer_names)
             self._h2_call(
                 h2.send_headers,
                 stream_id,
                 response.status,
-                response.headers,
+                headers,
                 response.content_type,
                 None,
                 date_value=date_value,
@@ -780,11 +832,18 @@ class _Connection(asyncio.Protocol):
             exchange.response_started = True
             self._flush_h2()
             if exchange.is_head:
+                if trailers is not None:
+                    self._take_trailers(trailers)
                 return
             async for chunk in chunks:
                 if chunk:
                     await self._send_h2_data(exchange, chunk, end_stream=False)
-            self._h2_call(h2.end_stream, stream_id)
+            if trailers is None:
+                self._h2_call(h2.end_stream, stream_id)
+            else:
+                if not h2.is_stream_open(stream_id):
+                    raise _StreamGone()
+                self._end_h2_stream_with_trailers(stream_id, self._take_trailers(trailers))
             self._flush_h2()
         finally:
             aclose = getattr(chunks, "aclose", None)
@@ -793,6 +852,19 @@ class _Connection(asyncio.Protocol):
                     await aclose()
                 except Exception:
                     logger.exception("error closing a streaming response")
+
+    def _end_h2_stream_with_trailers(
+        self, stream_id: int, fields: list[tuple[str, str]]
+    ) -> None:
+        h2 = self._h2
+        assert h2 is not None
+        if fields:
+            try:
+                self._h2_call(h2.send_trailers, stream_id, fields)
+                return
+            except (ValueError, TypeError):  # HeaderError, UnicodeEncodeError, bad shapes
+                logger.exception("invalid trailer fields from a streaming response; not sent")
+        self._h2_call(h2.end_stream, stream_id)
 
     def _h2_call(self, method: Callable[..., None], *args: object, **kwargs: object) -> None:
         if self._is_closed:
