@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from harness.gateway import GatewayProcess
 from upstreams.recording_anthropic import RequestLog, SeenRequest, build_recording_anthropic
+from upstreams.recording_openai import build_recording_openai
 from upstreams.server import UpstreamThread
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -261,3 +262,33 @@ def test_claude_code_keyed_with_the_gateways_master_key_gets_in_and_that_key_sta
     prompt = run.prompt()
     assert prompt.header_values("x-api-key") == [GATEWAY_KEY]
     assert all(CLIENT_KEY not in value for _, value in prompt.header_lines)
+
+
+OPENAI_WIRE_MODEL = "team-gpt"
+
+
+def test_claude_code_through_anthropic_on_an_openai_wire_model_gets_its_answer(
+        claude_bin: str, gateway_factory: Callable[..., GatewayProcess], tmp_path: Path) -> None:
+    """ANTHROPIC_BASE_URL=<gateway>/anthropic with a catalog model served over
+    OpenAI's wire: the gateway translates, instead of sending the name to Anthropic."""
+    anthropic_log, openai_log = RequestLog(), RequestLog()
+    with UpstreamThread(build_recording_anthropic(anthropic_log, REPLY)) as anthropic_up, \
+            UpstreamThread(build_recording_openai(openai_log, REPLY)) as openai_up:
+        config = gateway_config(anthropic_up.url)
+        config["models"] = [*config["models"],  # type: ignore[list-item]
+                            {"name": OPENAI_WIRE_MODEL, "provider": "openai",
+                             "model": "gpt-4o-mini", "api_base": openai_up.url + "/v1",
+                             "api_key": "sk-openai-gateway"}]
+        gateway = gateway_factory(config, workers=1)
+        run = run_claude(claude_bin, tmp_path / "home", gateway.url + "/anthropic",
+                         OPENAI_WIRE_MODEL, anthropic_log)
+        assert run.returncode == 0, run.describe() + "\ngateway:\n" + gateway.output_tail()
+        assert REPLY in run.stdout, run.describe()
+        # The prompt went to the OpenAI-wire deployment, translated; Anthropic
+        # never saw a message for a model it does not serve.
+        chats = [r for r in openai_log.requests if r.path == "/v1/chat/completions"]
+        assert chats, f"the OpenAI upstream saw {openai_log.summary()}"
+        assert all(isinstance(r.json, dict) and r.json["model"] == "gpt-4o-mini" for r in chats)
+        assert not [r for r in run.posts()
+                    if isinstance(r.json, dict) and r.json.get("model") == OPENAI_WIRE_MODEL]
+        assert chats[-1].header("authorization") == "Bearer sk-openai-gateway"

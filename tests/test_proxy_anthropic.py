@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 import pytest
+from harness.h1_trailers import post_json_h1
 from upstreams.anthropic_mock import ProviderMockState, build_anthropic_mock
 from upstreams.server import start_upstream, stop_upstream
 
@@ -142,10 +143,17 @@ async def test_a_passthrough_stream_is_relayed_with_a_usage_tap_and_one_upstream
     usage_out = next(d for n, d in _sse_events(raw) if n == "message_delta")["usage"][
         "output_tokens"]
     expected = (usage_in * 3.0 + usage_out * 15.0) / 1_000_000
-    trailer = raw.rsplit(b"\n\n", 2)[-2]
-    assert trailer.startswith(b": x-smartflow-response-cost=")
-    assert float(trailer.split(b"=")[1]) == pytest.approx(expected, rel=1e-6)
+    # nothing after the provider's last event
+    assert raw.endswith(b'{"type":"message_stop"}\n\n')
     assert len(stack.state.requests) == before + 1
+    answer = await post_json_h1(
+        stack.url, "/anthropic/v1/messages",
+        {"model": "claude-sonnet-4-5", "max_tokens": 50, "stream": True, "messages": HELLO},
+        headers=[("x-api-key", "k"), ("anthropic-version", "2023-06-01")])
+    assert [name for name, _ in _sse_events(answer.body)] == names
+    assert answer.body.endswith(b'{"type":"message_stop"}\n\n')
+    assert float(answer.trailers["x-smartflow-response-cost"]) == pytest.approx(expected,
+                                                                                 rel=1e-6)
 
 
 async def test_head_probes_answer_200(stack: Stack) -> None:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from smartflow.config import ModelConfig, Settings
-from smartflow.http.errors import HTTPError
+from smartflow.dialects import openai as openai_dialect
+from smartflow.gateway_error import GatewayError, Reason
 from smartflow.http.request import Request
+from smartflow.providers.base import Target
+from smartflow.proxy.call import Call
 from smartflow.proxy.catalog import Catalog, ModelNotFound, provider_env_var_names
-from smartflow.proxy.chat import resolve_target
-from smartflow.proxy.context import build_proxy_context
+from smartflow.proxy.context import ProxyContext, build_proxy_context
 from smartflow.proxy.cost import load_price_table
+from smartflow.proxy.openai_routes import ChatOperation
+from smartflow.proxy.stages import RouteStage
 
 PRICES = load_price_table()
 
@@ -116,19 +121,30 @@ def _request(headers: list[tuple[bytes, bytes]]) -> Request:
     return Request("POST", "/v1/chat/completions", b"", headers, None, "1.1")
 
 
-def test_the_x_smartflow_model_header_overrides_the_body_model() -> None:
+async def _routed(context: ProxyContext, request: Request, model: str) -> Target:
+    """The target the pipeline's route stage picks for ``model``."""
+    call = Call(request, openai_dialect.DIALECT, "chat")
+    call.raw_body = orjson.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]})
+    ChatOperation().prepare(call)
+    await RouteStage(context.catalog).on_enter(call)
+    assert call.target is not None
+    return call.target
+
+
+async def test_the_x_smartflow_model_header_overrides_the_body_model() -> None:
     context = build_proxy_context(Settings(models=(
         ModelConfig(name="a", provider="mock"), ModelConfig(name="b", provider="openai",
                                                             model="gpt-4o"))))
-    assert resolve_target(context, _request([]), "a").public_name == "a"
+    assert (await _routed(context, _request([]), "a")).public_name == "a"
     override = _request([(b"x-smartflow-model", b"b")])
-    assert resolve_target(context, override, "a").public_name == "b"
+    assert (await _routed(context, override, "a")).public_name == "b"
 
 
-def test_an_unknown_model_is_a_404_with_code_model_not_found() -> None:
+async def test_an_unknown_model_is_a_404_with_code_model_not_found() -> None:
     context = build_proxy_context(Settings())
-    with pytest.raises(HTTPError) as caught:
-        resolve_target(context, _request([]), "no-such-model")
+    with pytest.raises(GatewayError) as caught:
+        await _routed(context, _request([]), "no-such-model")
     assert caught.value.status == 404
     assert caught.value.code == "model_not_found"
     assert caught.value.param == "model"
+    assert caught.value.reason is Reason.CLIENT

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from smartflow.config import ModelConfig
+from smartflow.dialects import openai as openai_dialect
 from smartflow.http.request import Request
 from smartflow.providers.base import Prices, Target, Usage
-from smartflow.proxy.accounting import cost_from, note_call, note_cost
+from smartflow.proxy.accounting import cost_from
+from smartflow.proxy.call import Call
 from smartflow.proxy.cost import (
     cost_of,
     estimate_prompt_tokens,
@@ -15,6 +17,7 @@ from smartflow.proxy.cost import (
     load_price_table,
     prices_for,
 )
+from smartflow.proxy.stages import AccessLogStage
 
 
 def test_the_shipped_table_covers_every_provider_and_the_mock_is_free() -> None:
@@ -71,27 +74,17 @@ def test_estimates_are_about_four_characters_per_token_and_marked() -> None:
     assert cost_of(Prices(1.0, 1.0), Usage(10, 10), is_estimated=True).is_estimated
 
 
-class _LoggedRequest(Request):
-    """A Request with the access log's `log_fields` slot (the server's may add it)."""
-
-    __slots__ = ("log_fields",)
-
-
-def test_model_provider_tokens_and_cost_land_in_the_access_log_fields() -> None:
-    request = _LoggedRequest("POST", "/v1/chat/completions", b"", [], None, "1.1")
-    request.log_fields = None
+async def test_model_provider_tokens_and_cost_land_in_the_access_log_fields() -> None:
+    request = Request("POST", "/v1/chat/completions", b"", [], None, "1.1")
     target = Target(public_name="gpt-test", provider="openai", model="gpt-4o-mini",
                     api_base="", prices=Prices(1.0, 2.0, 0.5))
-    note_call(request, target, "call-1")
-    note_cost(request, cost_from(target, None, estimated_prompt_tokens=10,
-                                 estimated_completion_chars=40))
+    call = Call(request, openai_dialect.DIALECT, "chat", call_id="call-1", trace_id="t" * 32)
+    call.target = target
+    call.cost = cost_from(target, None, estimated_prompt_tokens=10, estimated_completion_chars=40)
+    await AccessLogStage().on_exit(call)
     assert request.log_fields == {
-        "call_id": "call-1", "model": "gpt-test", "upstream_model": "gpt-4o-mini",
+        "call_id": "call-1", "trace_id": "t" * 32, "dialect": "openai",
+        "model": "gpt-test", "upstream_model": "gpt-4o-mini",
         "provider": "openai", "prompt_tokens": 10, "completion_tokens": 10,
         "cached_tokens": 0, "cost_usd": pytest.approx(30 / 1e6), "cost_estimated": True}
 
-
-def test_a_request_without_the_slot_is_left_alone() -> None:
-    request = Request("POST", "/v1/chat/completions", b"", [], None, "1.1")
-    target = Target(public_name="m", provider="mock", model="m", api_base="")
-    note_call(request, target, "call-2")  # no error, nothing to write into

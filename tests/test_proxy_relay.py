@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 import pytest
@@ -18,17 +18,11 @@ from hypothesis import strategies as st
 from smartflow.http.client import RemoteProtocolError
 from smartflow.providers.base import Usage
 from smartflow.providers.openai import OpenAIStreamDecoder
-from smartflow.proxy.relay import (
-    SSE_KEEPALIVE,
-    AnthropicTap,
-    DecodingTransform,
-    EventFramer,
-    OpenAITap,
-    PassthroughTransform,
-    StreamOutcome,
-    find_usage_object,
-    relay,
-)
+from smartflow.dialects.anthropic import AnthropicTap
+from smartflow.dialects.base import StreamOutcome
+from smartflow.dialects.openai import DecodingTransform, OpenAITap, find_usage_object
+from smartflow.dialects.openai import error_event as openai_error_event
+from smartflow.proxy.relay import SSE_KEEPALIVE, EventFramer, PassthroughTransform, relay
 
 
 def chunk_event(content: str | None, finish: str | None = None, usage: dict | None = None,
@@ -141,25 +135,31 @@ class Source:
         self.closed = True
 
 
+def _appender(outcomes: list[StreamOutcome]) -> Callable[[StreamOutcome], Awaitable[None]]:
+    async def on_end(outcome: StreamOutcome) -> None:
+        outcomes.append(outcome)
+
+    return on_end
+
+
 async def collect(stream: AsyncIterator[bytes]) -> list[bytes]:
     return [piece async for piece in stream]
 
 
 def passthrough() -> PassthroughTransform:
-    return PassthroughTransform(OpenAITap())
+    return PassthroughTransform(OpenAITap(), openai_error_event)
 
 
 async def test_relayed_bytes_are_the_upstream_bytes_and_the_same_objects() -> None:
     source = Source(STREAM[0], 0.02, *STREAM[1:])
     outcomes: list[StreamOutcome] = []
 
-    def on_end(outcome: StreamOutcome) -> bytes:
+    async def on_end(outcome: StreamOutcome) -> None:
         outcomes.append(outcome)
-        return b": done\n\n"
 
     out = await collect(relay(source.iterate(), passthrough(), close_source=source.close,
                               keepalive_interval_s=30, idle_timeout_s=30, on_end=on_end))
-    assert b"".join(out) == BODY + b": done\n\n"
+    assert b"".join(out) == BODY  # the upstream's bytes and not one more
     assert out[0] is STREAM[0]  # no copy; chunks that arrived together may go out joined
     assert outcomes[0].usage == Usage(11, 7, 3)
     assert source.closed
@@ -208,7 +208,7 @@ async def test_closing_the_relay_mid_stream_cancels_the_upstream_read_and_closes
     ended: list[StreamOutcome] = []
     stream = relay(source.iterate(), passthrough(), close_source=source.close,
                    keepalive_interval_s=30, idle_timeout_s=3600,
-                   on_end=lambda outcome: ended.append(outcome) or b"")
+                   on_end=_appender(ended))
     assert await stream.__anext__() == STREAM[0]
     before = len(asyncio.all_tasks())
     reader = asyncio.ensure_future(stream.__anext__())

@@ -14,6 +14,8 @@ from dataclasses import replace
 import httpx
 import orjson
 import pytest
+from harness.h1_trailers import post_json_h1
+from harness.waiting import wait_until
 from upstreams.openai_mock import build_openai_mock
 from upstreams.server import start_upstream, stop_upstream
 from upstreams.state import UpstreamState
@@ -38,6 +40,9 @@ ODD_CHUNKS = [
     (b'data: {"id":"c1","object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":5,'
      b'"completion_tokens":3,"total_tokens":8}}\n\ndata: [DONE]\n\n'),
 ]
+
+
+CUSTOM_COST_USD = (5 * 1.0 + 3 * 2.0) / 1e6
 
 
 class Custom:
@@ -91,7 +96,8 @@ async def start_gateway(settings: Settings) -> tuple[HTTPServer, str, ProxyConte
 def settings_for(base_url: str, **proxy: float) -> Settings:
     models = (
         ModelConfig(name="custom", provider="openai", model="gpt-4o-mini",
-                    api_base=base_url + "/v1", api_key="sk-openai-test"),
+                    api_base=base_url + "/v1", api_key="sk-openai-test",
+                    input_price_per_mtok=1.0, output_price_per_mtok=2.0),
     )
     return Settings(models=models, proxy=replace(ProxySettings(), **proxy))
 
@@ -118,15 +124,28 @@ async def test_stream_bytes_reach_the_client_exactly_as_the_upstream_sent_them(
                 "messages": [{"role": "user", "content": "hi"}]}) as response:
         raw = b"".join([piece async for piece in response.aiter_raw()])
         headers = response.headers
-    upstream_bytes = b"".join(ODD_CHUNKS)
-    assert raw.startswith(upstream_bytes)
-    assert raw[len(upstream_bytes):].startswith(b": x-smartflow-response-cost=")
+    # Not one byte more: the final cost travels as an HTTP trailer, not in the stream.
+    assert raw == b"".join(ODD_CHUNKS)
     assert headers["x-smartflow-provider"] == "openai"
-    assert headers["x-smartflow-response-cost-final"] == "false"
+    assert headers["trailer"] == "x-smartflow-response-cost"
+    assert "x-smartflow-response-cost" not in headers
     assert headers["x-request-id"] == "req_up_1"
     assert headers["x-ratelimit-remaining-requests"] == "99"
     assert headers["x-smartflow-call-id"]
     assert context.pool.statistics().in_use == 0
+
+
+async def test_the_final_cost_of_a_stream_arrives_as_an_http_trailer(
+        custom_stack: tuple[Custom, str, ProxyContext]) -> None:
+    _custom, url, _context = custom_stack
+    answer = await post_json_h1(url, "/v1/chat/completions", {
+        "model": "custom", "stream": True, "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status == 200
+    assert answer.body == b"".join(ODD_CHUNKS)
+    assert answer.headers["trailer"] == "x-smartflow-response-cost"
+    # 5 prompt + 3 completion tokens at the configured prices of "custom"
+    cost = float(answer.trailers["x-smartflow-response-cost"])
+    assert cost == pytest.approx(CUSTOM_COST_USD)
 
 
 async def test_a_client_disconnect_closes_the_upstream_connection_at_once(
@@ -144,11 +163,8 @@ async def test_a_client_disconnect_closes_the_upstream_connection_at_once(
                 break
     # leaving the block closed the client's connection mid-stream
     await asyncio.wait_for(custom.closed.wait(), 10)  # the upstream saw its connection close
-    for _ in range(200):
-        stats = context.pool.statistics()
-        if stats.in_use == 0 and stats.open == 0:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: context.pool.statistics().in_use == 0
+                     and context.pool.statistics().open == 0, what="upstream connection released")
     assert context.pool.statistics().in_use == 0
     assert context.pool.statistics().open == 0  # closed, not pooled
 
@@ -199,8 +215,5 @@ async def test_a_silent_upstream_gets_keep_alives_then_an_idle_timeout_error(
     assert ": keep-alive\n\n" in text
     events = [e for e in text.split("\n\n") if e.startswith("data: ")]
     assert orjson.loads(events[-1][6:])["error"]["code"] == "stream_idle_timeout"
-    for _ in range(100):
-        if context.pool.statistics().in_use == 0:
-            break
-        await asyncio.sleep(0.01)
-    assert context.pool.statistics().in_use == 0
+    await wait_until(lambda: context.pool.statistics().in_use == 0,
+                     what="upstream connection released")

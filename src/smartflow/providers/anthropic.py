@@ -59,16 +59,6 @@ STOP_REASON_TO_FINISH: dict[str, str] = {
     "refusal": "content_filter",
 }
 
-_ERROR_TYPE_BY_STATUS: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-    503: "api_error",
-    529: "api_error",
-}
 
 
 # -- request: OpenAI -> Anthropic ---------------------------------------------
@@ -523,7 +513,7 @@ def _error_from_payload(payload: Any, status: int, retry_after: str | None) -> P
         message = str(error.get("message") or "")
     if anthropic_type == "overloaded_error" or status == 529:
         # 529 is Anthropic-only; callers and retry logic understand 503
-        return ProviderError(503, message or "Anthropic is overloaded", "api_error",
+        return ProviderError(503, message or "Anthropic is overloaded", None,
                              "overloaded", None, retry_after)
     if not message:
         message = f"Anthropic returned HTTP {status}"
@@ -535,7 +525,9 @@ def _error_from_payload(payload: Any, status: int, retry_after: str | None) -> P
         code = "rate_limit_exceeded"
     elif anthropic_type == "not_found_error" and "model" in lowered:
         code = "model_not_found"
-    openai_type = anthropic_type or _ERROR_TYPE_BY_STATUS.get(status, "api_error")
+    # Anthropic's own type names are not OpenAI's; the caller's dialect
+    # names the error from its status.
+    openai_type = None
     return ProviderError(status, message, openai_type, code, None, retry_after)
 
 

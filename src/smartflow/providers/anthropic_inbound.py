@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from smartflow.dialects.anthropic_errors import anthropic_error_body
+from smartflow.gateway_error import GatewayError
 from smartflow.providers.base import ProviderError
 from smartflow.providers.openai import SHAPE_ERRORS, bad_request
 from smartflow.providers.sse import sse_event as named_sse_event
@@ -29,20 +31,6 @@ FINISH_TO_STOP_REASON: dict[str, str] = {
     "content_filter": "refusal",
 }
 
-ANTHROPIC_ERROR_TYPE_BY_STATUS: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    402: "billing_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    502: "api_error",
-    503: "overloaded_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
 
 PING_EVENT = b'event: ping\ndata: {"type":"ping"}\n\n'
 
@@ -532,7 +520,7 @@ class AnthropicStreamEncoder:
             status = 429
         return sse_event(anthropic_error_body(status, message))
 
-    def error(self, exc: ProviderError) -> bytes:
+    def error(self, exc: GatewayError) -> bytes:
         """A mid-stream ``error`` event; the stream is over after it."""
         self._finished = True
         prefix = b"" if self._started else self.start()
@@ -542,14 +530,7 @@ class AnthropicStreamEncoder:
 # -- errors -------------------------------------------------------------------
 
 
-def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
-    return {"type": "error",
-            "error": {"type": ANTHROPIC_ERROR_TYPE_BY_STATUS.get(
-                status, "api_error" if status >= 500 else "invalid_request_error"),
-                "message": message}}
-
-
-def anthropic_error_from_provider_error(exc: ProviderError) -> tuple[int, dict[str, Any]]:
+def anthropic_error_from_provider_error(exc: GatewayError) -> tuple[int, dict[str, Any]]:
     """(HTTP status, Anthropic error body) for an OpenAI-shaped ProviderError."""
     return exc.status, anthropic_error_body(exc.status, exc.message)
 

@@ -34,7 +34,7 @@ class AzureAdapter(OpenAIAdapter):
         base = target.api_base.rstrip("/")
         if not base:
             raise ProviderError(500, f"azure deployment {target.public_name!r} has no api_base",
-                                "api_error", "provider_misconfigured")
+                                None, "provider_misconfigured")
         version = target.api_version or DEFAULT_API_VERSION
         if version == "v1":
             return f"{base}/openai/v1/{operation}"

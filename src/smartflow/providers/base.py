@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from smartflow.gateway_error import GatewayError, Phase, Reason
+
 Headers = list[tuple[str, str]]
 
 
@@ -65,39 +67,36 @@ class Usage:
     cached_tokens: int = 0
 
 
-class ProviderError(Exception):
-    """An upstream error, already in OpenAI's terms.
+class ProviderError(GatewayError):
+    """A failure reported by (or about) an upstream provider.
 
     ``status`` is what the caller gets; ``code`` is ``context_length_exceeded``
-    for a context-length error whatever the provider called it.
+    for a context-length error whatever the provider called it; ``type`` is
+    the provider's own OpenAI-style type when it sent one, else None (the
+    caller's dialect picks one from the status).
     """
 
     def __init__(
         self,
         status: int,
         message: str,
-        type: str = "api_error",
+        type: str | None = None,
         code: str | None = None,
         param: str | None = None,
         retry_after: str | None = None,
+        *,
+        reason: Reason = Reason.UPSTREAM_STATUS,
+        phase: Phase = Phase.BEFORE_FIRST_BYTE,
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type
-        self.code = code
-        self.param = param
-        self.retry_after = retry_after
-
-    def to_openai(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type,
-                          "param": self.param, "code": self.code}}
+        super().__init__(status, message, type, code, param, retry_after,
+                         reason=reason, phase=phase)
 
 
 class UnsupportedOperation(ProviderError):
     def __init__(self, provider: str, operation: str) -> None:
         super().__init__(400, f"provider {provider!r} does not support {operation}",
-                         "invalid_request_error", "unsupported_operation")
+                         "invalid_request_error", "unsupported_operation",
+                         reason=Reason.CLIENT, phase=Phase.BEFORE_SEND)
 
 
 class StreamDecoder(Protocol):

@@ -288,7 +288,7 @@ class CohereStreamDecoder(SSEChunkDecoder):
             self._start(out)
         elif kind == "message-end":
             if delta.get("error"):
-                self.error = ProviderError(500, str(delta["error"]), "api_error")
+                self.error = ProviderError(500, str(delta["error"]), None)
             self.usage = usage_from_cohere(delta.get("usage"))
             self._start(out)
             reason = FINISH_REASONS.get(str(delta.get("finish_reason") or "COMPLETE"), "stop")

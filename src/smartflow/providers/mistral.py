@@ -215,7 +215,7 @@ class MistralStreamDecoder:
         try:
             events = self._parser.feed(data)
         except SSEError as exc:
-            raise ProviderError(502, str(exc), "api_error", "bad_upstream_response") from None
+            raise ProviderError(502, str(exc), None, "bad_upstream_response") from None
         return self._convert(events) if events else []
 
     def close(self) -> list[dict[str, Any]]:
@@ -240,7 +240,7 @@ class MistralStreamDecoder:
                 obj = orjson.loads(event.data)
             except orjson.JSONDecodeError:
                 raise ProviderError(502, "mistral sent a stream event that is not JSON",
-                                    "api_error", "bad_upstream_response") from None
+                                    None, "bad_upstream_response") from None
             if not isinstance(obj, dict):
                 continue
             if "choices" not in obj and ("object" in obj and obj["object"] == "error"

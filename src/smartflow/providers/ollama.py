@@ -180,7 +180,7 @@ def _error(status: int, message: str) -> ProviderError:
         return ProviderError(404, message, "not_found_error", "model_not_found", "model")
     if status == 400:
         return bad_request(message)
-    return ProviderError(status, message, "api_error" if status >= 500 else
+    return ProviderError(status, message, None if status >= 500 else
                          "invalid_request_error")
 
 
@@ -221,7 +221,7 @@ class OllamaStreamDecoder:
         if end < 0:
             if len(buffer) > self.max_line_bytes:
                 raise ProviderError(502, "ollama sent a stream line that is too long",
-                                    "api_error", "bad_upstream_response")
+                                    None, "bad_upstream_response")
             self._pending = buffer
             return []
         self._pending = buffer[end + 1 :]
@@ -255,7 +255,7 @@ class OllamaStreamDecoder:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
             raise ProviderError(502, "ollama sent a stream line that is not JSON",
-                                "api_error", "bad_upstream_response") from None
+                                None, "bad_upstream_response") from None
         if not isinstance(obj, dict):
             return
         _raise_if_error(obj, 500)
@@ -390,7 +390,7 @@ class OllamaAdapter:
         _raise_if_error(obj, 502)
         vectors = obj.get("embeddings")
         if not isinstance(vectors, list):
-            raise ProviderError(502, "ollama returned no embeddings", "api_error",
+            raise ProviderError(502, "ollama returned no embeddings", None,
                                 "bad_upstream_response")
         try:
             data = [{"object": "embedding", "index": index,
@@ -400,7 +400,7 @@ class OllamaAdapter:
             data = []
         if len(data) != len(vectors):
             raise ProviderError(502, "ollama returned embeddings that are not lists of numbers",
-                                "api_error", "bad_upstream_response")
+                                None, "bad_upstream_response")
         tokens = as_int(obj.get("prompt_eval_count"))
         return {"object": "list", "data": data, "model": as_str(obj.get("model"), target.model),
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}

@@ -24,6 +24,8 @@ from typing import Any
 
 import orjson
 
+from smartflow.http.errors import error_type_for_status
+from smartflow.gateway_error import Phase, Reason
 from smartflow.providers.base import (
     Headers,
     ProviderError,
@@ -40,17 +42,6 @@ _JSON_CONTENT_TYPE = ("content-type", "application/json")
 _ACCEPT_JSON = ("accept", "application/json")
 _ACCEPT_SSE = ("accept", "text/event-stream")
 
-_TYPE_BY_STATUS: dict[int, str] = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    408: "timeout_error",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
 
 # Lower-case fragments that providers use for "the prompt does not fit".
 _CONTEXT_LENGTH_PHRASES = (
@@ -118,15 +109,17 @@ def json_object(body: bytes, provider: str) -> dict[str, Any]:
         parsed = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ProviderError(502, f"{provider} returned a body that is not JSON: "
-                                 f"{_snippet(body)}", "api_error", "bad_upstream_response") from None
+                                 f"{_snippet(body)}", None, "bad_upstream_response") from None
     if not isinstance(parsed, dict):
         raise ProviderError(502, f"{provider} returned JSON that is not an object",
-                            "api_error", "bad_upstream_response")
+                            None, "bad_upstream_response")
     return parsed
 
 
 def bad_request(message: str, param: str | None = None) -> ProviderError:
-    return ProviderError(400, message, "invalid_request_error", None, param)
+    """A request this provider cannot take, refused before anything is sent."""
+    return ProviderError(400, message, "invalid_request_error", None, param,
+                         reason=Reason.CLIENT, phase=Phase.BEFORE_SEND)
 
 
 def stop_sequences(stop: Any) -> list[str]:
@@ -163,7 +156,7 @@ def embedding_texts(body: dict[str, Any], provider: str) -> list[str]:
 
 def not_json_event(provider: str, data: str) -> ProviderError:
     return ProviderError(502, f"{provider} sent a stream event that is not JSON: "
-                              f"{data[:200]!r}", "api_error", "bad_upstream_response")
+                              f"{data[:200]!r}", None, "bad_upstream_response")
 
 
 # What reading a JSON body of an unexpected shape raises (a dict where a list
@@ -174,15 +167,8 @@ SHAPE_ERRORS = (AttributeError, TypeError, ValueError, KeyError, IndexError)
 
 def bad_shape(provider: str, exc: Exception) -> ProviderError:
     return ProviderError(502, f"{provider} sent a response we cannot read "
-                              f"({type(exc).__name__}: {exc})", "api_error",
+                              f"({type(exc).__name__}: {exc})", None,
                          "bad_upstream_response")
-
-
-def error_type_for_status(status: int) -> str:
-    found = _TYPE_BY_STATUS.get(status)
-    if found is not None:
-        return found
-    return "api_error" if status >= 500 else "invalid_request_error"
 
 
 def is_context_length_message(message: str) -> bool:
@@ -281,7 +267,7 @@ def openai_error_from_upstream(
                              error_type or "invalid_request_error",
                              "context_length_exceeded", param)
     retry_after = retry_after_from(headers) if status in (429, 503) else None
-    return ProviderError(status, message, error_type or error_type_for_status(status),
+    return ProviderError(status, message, error_type,
                          code, param, retry_after)
 
 
@@ -341,7 +327,7 @@ class OpenAIStreamDecoder:
         try:
             events = self._parser.feed(data)
         except SSEError as exc:
-            raise ProviderError(502, str(exc), "api_error", "bad_upstream_response") from None
+            raise ProviderError(502, str(exc), None, "bad_upstream_response") from None
         return self._chunks(events) if events else []
 
     def close(self) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ class OpenAICompatibleAdapter(OpenAIAdapter):
     def api_base(self, target: Target) -> str:
         if not target.api_base:
             raise ProviderError(500, f"openai_compatible deployment {target.public_name!r} has "
-                                     "no api_base", "api_error", "provider_misconfigured")
+                                     "no api_base", None, "provider_misconfigured")
         return target.api_base
 
 

@@ -62,7 +62,7 @@ class SSEChunkDecoder:
         try:
             events = self._parser.feed(data)
         except SSEError as exc:
-            raise ProviderError(502, str(exc), "api_error", "bad_upstream_response") from None
+            raise ProviderError(502, str(exc), None, "bad_upstream_response") from None
         return self._decode(events)
 
     def close(self) -> list[dict[str, Any]]:

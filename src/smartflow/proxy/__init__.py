@@ -1,4 +1,4 @@
-"""The LLM proxy: OpenAI-compatible routes and Anthropic routes.
+"""The LLM proxy: OpenAI-compatible routes and Anthropic routes, on one call pipeline.
 
 The worker builds one ``ProxyContext`` (``build_proxy_context(settings)``)
 once its event loop runs, registers the routes with
@@ -8,7 +8,9 @@ when it shuts down.
 
 from __future__ import annotations
 
-from smartflow.http.router import Router
+from smartflow.http.request import Request
+from smartflow.http.response import Response, StreamingResponse
+from smartflow.http.router import Handler, Router
 from smartflow.proxy.context import ProxyContext, build_proxy_context
 
 __all__ = ["ProxyContext", "build_proxy_context", "register_proxy_routes"]
@@ -16,22 +18,37 @@ __all__ = ["ProxyContext", "build_proxy_context", "register_proxy_routes"]
 
 def register_proxy_routes(router: Router, context: ProxyContext) -> ProxyContext:
     """Add /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}],
-    /v1/messages[/count_tokens] and /anthropic/{path} to ``router``.
+    /v1/messages[/count_tokens] and /anthropic/{path} to ``router``, every
+    provider route running through one ``CallRunner`` and its pipeline.
 
     The caller owns ``context`` and closes it (its upstream pool) at shutdown.
     Returns the context.
     """
     from smartflow.proxy.anthropic_routes import register_anthropic_routes
-    from smartflow.proxy.chat import make_chat_handler
-    from smartflow.proxy.completions import make_completions_handler
-    from smartflow.proxy.embeddings import make_embeddings_handler
+    from smartflow.proxy.exchange import CallRunner, Operation
     from smartflow.proxy.models import make_models_handlers
+    from smartflow.proxy.openai_routes import (
+        ChatOperation,
+        CompletionsOperation,
+        EmbeddingsOperation,
+    )
+    from smartflow.proxy.pipeline import Pipeline
+    from smartflow.proxy.stages import default_stages
 
-    router.add("POST", "/v1/chat/completions", make_chat_handler(context))
-    router.add("POST", "/v1/completions", make_completions_handler(context))
-    router.add("POST", "/v1/embeddings", make_embeddings_handler(context))
-    list_models, get_model = make_models_handlers(context)
+    runner = CallRunner(context, Pipeline(default_stages(context)))
+
+    def route_to(operation: Operation) -> Handler:
+        async def handler(request: Request) -> Response | StreamingResponse:
+            return await runner.run(request, operation)
+
+        return handler
+
+    router.add("POST", "/v1/chat/completions",
+               route_to(ChatOperation(capture_stream_text=context.capture_stream_text)))
+    router.add("POST", "/v1/completions", route_to(CompletionsOperation()))
+    router.add("POST", "/v1/embeddings", route_to(EmbeddingsOperation()))
+    list_models, get_model = make_models_handlers(context, runner)
     router.add("GET", "/v1/models", list_models)
     router.add("GET", "/v1/models/{model_id:path}", get_model)
-    register_anthropic_routes(router, context)
+    register_anthropic_routes(router, context, runner)
     return context

@@ -4,14 +4,14 @@ Without ``[auth] master_key`` the gateway is in development mode: any bearer,
 any ``x-api-key``, or none is accepted (the context logs one warning per
 worker when it is built, never per request). With a master key, a request
 must carry it as ``Authorization: Bearer <key>`` or ``x-api-key: <key>``.
-Later issues add virtual keys here.
+The pipeline's authenticate stage (``proxy.stages``) asks this object;
+virtual keys join it there.
 """
 
 from __future__ import annotations
 
 import hmac
 
-from smartflow.http.errors import HTTPError
 from smartflow.http.request import Request
 
 _BEARER_PREFIX = "bearer "
@@ -40,16 +40,3 @@ class Authenticator:
     def is_master_key(self, key: str | None) -> bool:
         return bool(self._master_key) and key is not None and hmac.compare_digest(
             key.encode(), self._master_key)
-
-    def check(self, request: Request) -> None:
-        """Raises HTTPError(401) unless the request may proceed."""
-        if not self._master_key:
-            return
-        key = presented_key(request)
-        if key is None:
-            raise HTTPError(401, "You didn't provide an API key. Provide it as "
-                                 "'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
-                            "invalid_request_error", code="missing_api_key")
-        if not hmac.compare_digest(key.encode(), self._master_key):
-            raise HTTPError(401, "Incorrect API key provided.", "invalid_request_error",
-                            code="invalid_api_key")

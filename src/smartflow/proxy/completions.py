@@ -1,4 +1,4 @@
-"""POST /v1/completions (legacy text completions).
+"""Legacy text completions <-> chat, for adapters that only have chat.
 
 OpenAI-speaking adapters (openai, azure, openai_compatible, mock) get the
 request as is. For the others the prompt becomes one user message, the chat
@@ -11,22 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from smartflow.http.errors import HTTPError
-from smartflow.http.request import Request
-from smartflow.http.response import Response, StreamingResponse
-from smartflow.proxy.chat import (
-    CallState,
-    Handler,
-    adapter_for,
-    build_call,
-    open_call,
-    read_json_body,
-    relay_json,
-    resolve_target,
-    stream_result,
-)
-from smartflow.proxy.context import ProxyContext
-from smartflow.proxy.relay import DecodingTransform, OpenAITap, PassthroughTransform
-from smartflow.proxy.validation import validate_completions
 
 _LEGACY_ONLY_FIELDS = ("prompt", "echo", "suffix", "best_of", "logprobs")
 
@@ -83,36 +67,3 @@ def chat_chunk_to_text_chunk(chunk: dict[str, Any]) -> dict[str, Any] | None:
     if usage is not None:
         out["usage"] = usage
     return out
-
-
-def make_completions_handler(context: ProxyContext) -> Handler:
-    async def completions(request: Request) -> Response | StreamingResponse:
-        body = await read_json_body(context, request)
-        facts = validate_completions(body)
-        target = resolve_target(context, request, facts.model)
-        adapter = adapter_for(context, target)
-        native = adapter.speaks_openai and hasattr(adapter, "completions_request")
-        state = CallState(request, target)
-        if native:
-            call = build_call(lambda: adapter.completions_request(  # type: ignore[attr-defined]
-                target, body, stream=facts.is_stream))
-        else:
-            chat_body = completions_to_chat(body)
-            call = build_call(lambda: adapter.chat_request(target, chat_body,
-                                                           stream=facts.is_stream))
-        upstream, failed = await open_call(state, context, adapter, call)
-        if upstream is None:
-            return failed  # type: ignore[return-value]
-        if not facts.is_stream:
-            if native:
-                return await relay_json(state, upstream, body, None)
-            return await relay_json(state, upstream, body, lambda raw: chat_to_text_completion(
-                adapter.chat_response(target, upstream.status, upstream.headers, raw)))
-        if native:
-            transform = PassthroughTransform(OpenAITap())
-        else:
-            decoder = adapter.chat_stream_decoder(target, include_usage=facts.wants_usage)
-            transform = DecodingTransform(decoder, reshape=chat_chunk_to_text_chunk)  # type: ignore[assignment]
-        return stream_result(state, context, upstream, transform, body)
-
-    return completions

@@ -10,13 +10,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from smartflow.config import Settings
+from smartflow.gateway_error import GatewayError, Reason
 from smartflow.http.client import UpstreamPool
+from smartflow.providers import get_adapter
 from smartflow.providers.base import ProviderAdapter
 from smartflow.proxy.auth import Authenticator
 from smartflow.proxy.catalog import Catalog
 from smartflow.proxy.cost import PriceTable, load_price_table
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 logger = logging.getLogger("smartflow.proxy")
 
@@ -28,8 +34,22 @@ class ProxyContext:
     pool: UpstreamPool
     authenticator: Authenticator
     prices: PriceTable
+    redis: Redis | None = None  # the worker's client for shared state (budgets, cache, audit)
     capture_stream_text: bool = False  # the tap collects streamed text (for caching later)
     adapters: dict[str, ProviderAdapter] = field(default_factory=dict)  # provider -> adapter
+
+    def adapter_for(self, provider: str) -> ProviderAdapter:
+        """The provider's adapter, imported on first use and kept."""
+        adapter = self.adapters.get(provider)
+        if adapter is not None:
+            return adapter
+        try:
+            adapter = get_adapter(provider)
+        except (KeyError, ImportError):
+            raise GatewayError(500, f"No adapter for provider {provider!r}.",
+                               reason=Reason.INTERNAL) from None
+        self.adapters[provider] = adapter
+        return adapter
 
     async def aclose(self) -> None:
         await self.pool.aclose()
@@ -51,6 +71,7 @@ def build_proxy_context(
     *,
     provider_environ: Mapping[str, str] | None = None,
     pool: UpstreamPool | None = None,
+    redis: Redis | None = None,
     capture_stream_text: bool = False,
 ) -> ProxyContext:
     """The proxy's per-worker state.
@@ -70,5 +91,6 @@ def build_proxy_context(
         pool=pool if pool is not None else build_pool(settings),
         authenticator=authenticator,
         prices=prices,
+        redis=redis,
         capture_stream_text=capture_stream_text,
     )

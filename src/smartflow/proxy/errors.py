@@ -1,9 +1,15 @@
-"""One table from upstream failures to what the caller sees (OpenAI's error shape)."""
+"""Upstream client failures as gateway errors, and refusals made before any route ran.
+
+The upstream client (``smartflow.http.client``) raises one flat family of
+errors; they are told apart here by type, never by class name: the timeout
+family becomes a 504 (reason ``timeout``), every other one a 502 (reason
+``connection``).
+"""
 
 from __future__ import annotations
 
-import orjson
-
+from smartflow.dialects import anthropic_errors
+from smartflow.gateway_error import GatewayError, Phase, Reason
 from smartflow.http.client import (
     ConnectTimeout,
     FirstByteTimeout,
@@ -12,31 +18,25 @@ from smartflow.http.client import (
     UpstreamError,
 )
 from smartflow.http.errors import error_type_for_status
-from smartflow.http.response import Response, error_body, error_response
-from smartflow.providers.anthropic_inbound import anthropic_error_body
-from smartflow.providers.base import ProviderError
+from smartflow.http.response import error_body
 
-_TIMEOUTS = (ConnectTimeout, FirstByteTimeout, ReadTimeout, PoolTimeout)
+UPSTREAM_TIMEOUTS: tuple[type[UpstreamError], ...] = (
+    ConnectTimeout, FirstByteTimeout, ReadTimeout, PoolTimeout)
 
 
-def provider_error_from_upstream_failure(exc: UpstreamError) -> ProviderError:
-    """Connect / protocol failures -> 502, timeouts -> 504."""
+def error_from_upstream_failure(exc: UpstreamError, phase: Phase) -> GatewayError:
+    """A transport failure talking to the upstream, in ``phase`` of the call."""
     name = type(exc).__name__
     detail = str(exc)[:200]
-    if isinstance(exc, _TIMEOUTS):
-        return ProviderError(504, f"The upstream timed out ({name}{': ' + detail if detail else ''}).",
-                             "timeout_error", "upstream_timeout")
-    return ProviderError(502, f"The upstream could not be reached ({name}"
-                              f"{': ' + detail if detail else ''}).",
-                         "server_error", "upstream_unavailable")
-
-
-def provider_error_response(error: ProviderError,
-                            headers: list[tuple[str, str]] | None = None) -> Response:
-    out = list(headers) if headers else []
-    if error.retry_after and not any(name == "retry-after" for name, _ in out):
-        out.append(("retry-after", error.retry_after))
-    return error_response(error.status, error.message, error.type, error.param, error.code, out)
+    described = f"{name}{': ' + detail if detail else ''}"
+    if isinstance(exc, UPSTREAM_TIMEOUTS):
+        return GatewayError(504, f"The upstream timed out ({described}).", code="upstream_timeout",
+                            reason=Reason.TIMEOUT, phase=phase)
+    if phase is Phase.MID_STREAM:
+        return GatewayError(502, f"The upstream connection failed mid-stream ({described}).",
+                            code="upstream_error", reason=Reason.CONNECTION, phase=phase)
+    return GatewayError(502, f"The upstream could not be reached ({described}).",
+                        code="upstream_unavailable", reason=Reason.CONNECTION, phase=phase)
 
 
 def is_anthropic_path(path: str) -> bool:
@@ -48,5 +48,5 @@ def protocol_error_body(status: int, message: str, path: str | None) -> bytes:
     """The body for a refusal made before any route ran (a 413 for a declared
     length), in the error shape of the API the caller was speaking."""
     if path is not None and is_anthropic_path(path):
-        return orjson.dumps(anthropic_error_body(status, message))
+        return anthropic_errors.error_body(GatewayError(status, message))
     return error_body(message, error_type_for_status(status))

@@ -2,7 +2,7 @@
 
 Both kinds of answer look the same to the routes (status, headers, body as
 bytes or chunks, ``aclose``), so the mock provider exercises the real relay
-path. Transport failures come back as ``ProviderError`` (502 / 504).
+path. Transport failures come back as ``GatewayError`` (502 / 504).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from smartflow.http.client import TLSConfig, UpstreamError
 from smartflow.providers.base import Target, UpstreamCall
 from smartflow.providers.mock import MOCK_SCHEME, MockResponse, serve_mock
 from smartflow.proxy.context import ProxyContext
-from smartflow.proxy.errors import provider_error_from_upstream_failure
+from smartflow.gateway_error import Phase
+from smartflow.proxy.errors import error_from_upstream_failure
 
 MAX_ERROR_BODY_BYTES = 1024 * 1024
 
@@ -66,20 +67,20 @@ def tls_for(target: Target) -> TLSConfig | None:
 
 
 async def send(context: ProxyContext, target: Target, call: UpstreamCall) -> Upstream:
-    """The upstream's answer (head in, body on demand); ProviderError on transport failure."""
+    """The upstream's answer (head in, body on demand); GatewayError on transport failure."""
     if call.url.startswith(MOCK_SCHEME):
         return MockUpstream(serve_mock(call))
     try:
         return await context.pool.request(call.method, call.url, call.headers, call.body,
                                           tls=tls_for(target))
     except UpstreamError as exc:
-        raise provider_error_from_upstream_failure(exc) from None
+        raise error_from_upstream_failure(exc, Phase.BEFORE_FIRST_BYTE) from None
 
 
 async def read_body(upstream: Upstream) -> bytes:
-    """The whole body; transport failures as ProviderError."""
+    """The whole body; transport failures as GatewayError."""
     try:
         return await upstream.read()
     except UpstreamError as exc:
         await upstream.aclose()
-        raise provider_error_from_upstream_failure(exc) from None
+        raise error_from_upstream_failure(exc, Phase.BEFORE_FIRST_BYTE) from None

@@ -1,0 +1,1 @@
+"""Caller-side wire formats, one module per API; see ``base.Dialect``."""

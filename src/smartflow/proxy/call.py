@@ -1,0 +1,99 @@
+"""The ``Call``: everything the gateway knows about one proxied request.
+
+Built by a route from the incoming request, handed through the pipeline's
+stages (``proxy.pipeline``) and filled in as it goes: who is calling
+(``identity``), what was asked (``body``, ``model``), where it may go
+(``candidates``) and went (``target``), what it reserved, how it ended
+(``status``, ``error``, ``usage``, ``cost``) and when. Stages read and write
+the Call; nothing about a call lives in a global.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from smartflow.dialects.base import Dialect
+from smartflow.gateway_error import GatewayError
+from smartflow.http.request import Request
+from smartflow.providers.base import Target, Usage
+from smartflow.proxy.cost import Cost
+
+TRACEPARENT_HEADER = "traceparent"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a call is made for. ``kind``: ``master`` (the admin key),
+    ``anonymous`` (development mode, no key configured); virtual keys later."""
+
+    kind: str
+    is_admin: bool = False
+    key_alias: str | None = None
+    user_id: str | None = None
+    team_id: str | None = None
+
+
+def new_call_id() -> str:
+    return f"{random.getrandbits(128):032x}"
+
+
+def trace_id_of(request: Request) -> str:
+    """The W3C ``traceparent`` trace id the caller sent, else a new one."""
+    header = request.header(TRACEPARENT_HEADER)
+    if header is not None:
+        parts = header.strip().split("-")
+        if len(parts) >= 4 and len(parts[1]) == 32:
+            trace_id = parts[1].lower()
+            if trace_id != "0" * 32 and all(c in "0123456789abcdef" for c in trace_id):
+                return trace_id
+    return new_call_id()
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    request: Request
+    dialect: Dialect
+    operation: str  # chat, completions, embeddings, messages, count_tokens, passthrough
+    call_id: str = field(default_factory=new_call_id)
+    trace_id: str = ""
+    started_s: float = field(default_factory=time.perf_counter)
+    # what was asked
+    raw_body: bytes = b""
+    body: dict[str, Any] | None = None
+    model: str = ""  # as requested (after the x-smartflow-model override)
+    is_stream: bool = False
+    wants_usage: bool = False
+    # who asks, and what it holds
+    identity: Principal | None = None
+    reservation: Any = None
+    # where it goes
+    candidates: tuple[Target, ...] = ()
+    target: Target | None = None
+    attempts: int = 0
+    cache_outcome: str = "off"
+    # how it ended
+    first_byte_s: float | None = None
+    ended_s: float | None = None
+    status: int = 0
+    error: GatewayError | None = None
+    usage: Usage | None = None
+    cost: Cost | None = None
+    finish_reason: str | None = None
+    completion_chars: int = 0  # for estimating output tokens when no usage came
+    client_gone: bool = False
+
+    @property
+    def provider(self) -> str:
+        return self.target.provider if self.target is not None else ""
+
+    def elapsed_ms(self) -> float:
+        end = self.ended_s if self.ended_s is not None else time.perf_counter()
+        return (end - self.started_s) * 1000.0
+
+    def ttfb_ms(self) -> float | None:
+        if self.first_byte_s is None:
+            return None
+        return (self.first_byte_s - self.started_s) * 1000.0

@@ -1,0 +1,291 @@
+"""Running one Call: the pipeline's way in, the send and relay, and its way out.
+
+``CallRunner.run(request, operation)`` is what every provider route calls.
+The route supplies an ``Operation`` (its dialect, how to parse the request,
+and how to build the ``Exchange`` for a chosen deployment); everything else
+is the same for every route:
+
+1. authenticate (pipeline), then the operation parses and validates;
+2. admit, pre-call guards, cache lookup, route (pipeline; any may answer);
+3. send the exchange's upstream request (the mock provider in-process);
+4. relay: a non-2xx answer becomes the dialect's error (or, on a native
+   passthrough, is relayed as it came); a 2xx JSON answer goes out as the
+   upstream's bytes or translated; a stream goes through its transform chain
+   (``relay``), untouched and uncopied when no transform changes it;
+5. usage becomes cost, then the pipeline's way out (post-call, record) runs
+   once the answer is complete — for a stream, after its last byte and
+   before its trailer, which carries the final cost.
+
+Every failure is a ``GatewayError`` that records its phase and reason, and
+is answered in the caller's dialect.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from smartflow.dialects.base import Dialect, StreamOutcome
+from smartflow.gateway_error import GatewayError, Phase, Reason, reason_for_status
+from smartflow.http.errors import HTTPError
+from smartflow.http.request import Request
+from smartflow.http.response import Response, StreamingResponse
+from smartflow.providers.base import Headers, ProviderAdapter, UpstreamCall, Usage
+from smartflow.proxy.accounting import cost_from
+from smartflow.proxy.call import Call, trace_id_of
+from smartflow.proxy.context import ProxyContext
+from smartflow.proxy.cost import Cost, estimate_prompt_tokens
+from smartflow.proxy.headers import (
+    COST_HEADER,
+    format_usd,
+    passthrough_headers,
+    smartflow_headers,
+)
+from smartflow.proxy.pipeline import Pipeline, Reply
+from smartflow.proxy.relay import PassthroughTransform, StreamTransform, relay
+from smartflow.proxy.upstream import Upstream, read_body, send
+
+logger = logging.getLogger("smartflow.proxy")
+
+COST_TRAILER_NAMES = (COST_HEADER,)
+# Upstream response headers a native passthrough does not relay: hop-by-hop
+# ones, and what the gateway's own framing sets.
+DROPPED_NATIVE_RESPONSE_HEADERS = frozenset({
+    "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
+    "upgrade", "content-length", "content-type", "content-encoding", "date", "server",
+})
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole 2xx answer as the caller gets it."""
+
+    body: bytes
+    usage: Usage | None
+    completion_chars: int = 0  # for an estimate when ``usage`` is None
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """How a call talks to its deployment, built by the route's operation.
+
+    ``read_answer``: a 2xx body to the caller's answer (None: the upstream's
+    bytes as they came, usage read by the dialect). ``new_transform``: the
+    stream transform (None: passthrough with the dialect's tap).
+    ``is_native``: the upstream speaks the caller's API; its status, headers
+    and error bodies go back as they came.
+    """
+
+    upstream_call: UpstreamCall
+    read_answer: Callable[[bytes, Headers], Answer] | None = None
+    new_transform: Callable[[], StreamTransform] | None = None
+    is_native: bool = False
+
+
+class Operation(Protocol):
+    """What a route adds to the common path."""
+
+    name: str
+    dialect: Dialect
+
+    def prepare(self, call: Call) -> None:
+        """Parse and validate ``call.raw_body``; set ``body``, ``model``,
+        ``is_stream`` (and ``target``, for a fixed destination). Raises
+        HTTPError or GatewayError for a bad request."""
+        ...
+
+    def exchange_for(self, call: Call, adapter: ProviderAdapter) -> Exchange | Response:
+        """The exchange with ``call.target``, or an answer made locally."""
+        ...
+
+
+def _from_http_error(exc: HTTPError) -> GatewayError:
+    return GatewayError(exc.status, exc.message, exc.type, exc.code, exc.param,
+                        reason=reason_for_status(exc.status))
+
+
+class CallRunner:
+    """One per worker: the pipeline, and the context it sends through."""
+
+    __slots__ = ("_context", "_pipeline")
+
+    def __init__(self, context: ProxyContext, pipeline: Pipeline) -> None:
+        self._context = context
+        self._pipeline = pipeline
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._pipeline
+
+    async def authenticate_only(self, request: Request, dialect: Dialect) -> Response | None:
+        """For routes that reach no provider (``/v1/models``): the authenticate
+        slot alone. None when the caller may proceed, else the refusal."""
+        call = Call(request, dialect, "authenticate", trace_id="")
+        try:
+            await self._pipeline.authenticate(call)
+        except GatewayError as exc:
+            return Response(exc.status, dialect.error_body(exc))
+        return None
+
+    async def run(self, request: Request, operation: Operation) -> Reply:
+        call = Call(request, operation.dialect, operation.name, trace_id=trace_id_of(request))
+        upstream: Upstream | None = None
+        try:
+            try:
+                if request.method not in ("GET", "HEAD"):
+                    call.raw_body = await request.body()
+                await self._pipeline.authenticate(call)
+                operation.prepare(call)
+            except HTTPError as exc:
+                raise _from_http_error(exc) from None
+            reply = await self._pipeline.enter(call)
+            if reply is not None:
+                call.status = reply.status
+                await self._finish(call)
+                return reply
+            adapter = self._context.adapter_for(call.provider)
+            try:
+                plan = operation.exchange_for(call, adapter)
+            except HTTPError as exc:
+                raise _from_http_error(exc) from None
+            except GatewayError as exc:
+                if exc.status < 500:
+                    exc.reason = Reason.CLIENT
+                raise exc.at(Phase.BEFORE_SEND) from None
+            if isinstance(plan, Response):
+                call.status = plan.status
+                await self._finish(call)
+                plan.headers[:0] = self._headers(call, None)
+                return plan
+            call.attempts += 1
+            upstream = await send(self._context, call.target, plan.upstream_call)  # type: ignore[arg-type]
+            call.first_byte_s = time.perf_counter()
+            return await self._answer(call, operation, adapter, plan, upstream)
+        except GatewayError as exc:
+            return await self._fail(call, exc, upstream)
+
+    async def _answer(self, call: Call, operation: Operation, adapter: ProviderAdapter,
+                      plan: Exchange, upstream: Upstream) -> Reply:
+        status = upstream.status
+        is_ok = 200 <= status < 300
+        if plan.is_native:
+            content_type = upstream.header("content-type") or "application/json"
+            if is_ok and content_type.startswith("text/event-stream"):
+                return self._stream(call, plan, upstream, status, content_type)
+            return await self._native_whole(call, upstream, content_type)
+        if not is_ok:
+            body = await read_body(upstream)
+            target = call.target
+            assert target is not None
+            raise adapter.error_from_upstream(target, status, upstream.headers, body).at(
+                Phase.BEFORE_FIRST_BYTE)
+        if call.is_stream:
+            return self._stream(call, plan, upstream, 200, "text/event-stream")
+        raw = await read_body(upstream)
+        if plan.read_answer is not None:
+            answer = plan.read_answer(raw, upstream.headers)
+        else:
+            answer = Answer(raw, call.dialect.usage_of_body(raw))
+        call.status = 200
+        call.usage = answer.usage
+        call.completion_chars = answer.completion_chars
+        await self._finish(call)
+        headers = self._headers(call, upstream)
+        return Response(200, answer.body, headers)
+
+    async def _native_whole(self, call: Call, upstream: Upstream, content_type: str) -> Reply:
+        if call.request.method == "HEAD":
+            await upstream.aclose()
+            data = b""
+        else:
+            data = await read_body(upstream)
+        status = upstream.status
+        call.status = status
+        if 200 <= status < 300:
+            call.usage = call.dialect.usage_of_body(data)
+            if call.usage is None:  # not a message (count_tokens, models, files): nothing billed
+                call.cost = Cost(0.0, 0, 0)
+        else:
+            call.error = GatewayError(status, f"The upstream answered HTTP {status}.",
+                                      reason=Reason.UPSTREAM_STATUS,
+                                      phase=Phase.BEFORE_FIRST_BYTE)
+        await self._finish(call)
+        headers = self._headers(call, None) + _native_headers(upstream)
+        return Response(status, data, headers, content_type)
+
+    def _stream(self, call: Call, plan: Exchange, upstream: Upstream, status: int,
+                content_type: str) -> StreamingResponse:
+        context = self._context
+        if plan.new_transform is not None:
+            transform = plan.new_transform()
+        else:
+            dialect = call.dialect
+            transform = PassthroughTransform(
+                dialect.new_tap(capture_text=context.capture_stream_text), dialect.error_event)
+        transform = self._pipeline.wrap_stream(call, transform)
+        call.status = status
+
+        async def on_end(outcome: StreamOutcome) -> None:
+            call.usage = outcome.usage
+            call.finish_reason = outcome.finish_reason
+            call.completion_chars = outcome.approx_text_chars
+            if outcome.error is not None:
+                call.error = outcome.error
+            await self._finish(call)
+
+        def cost_trailer() -> list[tuple[str, str]]:
+            cost = call.cost
+            return [(COST_HEADER, format_usd(cost.usd if cost is not None else 0.0))]
+
+        proxy = context.settings.proxy
+        chunks = relay(upstream.iter_bytes(), transform, close_source=upstream.aclose,
+                       keepalive_interval_s=proxy.stream_keepalive_interval,
+                       idle_timeout_s=proxy.stream_idle_timeout, on_end=on_end)
+        if plan.is_native:
+            headers = self._headers(call, None, is_stream=True) + _native_headers(upstream)
+        else:
+            headers = self._headers(call, upstream, is_stream=True)
+            headers.append(("cache-control", "no-cache"))
+        return StreamingResponse(chunks, status, headers, content_type,
+                                 trailers=cost_trailer, trailer_names=COST_TRAILER_NAMES)
+
+    async def _fail(self, call: Call, error: GatewayError, upstream: Upstream | None) -> Response:
+        call.error = error
+        call.status = error.status
+        await self._finish(call)
+        headers = self._headers(call, upstream)
+        if error.retry_after and not any(name == "retry-after" for name, _ in headers):
+            headers.append(("retry-after", error.retry_after))
+        return Response(error.status, call.dialect.error_body(error), headers)
+
+    async def _finish(self, call: Call) -> None:
+        """Cost from usage (or an estimate), then the pipeline's way out."""
+        call.ended_s = time.perf_counter()
+        target = call.target
+        if call.cost is None and target is not None and call.first_byte_s is not None:
+            estimated_prompt = 0
+            if call.usage is None and call.body is not None:
+                estimated_prompt = estimate_prompt_tokens(call.body)
+            call.cost = cost_from(target, call.usage, estimated_prompt_tokens=estimated_prompt,
+                                  estimated_completion_chars=call.completion_chars)
+        try:
+            await self._pipeline.exit(call)
+        except Exception:  # noqa: BLE001 - the caller still gets its answer
+            logger.exception("a pipeline exit stage failed (call %s)", call.call_id)
+
+    def _headers(self, call: Call, upstream: Upstream | None, *,
+                 is_stream: bool = False) -> list[tuple[str, str]]:
+        cost = call.cost
+        usd = None if is_stream else (cost.usd if cost is not None else 0.0)
+        headers = smartflow_headers(call.call_id, call.provider, call.elapsed_ms(), usd)
+        if upstream is not None:
+            headers.extend(passthrough_headers(upstream.headers))
+        return headers
+
+
+def _native_headers(upstream: Upstream) -> list[tuple[str, str]]:
+    return [(name, value) for name, value in upstream.headers
+            if name not in DROPPED_NATIVE_RESPONSE_HEADERS]
