@@ -18,12 +18,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from smartflow.dialects import openai as openai_dialect
+from smartflow.gateway_error import GatewayError
 from smartflow.providers import get_adapter
 from smartflow.providers.base import ProviderError, Target, UnsupportedOperation, UpstreamCall
 from smartflow.providers.mistral import mistral_tool_call_id
 from smartflow.providers.mock import MockResponse, serve_mock
 from smartflow.providers.openai import OpenAIStreamDecoder, openai_error_from_upstream
 from smartflow.providers.sse import SSE_DONE, SSEError, SSEEvent, SSEParser, sse_data, sse_event
+
+
+def openai_type(error: GatewayError) -> str:
+    """The error `type` an OpenAI caller sees for this error."""
+    return openai_dialect.error_object(error)["error"]["type"]
 
 # -- helpers ---------------------------------------------------------------------
 
@@ -244,8 +251,8 @@ def test_a_stream_event_that_is_not_json_is_a_bad_gateway_error() -> None:
                          "param": None, "code": "invalid_api_key"}},
      (401, "invalid_request_error", "invalid_api_key", None, None)),
     (503, [], b"<html>Service Unavailable</html>",
-     (503, "api_error", None, None, None)),
-    (500, [], {"error": "boom"}, (500, "api_error", None, None, None)),
+     (503, "server_error", None, None, None)),
+    (500, [], {"error": "boom"}, (500, "server_error", None, None, None)),
     (422, [], {"detail": [{"loc": ["body", "temperature"], "msg": "must be <= 2"}]},
      (400, "invalid_request_error", None, None, None)),
 ])
@@ -253,7 +260,7 @@ def test_openai_errors_map_to_provider_errors(status: int, headers: list[tuple[s
                                               body: Any, expected: tuple) -> None:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
     error = get_adapter("openai").error_from_upstream(target("openai"), status, headers, raw)
-    assert (error.status, error.type, error.code, error.param, error.retry_after) == expected
+    assert (error.status, openai_type(error), error.code, error.param, error.retry_after) == expected
     assert error.message
     assert error.to_openai()["error"]["message"] == error.message
 
@@ -298,7 +305,7 @@ def test_azure_content_filter_errors_are_a_400_with_code_content_filter() -> Non
                                    "param": "prompt", "code": "content_filter", "status": 400,
                                    "innererror": {"code": "ResponsibleAIPolicyViolation"}}})
     error = get_adapter("azure").error_from_upstream(target("azure"), 400, [], body)
-    assert (error.status, error.code, error.type) == (400, "content_filter",
+    assert (error.status, error.code, openai_type(error)) == (400, "content_filter",
                                                       "invalid_request_error")
 
 
@@ -446,7 +453,7 @@ def test_mistral_validation_errors_in_either_shape_become_400s() -> None:
     assert error.code == "context_length_exceeded"
     error = adapter.error_from_upstream(target("mistral"), 401, [],
                                         b'{"message":"Unauthorized","request_id":"x"}')
-    assert (error.status, error.message, error.type) == (401, "Unauthorized",
+    assert (error.status, error.message, openai_type(error)) == (401, "Unauthorized",
                                                          "authentication_error")
 
 
@@ -564,7 +571,7 @@ def test_an_ollama_error_line_mid_stream_raises_a_provider_error() -> None:
 def test_ollama_errors_name_a_missing_model() -> None:
     error = get_adapter("ollama").error_from_upstream(
         target("ollama"), 404, [], b'{"error":"model \\"nope\\" not found, try pulling it first"}')
-    assert (error.status, error.code, error.type) == (404, "model_not_found", "not_found_error")
+    assert (error.status, error.code, openai_type(error)) == (404, "model_not_found", "not_found_error")
     assert "try pulling it first" in error.message
 
 
@@ -1030,7 +1037,7 @@ async def test_mock_upstream_streams_can_stall_or_die(openai_upstream: Upstream)
     with pytest.raises(httpx.ReadTimeout):
         async with openai_upstream.client.stream(
                 call.method, call.url, headers=call.headers, content=call.body,
-                timeout=httpx.Timeout(10.0, read=0.5)) as response:
+                timeout=httpx.Timeout(10.0, read=2.0)) as response:
             async for piece in response.aiter_bytes():
                 received += piece
     assert received.count(b"data: ") == 2

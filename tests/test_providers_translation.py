@@ -22,6 +22,8 @@ from upstreams.gemini_mock import build_gemini_mock
 from upstreams.server import start_upstream, stop_upstream
 
 from smartflow.http import Router
+from smartflow.dialects import openai as openai_dialect
+from smartflow.gateway_error import GatewayError
 from smartflow.providers import get_adapter
 from smartflow.providers.anthropic import (
     AnthropicStreamDecoder,
@@ -40,6 +42,11 @@ from smartflow.providers.base import ProviderError, Target, UnsupportedOperation
 from smartflow.providers.cohere import openai_to_cohere_request
 from smartflow.providers.gemini import gemini_schema, openai_to_gemini_request
 from smartflow.providers.sse import SSEParser
+
+
+def openai_type(error: GatewayError) -> str:
+    """The error `type` an OpenAI caller sees for this error."""
+    return openai_dialect.error_object(error)["error"]["type"]
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -373,8 +380,8 @@ def test_a_mid_stream_anthropic_error_raises_after_the_chunks_before_it() -> Non
     (403, "permission_error", "no access", 403, "permission_error", None),
     (404, "not_found_error", "model: claude-9", 404, "not_found_error", "model_not_found"),
     (429, "rate_limit_error", "slow down", 429, "rate_limit_error", "rate_limit_exceeded"),
-    (500, "api_error", "oops", 500, "api_error", None),
-    (529, "overloaded_error", "Overloaded", 503, "api_error", "overloaded"),
+    (500, "api_error", "oops", 500, "server_error", None),
+    (529, "overloaded_error", "Overloaded", 503, "server_error", "overloaded"),
 ])
 def test_anthropic_errors_map_to_openai_errors(status: int, anthropic_type: str, message: str,
                                                want_status: int, want_type: str,
@@ -382,7 +389,7 @@ def test_anthropic_errors_map_to_openai_errors(status: int, anthropic_type: str,
     body = orjson.dumps({"type": "error", "error": {"type": anthropic_type, "message": message}})
     error = get_adapter("anthropic").error_from_upstream(
         target("anthropic"), status, [("retry-after", "7")], body)
-    assert (error.status, error.type, error.code) == (want_status, want_type, want_code)
+    assert (error.status, openai_type(error), error.code) == (want_status, want_type, want_code)
     assert error.message == message
     if status == 429:
         assert error.retry_after == "7"
@@ -857,7 +864,7 @@ def test_a_gemini_stream_split_at_every_byte_decodes_identically() -> None:
     (403, "PERMISSION_DENIED", "denied", 403, "permission_error", "permission_denied"),
     (404, "NOT_FOUND", "models/x is not found", 404, "not_found_error", "not_found"),
     (429, "RESOURCE_EXHAUSTED", "quota", 429, "rate_limit_error", "rate_limit_exceeded"),
-    (503, "UNAVAILABLE", "overloaded", 503, "api_error", "unavailable"),
+    (503, "UNAVAILABLE", "overloaded", 503, "server_error", "unavailable"),
     (504, "DEADLINE_EXCEEDED", "deadline", 504, "timeout_error", "deadline_exceeded"),
 ])
 def test_gemini_errors_map_to_openai_errors(status: int, google_status: str, message: str,
@@ -866,7 +873,7 @@ def test_gemini_errors_map_to_openai_errors(status: int, google_status: str, mes
     body = orjson.dumps({"error": {"code": status, "message": message, "status": google_status}})
     error = get_adapter("gemini").error_from_upstream(target("gemini"), status,
                                                       [("retry-after", "3")], body)
-    assert (error.status, error.type, error.code) == (want_status, want_type, want_code)
+    assert (error.status, openai_type(error), error.code) == (want_status, want_type, want_code)
     assert error.message == message
     assert error.retry_after == ("3" if status in (429, 503) else None)
 
@@ -982,13 +989,13 @@ def test_a_cohere_stream_split_at_every_byte_decodes_identically() -> None:
     (404, "model not found", 404, "not_found_error", None),
     (422, "unprocessable", 400, "invalid_request_error", None),
     (429, "trial key limit", 429, "rate_limit_error", "rate_limit_exceeded"),
-    (500, "internal", 500, "api_error", None),
+    (500, "internal", 500, "server_error", None),
 ])
 def test_cohere_errors_map_to_openai_errors(status: int, message: str, want_status: int,
                                             want_type: str, want_code: str | None) -> None:
     error = get_adapter("cohere").error_from_upstream(
         target("cohere"), status, [], orjson.dumps({"id": "e", "message": message}))
-    assert (error.status, error.type, error.code) == (want_status, want_type, want_code)
+    assert (error.status, openai_type(error), error.code) == (want_status, want_type, want_code)
     assert error.message == message
 
 
@@ -1120,7 +1127,7 @@ async def test_a_wrong_key_at_the_mock_upstream_maps_to_a_401(
     assert response.status_code in (400, 401)  # Gemini says 400 API_KEY_INVALID
     error = adapter.error_from_upstream(t, response.status_code,
                                         list(response.headers.items()), response.content)
-    assert error.status == 401 and error.type == "authentication_error"
+    assert error.status == 401 and openai_type(error) == "authentication_error"
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
@@ -1153,7 +1160,7 @@ async def test_an_injected_rate_limit_keeps_its_retry_after(
     assert response.status_code == 429
     error = adapter.error_from_upstream(t, 429, list(response.headers.items()),
                                         response.content)
-    assert (error.status, error.type, error.retry_after) == (429, "rate_limit_error", "12")
+    assert (error.status, openai_type(error), error.retry_after) == (429, "rate_limit_error", "12")
     assert error.message == "Too many requests"
 
 

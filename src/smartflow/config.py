@@ -24,14 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smartflow.providers.registry import PROVIDERS, provider_env_var_names
+
 ENV_PREFIX = "SMARTFLOW_"
-PROVIDER_ENV_VARS = (
-    "OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT",
-    "OPENAI_API_VERSION", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY",
-    "MISTRAL_API_KEY", "CO_API_KEY", "COHERE_API_KEY",
-)
-PROVIDERS = ("openai", "azure", "anthropic", "gemini", "mistral", "cohere", "ollama",
-             "openai_compatible", "mock")
+PROVIDER_ENV_VARS = provider_env_var_names()
 
 
 class ConfigError(ValueError):

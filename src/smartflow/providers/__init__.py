@@ -5,25 +5,12 @@ from __future__ import annotations
 import importlib
 
 from smartflow.providers.base import ProviderAdapter
-
-# provider name -> module under smartflow.providers exposing ``ADAPTER``.
-# Imported lazily: a gateway that only routes to one provider loads one module.
-ADAPTER_MODULES: dict[str, str] = {
-    "openai": "openai",
-    "azure": "azure",
-    "anthropic": "anthropic",
-    "gemini": "gemini",
-    "mistral": "mistral",
-    "cohere": "cohere",
-    "ollama": "ollama",
-    "openai_compatible": "openai_compatible",
-    "mock": "mock",
-}
-
+from smartflow.providers.registry import PROVIDER_BY_NAME
 
 def get_adapter(provider: str) -> ProviderAdapter:
-    module_name = ADAPTER_MODULES.get(provider)
-    if module_name is None:
+    # Imported lazily: a gateway that only routes to one provider loads one module.
+    info = PROVIDER_BY_NAME.get(provider)
+    if info is None:
         raise KeyError(provider)
-    module = importlib.import_module(f"smartflow.providers.{module_name}")
+    module = importlib.import_module(f"smartflow.providers.{info.module}")
     return module.ADAPTER  # type: ignore[no-any-return]

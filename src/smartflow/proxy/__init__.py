@@ -8,21 +8,29 @@ when it shuts down.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from smartflow.http.request import Request
 from smartflow.http.response import Response, StreamingResponse
 from smartflow.http.router import Handler, Router
 from smartflow.proxy.context import ProxyContext, build_proxy_context
 
+if TYPE_CHECKING:
+    from smartflow.proxy.pipeline import Stage
+
 __all__ = ["ProxyContext", "build_proxy_context", "register_proxy_routes"]
 
 
-def register_proxy_routes(router: Router, context: ProxyContext) -> ProxyContext:
+def register_proxy_routes(router: Router, context: ProxyContext,
+                          extra_stages: Iterable[Stage] = ()) -> ProxyContext:
     """Add /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}],
     /v1/messages[/count_tokens] and /anthropic/{path} to ``router``, every
     provider route running through one ``CallRunner`` and its pipeline.
 
-    The caller owns ``context`` and closes it (its upstream pool) at shutdown.
-    Returns the context.
+    ``extra_stages`` join the default ones (``proxy.stages.default_stages``),
+    each in its slot. The caller owns ``context`` and closes it (its upstream
+    pool) at shutdown. Returns the context.
     """
     from smartflow.proxy.anthropic_routes import register_anthropic_routes
     from smartflow.proxy.exchange import CallRunner, Operation
@@ -35,7 +43,7 @@ def register_proxy_routes(router: Router, context: ProxyContext) -> ProxyContext
     from smartflow.proxy.pipeline import Pipeline
     from smartflow.proxy.stages import default_stages
 
-    runner = CallRunner(context, Pipeline(default_stages(context)))
+    runner = CallRunner(context, Pipeline([*default_stages(context), *extra_stages]))
 
     def route_to(operation: Operation) -> Handler:
         async def handler(request: Request) -> Response | StreamingResponse:

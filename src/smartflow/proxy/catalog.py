@@ -28,48 +28,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from smartflow.config import PROVIDERS, ModelConfig
+from smartflow.config import ModelConfig
 from smartflow.providers.base import Target
+from smartflow.providers.registry import (
+    AZURE_API_VERSION_ENV_VAR,
+    AZURE_ENDPOINT_ENV_VAR,
+    PROVIDER_TABLE,
+    PROVIDERS,
+    provider_env_var_names,
+)
 from smartflow.proxy.cost import PriceTable, prices_for
 
 # (name prefix, provider), tried in order.
-NAME_PREFIX_RULES: tuple[tuple[str, str], ...] = (
-    ("gpt-", "openai"),
-    ("o1", "openai"),
-    ("o3", "openai"),
-    ("o4", "openai"),
-    ("claude-", "anthropic"),
-    ("gemini-", "gemini"),
-    ("mistral-", "mistral"),
-    ("codestral-", "mistral"),
-    ("command-", "cohere"),
-)
-
-# The environment variables each provider's own SDK reads its key from, in
-# order of preference.
+NAME_PREFIX_RULES: tuple[tuple[str, str], ...] = tuple(
+    (prefix, info.name) for info in PROVIDER_TABLE for prefix in info.name_prefixes)
 PROVIDER_KEY_ENV_VARS: Mapping[str, tuple[str, ...]] = {
-    "openai": ("OPENAI_API_KEY",),
-    "azure": ("AZURE_OPENAI_API_KEY",),
-    "anthropic": ("ANTHROPIC_API_KEY",),
-    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
-    "mistral": ("MISTRAL_API_KEY",),
-    "cohere": ("CO_API_KEY", "COHERE_API_KEY"),
-}
-# Azure has no public endpoint: without a configured azure model its SDK
-# reads these.
-AZURE_ENDPOINT_ENV_VAR = "AZURE_OPENAI_ENDPOINT"
-AZURE_API_VERSION_ENV_VAR = "OPENAI_API_VERSION"
+    info.name: info.key_env_vars for info in PROVIDER_TABLE if info.key_env_vars}
 
 ANTHROPIC_PUBLIC_API_BASE = "https://api.anthropic.com"
 MAX_MEMOISED_NAMES = 4096
 MAX_MODEL_NAME_CHARS = 256
-
-
-def provider_env_var_names() -> tuple[str, ...]:
-    """Every environment variable the catalog may look up (for config.py to collect)."""
-    names = [name for names in PROVIDER_KEY_ENV_VARS.values() for name in names]
-    names += [AZURE_ENDPOINT_ENV_VAR, AZURE_API_VERSION_ENV_VAR]
-    return tuple(names)
 
 
 class ModelNotFound(LookupError):
