@@ -181,6 +181,52 @@ def running(servers: Sequence[ServerProcess], ready_timeout_s: float) -> Iterato
             server.stop()
 
 
+# --------------------------------------------------------------------------- git worktrees
+
+
+def _git(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=REPO_DIR, capture_output=True, text=True,
+                          check=check, timeout=120)
+
+
+def resolve_commit(ref: str) -> str:
+    """The full sha of ``ref`` (a branch, tag, ``HEAD~5``, a short sha), or SystemExit."""
+    done = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+    if done.returncode != 0 or not done.stdout.strip():
+        raise SystemExit(f"bench: {ref!r} is not a commit in {REPO_DIR}")
+    return done.stdout.strip()
+
+
+def remove_worktree(path: Path) -> None:
+    """Remove the git worktree at ``path`` (and the directory, registered or not)."""
+    if path.exists():
+        _git("worktree", "remove", "--force", str(path), check=False)
+    if path.exists():  # not a registered worktree (or git refused): just a directory
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def git_worktree(ref: str, path: Path) -> Iterator[str]:
+    """A detached checkout of ``ref`` at ``path`` for the duration; yields its sha.
+
+    Only ``path`` (git-ignored, under bench/.work/) and git's own worktree
+    metadata are written: the main working tree, its index and HEAD are left
+    alone. A leftover checkout at ``path`` from an interrupted run is replaced.
+    """
+    sha = resolve_commit(ref)
+    remove_worktree(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # --force: also when git still has ``path`` registered but its directory is gone.
+    done = _git("worktree", "add", "--force", "--detach", str(path), sha, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench: git worktree add {path} {sha[:12]} failed: "
+                         f"{(done.stderr or done.stdout).strip()[-300:]}")
+    try:
+        yield sha
+    finally:
+        remove_worktree(path)
+
+
 # --------------------------------------------------------------------------- memory
 
 
@@ -412,12 +458,16 @@ def wrk_post_script(path: Path, body: bytes, headers: dict[str, str]) -> Path:
 
 
 def run_wrk(url: str, connections: int, duration_s: float, *, script: Path | None = None,
-            threads: int = 1, timeout_s: float = 10.0) -> LoadResult:
+            script_args: Sequence[str] = (), threads: int = 1,
+            timeout_s: float = 10.0) -> LoadResult:
+    """wrk --latency; ``script_args`` reach the Lua script's ``init(args)``."""
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration_s))}s",
             f"--timeout={timeout_s:g}s", "--latency"]
     if script is not None:
         argv += ["-s", str(script)]
     argv.append(url)
+    if script_args:
+        argv += ["--", *script_args]
     done = subprocess.run(argv, capture_output=True, text=True, check=False,
                           timeout=duration_s + timeout_s + 30)
     if done.returncode != 0:
