@@ -101,9 +101,11 @@ def test_an_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_importing_smartflow_and_its_cli_stays_light(tmp_path: Path) -> None:
     # The CLI must not pull in the server stack before the supervisor needs it.
+    # Import cost is measured in CPU seconds: wall time would count whatever
+    # else the machine is busy with.
     code = (
-        "import sys, time; t = time.perf_counter(); import smartflow.cli; "
-        "print(time.perf_counter() - t); "
+        "import sys, time; t = time.process_time(); import smartflow.cli; "
+        "print(time.process_time() - t); "
         "print(sorted(m for m in ('uvloop', 'redis', 'prometheus_client', 'h2', 'h11', "
         "'smartflow.http', 'asyncio') if m in sys.modules))"
     )
@@ -113,7 +115,7 @@ def test_importing_smartflow_and_its_cli_stays_light(tmp_path: Path) -> None:
     assert heavy == "[]"
     bare = subprocess.run([sys.executable, "-c", code.replace("smartflow.cli", "smartflow")],
                           check=False, capture_output=True, text=True, timeout=30, cwd=tmp_path)
-    assert float(bare.stdout.splitlines()[0]) < 0.15  # `import smartflow` under 150 ms
+    assert float(bare.stdout.splitlines()[0]) < 0.15  # `import smartflow`: under 150 ms of CPU
 
 
 def test_serve_with_defaults_answers_ready_with_the_embedded_redis(tmp_path: Path) -> None:

@@ -20,8 +20,6 @@ import pytest
 from harness.gateway import GatewayError, GatewayProcess, group_pids, http_get_status
 from harness.worker_client import Connection, get_once, worker_pid_of
 
-from smartflow.supervisor import RestartBackoff
-
 BENCH = {"server": {"bench_routes": True, "shutdown_timeout": 10.0}}
 
 
@@ -136,6 +134,14 @@ def redis_children(gateway: GatewayProcess) -> list[int]:
     return [pid for pid, name in names.items() if name.startswith("redis")]
 
 
+def process_title(pid: int) -> str:
+    """What `ps -o args` shows for `pid` (setproctitle rewrites argv in place)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return ""
+
+
 def is_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -159,9 +165,7 @@ def test_a_killed_worker_is_replaced_within_a_second_while_the_other_keeps_answe
     time.sleep(0.2)
 
     os.kill(victim, signal.SIGKILL)
-    healed_s = wait_for(
-        lambda: len(set(gateway.worker_pids()) - {victim}) == 2, 5, "a replacement worker"
-    )
+    wait_for(lambda: len(set(gateway.worker_pids()) - {victim}) == 2, 10, "a replacement worker")
     replacement = (set(gateway.worker_pids()) - set(pids)).pop()
     seen: set[int] = set()
 
@@ -169,13 +173,45 @@ def test_a_killed_worker_is_replaced_within_a_second_while_the_other_keeps_answe
         seen.add(int(orjson.loads(get_once(gateway.port, "/bench/worker")[1])["pid"]))
         return replacement in seen
 
-    healed_s += wait_for(replacement_answers, 5, "the replacement to answer")
-    time.sleep(0.2)
+    wait_for(replacement_answers, 10, "the replacement to answer")
+    ok_before = load.ok
+    wait_for(lambda: load.ok > ok_before + 10, 10, "the survivor to keep answering")
     load.finish()
 
-    assert healed_s < 1.0, f"healing took {healed_s:.2f} s"
-    assert load.failures == [] and load.ok > 10
-    assert gateway.log_events("worker_died")
+    # Timed on the supervisor's own clock, not ours: how long it took to
+    # decide (a first crash is replaced at once, no backoff) and how long
+    # the replacement took to boot (imports are preloaded before the fork).
+    # A loaded machine slows both a little; a lost preload or a backoff on
+    # the first crash slows them by whole seconds.
+    (died,) = gateway.log_events("worker_died")
+    started = next(e for e in gateway.log_events("worker_started") if e["worker_pid"] == replacement)
+    ready = next(e for e in gateway.log_events("worker_ready") if e["worker_pid"] == replacement)
+    assert died["worker_pid"] == victim
+    decided_s = float(started["ts"]) - float(died["ts"])  # type: ignore[arg-type]
+    booted_s = float(ready["ts"]) - float(started["ts"])  # type: ignore[arg-type]
+    assert 0 <= decided_s < 0.5, f"replacement forked {decided_s:.3f} s after the death"
+    assert booted_s < 1.0, f"replacement took {booted_s:.3f} s to become ready"
+    assert load.failures == []
+
+
+def test_processes_are_titled_by_role_and_a_replacement_takes_the_slot_it_fills(
+    gateway_factory: Callable[..., GatewayProcess],
+) -> None:
+    gateway = gateway_factory()
+    assert process_title(gateway.pid) == "smartflow: supervisor"
+    by_title = {process_title(pid): pid for pid in gateway.wait_worker_pids(2)}
+    assert sorted(by_title) == ["smartflow: worker 1", "smartflow: worker 2"]
+    (redis_pid,) = redis_children(gateway)
+    assert "redis-server" in process_title(redis_pid)
+
+    victim = by_title["smartflow: worker 1"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(set(gateway.worker_pids()) - {victim}) == 2, 10, "a replacement worker")
+    (replacement,) = set(gateway.worker_pids()) - set(by_title.values())
+    # Titled right after the fork, before the worker has even booted.
+    wait_for(lambda: process_title(replacement) == "smartflow: worker 1", 5,
+             "the replacement's title")
+    assert process_title(by_title["smartflow: worker 2"]) == "smartflow: worker 2"
 
 
 def test_sighup_rolls_every_worker_without_failing_a_request_or_cutting_a_stream(
@@ -194,7 +230,9 @@ def test_sighup_rolls_every_worker_without_failing_a_request_or_cutting_a_stream
     gateway.send_signal(signal.SIGHUP)
     wait_for(lambda: len(gateway.log_events("worker_ready")) >= 4, 10, "the new generation")
     wait_for(lambda: not (set(gateway.worker_pids()) & old_pids), 15, "old workers to exit")
-    time.sleep(0.3)
+    ok_before = sum(load.ok for load in loads)
+    wait_for(lambda: sum(load.ok for load in loads) > ok_before + 20, 10,
+             "requests to the new generation")
     for load in loads:
         load.finish()
     stream.join(timeout=15)
@@ -202,7 +240,6 @@ def test_sighup_rolls_every_worker_without_failing_a_request_or_cutting_a_stream
     new_pids = set(gateway.worker_pids())
     assert len(new_pids) == 2 and not new_pids & old_pids
     assert all(load.failures == [] for load in loads), [load.failures[:3] for load in loads]
-    assert sum(load.ok for load in loads) > 20
     assert stream.error is None
     assert stream.lines() == [b"line %d" % i for i in range(15)]
 
@@ -363,24 +400,3 @@ def test_readiness_follows_redis_going_away_and_coming_back(
 
     proxy.restore()  # type: ignore[attr-defined]
     wait_for(lambda: get_once(gateway.port, "/health/ready")[0] == 200, 10, "200 from readiness")
-
-
-def test_restart_backoff_is_immediate_then_doubles_up_to_the_cap_then_calls_a_crash_loop() -> None:
-    backoff = RestartBackoff(limit=6, window_s=10.0, max_delay_s=0.3)
-    delays = []
-    for now in (100.0, 100.5, 101.0, 101.5, 102.0):
-        backoff.record_death(now)
-        delays.append(round(backoff.next_spawn_at - now, 3))
-        assert not backoff.is_crash_loop(now)
-    assert delays == [0.0, 0.1, 0.2, 0.3, 0.3]
-    backoff.record_death(102.5)
-    assert backoff.is_crash_loop(102.5)
-
-
-def test_restart_backoff_forgets_deaths_older_than_the_window() -> None:
-    backoff = RestartBackoff(limit=3, window_s=10.0, max_delay_s=5.0)
-    backoff.record_death(0.0)
-    backoff.record_death(1.0)
-    backoff.record_death(20.0)
-    assert not backoff.is_crash_loop(20.0)
-    assert backoff.next_spawn_at == 20.0  # a lone crash after a quiet spell: at once

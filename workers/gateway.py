@@ -20,17 +20,14 @@ from pathlib import Path
 
 from smartflow.app import RequestTelemetry, build_app
 from smartflow.http.transport import HTTPServer
+from smartflow.process.binding import bind_listener
+from smartflow.process.exit_codes import EXIT_BIND_FAILED, EXIT_OK
+from smartflow.process.heartbeat import HEARTBEAT_INTERVAL_S
+from smartflow.process.json_log import log_event
+from smartflow.process.tls import build_server_ssl_context
+from smartflow.process.worker_context import WorkerContext
 from smartflow.proxy.errors import protocol_error_body
 from smartflow.store.redis_client import create_redis_client
-from smartflow.supervisor import (
-    EXIT_BIND_FAILED,
-    EXIT_OK,
-    WORKER_HEARTBEAT_INTERVAL_S,
-    WorkerContext,
-    bind_listener,
-    build_server_ssl_context,
-    log_event,
-)
 from smartflow.telemetry.access_log import AccessLog
 from smartflow.telemetry.metrics import FLUSH_INTERVAL_S, RequestMetrics
 
@@ -128,4 +125,4 @@ async def _beat_heartbeat(context: WorkerContext) -> None:
     """
     while True:
         context.report_alive()
-        await asyncio.sleep(WORKER_HEARTBEAT_INTERVAL_S)
+        await asyncio.sleep(HEARTBEAT_INTERVAL_S)

@@ -80,7 +80,8 @@ def build_app(
     # pre-fork import of this module stays light.
     from smartflow.proxy import build_proxy_context, register_proxy_routes
 
-    proxy_context = build_proxy_context(settings, provider_environ=settings.provider_env)
+    proxy_context = build_proxy_context(settings, provider_environ=settings.provider_env,
+                                        redis=redis)
     register_proxy_routes(router, proxy_context)
     if on_shutdown is not None:
         on_shutdown.append(proxy_context.aclose)
@@ -174,7 +175,7 @@ class RequestTelemetry:
                 try:
                     self.flush()
                 except Exception as exc:  # noqa: BLE001 - telemetry must not stop a worker
-                    from smartflow.supervisor import log_event
+                    from smartflow.process.json_log import log_event
 
                     log_event("error", "telemetry_flush_failed",
                               message=f"{type(exc).__name__}: {exc}")

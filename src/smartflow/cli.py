@@ -1,8 +1,9 @@
 """`smartflow serve | check-config`: the command line.
 
-Only argparse and the config module load before the supervisor takes over;
-the worker code (HTTP server, uvloop, redis, prometheus) is imported by the
-supervisor itself, once, right before it forks.
+Only argparse and the config module load before the supervisor
+(`smartflow.process.arbiter`) takes over; the worker code (HTTP server,
+uvloop, redis, prometheus) is imported by the supervisor itself, once, right
+before it forks.
 """
 
 from __future__ import annotations
@@ -13,8 +14,7 @@ from collections.abc import Sequence
 
 from smartflow import __version__
 from smartflow.config import ConfigError, Settings, default_config_path, load_settings, worker_count
-
-EXIT_CONFIG_ERROR = 2
+from smartflow.process.exit_codes import EXIT_CONFIG_ERROR
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +92,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(path, overrides=overrides)
     except ConfigError as exc:
         return _config_error(str(exc))
-    from smartflow.supervisor import serve
+    from smartflow.process.arbiter import serve
 
     return serve(settings, config_path=path, overrides=overrides)
 

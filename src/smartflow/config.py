@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smartflow.providers.registry import PROVIDERS, provider_env_var_names
+from smartflow.provider_registry import PROVIDERS, provider_env_var_names
 
 ENV_PREFIX = "SMARTFLOW_"
 PROVIDER_ENV_VARS = provider_env_var_names()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from smartflow.config import ModelConfig
 from smartflow.providers.base import Target
-from smartflow.providers.registry import (
+from smartflow.provider_registry import (
     AZURE_API_VERSION_ENV_VAR,
     AZURE_ENDPOINT_ENV_VAR,
     PROVIDER_TABLE,

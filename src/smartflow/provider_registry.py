@@ -1,5 +1,7 @@
 """The one list of providers: name, adapter module, key variables, name prefixes.
 
+A top-level module with no imports, so config validation stays light.
+
 Config validation (``config.PROVIDERS``), adapter lookup
 (``providers.get_adapter``) and model resolution (``proxy.catalog``) all
 read this table, so a provider is added in one place.

@@ -1,0 +1,68 @@
+"""The kinds of process the supervisor runs.
+
+A role names its entry-point module under `workers/` as a string: the
+arbiter imports it at start-up (before forking, so every child shares the
+imported code), and nothing in `smartflow` imports `workers` statically, so
+`workers.gateway -> smartflow.app -> ...` never loops back.
+
+Adding a kind of process (the audit shipper) is one more RoleSpec in
+`default_roles()`; the arbiter runs whatever roles it is given.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from smartflow.config import Settings, worker_count
+from smartflow.process.exit_codes import StartupError
+from smartflow.process.worker_context import WorkerEntry
+
+
+@dataclass(frozen=True, slots=True)
+class RoleSpec:
+    """One kind of process: what it is called, how many, what it runs."""
+
+    name: str
+    # Module with `run(WorkerContext) -> int` and, optionally, `preload()`,
+    # which the supervisor calls once before the first fork.
+    entry_module: str
+    # `{slot}` is replaced by the process's slot number, 1..count.
+    title_template: str
+    count: Callable[[Settings], int]
+
+    def title(self, slot: int) -> str:
+        return self.title_template.format(slot=slot)
+
+
+GATEWAY_ROLE = RoleSpec(
+    name="gateway",
+    entry_module="workers.gateway",
+    title_template="smartflow: worker {slot}",
+    count=worker_count,
+)
+
+
+def default_roles() -> tuple[RoleSpec, ...]:
+    """The roles `smartflow serve` runs."""
+    return (GATEWAY_ROLE,)
+
+
+def load_role_entry(role: RoleSpec) -> WorkerEntry:
+    """Import the role's entry module now, run its `preload()`, return its `run`."""
+    try:
+        module = importlib.import_module(role.entry_module)
+    except ModuleNotFoundError as exc:
+        parts = role.entry_module.split(".")
+        own_names = {".".join(parts[: i + 1]) for i in range(len(parts))}
+        if exc.name not in own_names:
+            raise  # the entry module exists; something it imports does not
+        raise StartupError(
+            f"{role.name} entry point {role.entry_module!r} is not installed"
+        ) from None
+    preload = getattr(module, "preload", None)
+    if preload is not None:
+        preload()
+    entry: WorkerEntry = module.run
+    return entry
