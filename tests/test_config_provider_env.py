@@ -1,7 +1,7 @@
 """Provider SDK variables reach the catalog through Settings, not os.environ."""
 
 from smartflow.config import PROVIDER_ENV_VARS, load_settings
-from smartflow.proxy.catalog import provider_env_var_names
+from smartflow.provider_registry import provider_env_var_names
 
 
 def test_settings_collect_every_variable_the_catalog_looks_up() -> None:

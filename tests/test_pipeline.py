@@ -188,6 +188,8 @@ async def test_a_cache_stage_answers_before_any_upstream_call_on_every_dialect(
             "model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "cached?"}]})
     assert openai.json() == {"cached": True, "dialect": "openai"}
     assert anthropic.json() == {"cached": True, "dialect": "anthropic"}
+    assert openai.headers["x-smartflow-cache-hit"] == "true"
+    assert openai.headers["x-smartflow-call-id"] == seen.calls[0].call_id
     assert [call.cache_outcome for call in seen.calls] == ["hit", "hit"]
     assert all(call.first_byte_s is None for call in seen.calls)  # nothing was sent
 
@@ -232,6 +234,7 @@ async def test_a_whole_answer_carries_its_cost_and_the_exit_saw_it_first(
                                      json={"model": "m", "messages": HELLO})
     call = seen.calls[-1]
     assert response.headers["x-smartflow-call-id"] == call.call_id
+    assert response.headers["x-smartflow-cache-hit"] == "false"
     assert float(response.headers["x-smartflow-response-cost"]) == pytest.approx(call.cost.usd)
     assert len(call.trace_id) == 32
 

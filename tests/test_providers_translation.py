@@ -21,9 +21,9 @@ from upstreams.cohere_mock import build_cohere_mock
 from upstreams.gemini_mock import build_gemini_mock
 from upstreams.server import start_upstream, stop_upstream
 
-from smartflow.http import Router
 from smartflow.dialects import openai as openai_dialect
 from smartflow.gateway_error import GatewayError
+from smartflow.http import Router
 from smartflow.providers import get_adapter
 from smartflow.providers.anthropic import (
     AnthropicStreamDecoder,

@@ -9,9 +9,10 @@ from smartflow.config import ModelConfig, Settings
 from smartflow.dialects import openai as openai_dialect
 from smartflow.gateway_error import GatewayError, Reason
 from smartflow.http.request import Request
+from smartflow.provider_registry import provider_env_var_names
 from smartflow.providers.base import Target
 from smartflow.proxy.call import Call
-from smartflow.proxy.catalog import Catalog, ModelNotFound, provider_env_var_names
+from smartflow.proxy.catalog import Catalog, ModelNotFound
 from smartflow.proxy.context import ProxyContext, build_proxy_context
 from smartflow.proxy.cost import load_price_table
 from smartflow.proxy.openai_routes import ChatOperation

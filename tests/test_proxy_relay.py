@@ -15,13 +15,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from smartflow.http.client import RemoteProtocolError
-from smartflow.providers.base import Usage
-from smartflow.providers.openai import OpenAIStreamDecoder
 from smartflow.dialects.anthropic import AnthropicTap
 from smartflow.dialects.base import StreamOutcome
 from smartflow.dialects.openai import DecodingTransform, OpenAITap, find_usage_object
 from smartflow.dialects.openai import error_event as openai_error_event
+from smartflow.http.client import RemoteProtocolError
+from smartflow.providers.base import Usage
+from smartflow.providers.openai import OpenAIStreamDecoder
 from smartflow.proxy.relay import SSE_KEEPALIVE, EventFramer, PassthroughTransform, relay
 
 

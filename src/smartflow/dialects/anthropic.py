@@ -28,7 +28,6 @@ from smartflow.gateway_error import GatewayError
 from smartflow.providers.anthropic_inbound import AnthropicStreamEncoder
 from smartflow.providers.base import StreamDecoder, Usage
 
-
 # -- validation -------------------------------------------------------------------
 
 

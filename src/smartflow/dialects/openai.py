@@ -8,6 +8,7 @@ the encoder that writes another provider's decoded stream as OpenAI chunks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -28,6 +29,7 @@ from smartflow.dialects.sse_events import TailBuffer, event_data, load_json, spl
 from smartflow.gateway_error import GatewayError
 from smartflow.http.errors import error_type_for_status
 from smartflow.providers.base import StreamDecoder, Usage
+from smartflow.providers.openai import usage_from as openai_usage
 
 SSE_DONE = b"data: [DONE]\n\n"
 MAX_TAIL_EVENTS_PARSED = 8
@@ -79,18 +81,6 @@ def validate_embeddings(body: dict[str, Any]) -> str:
 
 
 # -- usage ------------------------------------------------------------------------
-
-
-def openai_usage(obj: Any) -> Usage | None:
-    if not isinstance(obj, dict):
-        return None
-    prompt = obj.get("prompt_tokens")
-    completion = obj.get("completion_tokens")
-    details = obj.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else 0
-    return Usage(prompt if isinstance(prompt, int) else 0,
-                 completion if isinstance(completion, int) else 0,
-                 cached if isinstance(cached, int) else 0)
 
 
 MAX_USAGE_PARSE_TRIES = 6

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 
-from smartflow.providers.base import ProviderAdapter
 from smartflow.provider_registry import PROVIDER_BY_NAME
+from smartflow.providers.base import ProviderAdapter
+
 
 def get_adapter(provider: str) -> ProviderAdapter:
     # Imported lazily: a gateway that only routes to one provider loads one module.

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from smartflow.http.errors import error_type_for_status
 from smartflow.providers.base import (
     Headers,
     ProviderError,
@@ -33,7 +34,6 @@ from smartflow.providers.openai import (
     bearer_auth,
     call_headers,
     embedding_texts,
-    error_type_for_status,
     is_context_length_message,
     json_object,
     not_json_event,

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import orjson
 
+from smartflow.http.errors import error_type_for_status
 from smartflow.providers.base import (
     Headers,
     ProviderError,
@@ -42,7 +43,6 @@ from smartflow.providers.openai import (
     bad_shape,
     call_headers,
     embedding_texts,
-    error_type_for_status,
     is_context_length_message,
     json_object,
     not_json_event,

@@ -43,12 +43,12 @@ from urllib.parse import parse_qsl, urlencode
 
 import orjson
 
+from smartflow.http.errors import error_type_for_status
 from smartflow.providers.base import Target, UpstreamCall
 from smartflow.providers.openai import (
     OpenAIAdapter,
     as_dict,
     encode_embedding,
-    error_type_for_status,
 )
 from smartflow.providers.sse import SSE_DONE, sse_data
 

@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 
-from smartflow.http.errors import error_type_for_status
 from smartflow.gateway_error import Phase, Reason
 from smartflow.providers.base import (
     Headers,

@@ -28,6 +28,7 @@ import orjson
 
 from smartflow.dialects import anthropic as anthropic_dialect
 from smartflow.dialects.anthropic import AnthropicFromOpenAI
+from smartflow.dialects.base import Dialect
 from smartflow.dialects.checks import parse_json_object
 from smartflow.dialects.openai import openai_usage
 from smartflow.http.request import Request
@@ -123,7 +124,7 @@ def _native_target(native: AnthropicUpstream, context: ProxyContext, model: str)
 class MessagesOperation:
     """``/v1/messages`` and its ``count_tokens``; see the module docstring."""
 
-    dialect = anthropic_dialect.DIALECT
+    dialect: Dialect = anthropic_dialect.DIALECT
 
     def __init__(self, context: ProxyContext, native: AnthropicUpstream, upstream_path: str,
                  *, unknown_models_go_native: bool) -> None:
@@ -183,7 +184,7 @@ class PassthroughOperation:
     """Any other ``/anthropic/{path}``: to the Anthropic API as it came."""
 
     name = "passthrough"
-    dialect = anthropic_dialect.DIALECT
+    dialect: Dialect = anthropic_dialect.DIALECT
 
     def __init__(self, context: ProxyContext, native: AnthropicUpstream) -> None:
         self._context = context

@@ -83,7 +83,6 @@ class Call:
     cost: Cost | None = None
     finish_reason: str | None = None
     completion_chars: int = 0  # for estimating output tokens when no usage came
-    client_gone: bool = False
 
     @property
     def provider(self) -> str:

@@ -29,14 +29,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from smartflow.config import ModelConfig
-from smartflow.providers.base import Target
 from smartflow.provider_registry import (
     AZURE_API_VERSION_ENV_VAR,
     AZURE_ENDPOINT_ENV_VAR,
     PROVIDER_TABLE,
     PROVIDERS,
-    provider_env_var_names,
 )
+from smartflow.providers.base import Target
 from smartflow.proxy.cost import PriceTable, prices_for
 
 # (name prefix, provider), tried in order.

@@ -145,6 +145,7 @@ class CallRunner:
             if reply is not None:
                 call.status = reply.status
                 await self._finish(call)
+                reply.headers[:0] = self._headers(call, None)
                 return reply
             adapter = self._context.adapter_for(call.provider)
             try:
@@ -273,14 +274,15 @@ class CallRunner:
                                   estimated_completion_chars=call.completion_chars)
         try:
             await self._pipeline.exit(call)
-        except Exception:  # noqa: BLE001 - the caller still gets its answer
+        except Exception:  # the caller still gets its answer
             logger.exception("a pipeline exit stage failed (call %s)", call.call_id)
 
     def _headers(self, call: Call, upstream: Upstream | None, *,
                  is_stream: bool = False) -> list[tuple[str, str]]:
         cost = call.cost
         usd = None if is_stream else (cost.usd if cost is not None else 0.0)
-        headers = smartflow_headers(call.call_id, call.provider, call.elapsed_ms(), usd)
+        headers = smartflow_headers(call.call_id, call.provider, call.elapsed_ms(), usd,
+                                    cache_hit=call.cache_outcome == "hit")
         if upstream is not None:
             headers.extend(passthrough_headers(upstream.headers))
         return headers

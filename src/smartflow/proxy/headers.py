@@ -24,12 +24,13 @@ def passthrough_headers(upstream_headers: list[tuple[str, str]]) -> list[tuple[s
 
 
 def smartflow_headers(call_id: str, provider: str, duration_ms: float,
-                      cost_usd: float | None) -> list[tuple[str, str]]:
+                      cost_usd: float | None, *, cache_hit: bool = False
+                      ) -> list[tuple[str, str]]:
     """``cost_usd`` None: a stream, whose cost is sent as a trailer after its last byte."""
     headers = [
         ("x-smartflow-call-id", call_id),
         ("x-smartflow-provider", provider),
-        ("x-smartflow-cache-hit", "false"),
+        ("x-smartflow-cache-hit", "true" if cache_hit else "false"),
         ("x-smartflow-duration-ms", f"{duration_ms:.1f}"),
     ]
     if cost_usd is not None:

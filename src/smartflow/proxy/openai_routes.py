@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from smartflow.dialects import openai as openai_dialect
+from smartflow.dialects.base import Dialect
 from smartflow.dialects.checks import parse_json_object
 from smartflow.dialects.openai import DecodingTransform, find_usage_object, openai_usage
 from smartflow.http.response import Response
@@ -57,7 +58,7 @@ def encoded_answer(completion: dict[str, Any]) -> Answer:
 
 class ChatOperation:
     name = "chat"
-    dialect = openai_dialect.DIALECT
+    dialect: Dialect = openai_dialect.DIALECT
 
     def __init__(self, *, capture_stream_text: bool = False) -> None:
         self._capture = capture_stream_text
@@ -93,7 +94,7 @@ class CompletionsOperation:
     (only a single prompt can be translated that way)."""
 
     name = "completions"
-    dialect = openai_dialect.DIALECT
+    dialect: Dialect = openai_dialect.DIALECT
 
     def prepare(self, call: Call) -> None:
         body = parse_json_object(call.raw_body)
@@ -125,7 +126,7 @@ class CompletionsOperation:
 
 class EmbeddingsOperation:
     name = "embeddings"
-    dialect = openai_dialect.DIALECT
+    dialect: Dialect = openai_dialect.DIALECT
 
     def prepare(self, call: Call) -> None:
         body = parse_json_object(call.raw_body)

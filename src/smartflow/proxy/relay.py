@@ -25,9 +25,9 @@ last few events are parsed to find ``usage`` and ``finish_reason``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-import logging
 from typing import Protocol
 
 from smartflow.dialects.base import StreamOutcome, StreamTap
@@ -359,7 +359,7 @@ async def relay(
                                         outcome.approx_text_chars)
             try:
                 await on_end(outcome)
-            except Exception:  # noqa: BLE001 - accounting must not break the stream
+            except Exception:  # accounting must not break the stream
                 logger.exception("the end-of-stream step failed")
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from smartflow.gateway_error import Phase
 from smartflow.http.client import TLSConfig, UpstreamError
 from smartflow.providers.base import Target, UpstreamCall
 from smartflow.providers.mock import MOCK_SCHEME, MockResponse, serve_mock
 from smartflow.proxy.context import ProxyContext
-from smartflow.gateway_error import Phase
 from smartflow.proxy.errors import error_from_upstream_failure
 
 MAX_ERROR_BODY_BYTES = 1024 * 1024
