@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ import uvloop
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 TEST_DEADLINE_S = 30.0
+LEFTOVER_TASKS_WAIT_S = 10.0  # a leak never ends; a slow loop does, within this
 
 
 def run_on_loop(loop_name: str, scenario: Callable[[], Awaitable[None]]) -> None:
@@ -36,9 +38,9 @@ def run_on_loop(loop_name: str, scenario: Callable[[], Awaitable[None]]) -> None
             await scenario()
         # The client starts no tasks; the loop's own (a server-side TLS
         # handshake still failing, say) get a moment to finish first.
-        for _ in range(100):
-            leftover = asyncio.all_tasks() - {asyncio.current_task()}
-            if not leftover:
+        deadline = time.monotonic() + LEFTOVER_TASKS_WAIT_S
+        while leftover := asyncio.all_tasks() - {asyncio.current_task()}:
+            if time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.01)
         assert not leftover, f"tasks left behind: {leftover}"

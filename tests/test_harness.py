@@ -7,7 +7,6 @@ import gc
 import signal
 import socket
 import textwrap
-import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from harness.ports import free_port, is_port_open
 from harness.postgres import PostgresServer
 from harness.redis_server import RedisServer, redis_command
 from harness.tcp_proxy import TCPProxy
+from harness.waiting import wait_until_sync
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -325,11 +325,7 @@ def test_gateway_process_stop_kills_workers_a_supervisor_left_behind(
     assert gateway.stop() == 0
     assert sorted(gateway.stray_pids_at_stop) == sorted(workers)
     for pid in workers:  # SIGKILLed; give the kernel a moment to finish them
-        for _ in range(100):
-            if not _is_alive(pid):
-                break
-            time.sleep(0.02)
-        assert not _is_alive(pid)
+        wait_until_sync(lambda pid=pid: not _is_alive(pid), what=f"left-behind worker {pid} gone")
 
 
 def test_gateway_process_stop_kills_a_supervisor_that_ignores_sigterm(

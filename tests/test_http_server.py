@@ -28,12 +28,14 @@ from _http_helpers import (
     running_server,
     status_of,
 )
+from harness.waiting import wait_until, wait_until_steady
 
 from smartflow.http import HTTPServer, Request, Response
 
 pytestmark = pytest.mark.timeout(60)
 
 PROTOCOLS = ["http/1.1", "h2"]
+H2_INITIAL_WINDOW = 65535  # RFC 9113 6.9.2: connection and stream windows before any update
 
 
 @pytest.fixture(scope="module")
@@ -415,7 +417,9 @@ async def test_idle_keep_alive_connection_is_closed_after_keepalive_timeout() ->
         finally:
             writer.close()
         assert status_of(response) == 200
-        assert running.server.connection_count == 0
+        # The server's connection_lost is a callback of its own: wait for it.
+        await wait_until(lambda: running.server.connection_count == 0,
+                         what="server forgets the closed connection")
 
 
 async def test_client_disconnect_cancels_the_handler_over_http1(server: RunningServer) -> None:
@@ -425,11 +429,7 @@ async def test_client_disconnect_cancels_the_handler_over_http1(server: RunningS
     assert server.server.in_flight == 1
     writer.close()
     await asyncio.wait_for(server.state.cancelled.wait(), 5)
-    for _ in range(50):
-        if server.server.in_flight == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert server.server.in_flight == 0
+    await wait_until(lambda: server.server.in_flight == 0, what="in_flight back to 0")
 
 
 async def test_stream_reset_cancels_the_handler_over_http2(server: RunningServer) -> None:
@@ -465,8 +465,10 @@ async def test_slow_reader_pauses_the_streaming_producer_over_http1(server: Runn
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
     try:
         sock.send(b"GET /endless?size=65536 HTTP/1.1\r\nHost: x\r\n\r\n")
-        await asyncio.sleep(1.0)
-        produced = server.state.produced_chunks
+        # However long a busy machine takes to fill the buffers, production must stop.
+        produced = await wait_until_steady(
+            lambda: server.state.produced_chunks, what="chunks produced for a non-reader"
+        )
         await asyncio.sleep(1.0)
         # Bounded by socket buffers plus the transport's high-water mark, never a growing heap.
         assert server.state.produced_chunks - produced <= 2
@@ -478,13 +480,20 @@ async def test_slow_reader_pauses_the_streaming_producer_over_http1(server: Runn
 async def test_slow_reader_pauses_the_streaming_producer_over_http2(server: RunningServer) -> None:
     client = await RawH2Client.connect(server.port)
     try:
-        await client.request("GET", "/endless?size=16384")
-        for _ in range(10):  # read but never acknowledge: the window closes
-            try:
-                await client.receive(timeout_s=0.3)
-            except TimeoutError:
-                break
-        produced = server.state.produced_chunks
+        stream_id = await client.request("GET", "/endless?size=16384")
+        received = 0
+        while received < H2_INITIAL_WINDOW:  # read but never acknowledge: the window closes
+            events = await client.receive(timeout_s=10)
+            assert events, "connection closed before the flow-control window was used up"
+            received += sum(
+                e.flow_controlled_length
+                for e in events
+                if isinstance(e, h2.events.DataReceived) and e.stream_id == stream_id
+            )
+        assert received == H2_INITIAL_WINDOW  # never a byte past the window
+        produced = await wait_until_steady(
+            lambda: server.state.produced_chunks, what="chunks produced for a closed window"
+        )
         await asyncio.sleep(0.8)
         assert server.state.produced_chunks == produced
         assert produced <= 8  # 65535-byte initial window / 16 KiB chunks, plus one waiting
@@ -599,15 +608,13 @@ async def test_drain_lets_in_flight_requests_finish_and_closes_idle_connections(
     idle_writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
     await asyncio.wait_for(idle_reader.readuntil(b'"ok"}'), 5)
     async with httpx.AsyncClient(http1=False, http2=True, timeout=20) as h2_client:
-        slow_h2 = asyncio.create_task(h2_client.get(f"http://127.0.0.1:{port}/slow?s=0.5"))
+        # The handlers sleep long enough to still be running when drain starts,
+        # however slowly the two requests get going; drain's deadline is far beyond.
+        slow_h2 = asyncio.create_task(h2_client.get(f"http://127.0.0.1:{port}/slow?s=2"))
         slow_h1 = asyncio.create_task(
-            raw_request(port, b"GET /slow?s=0.5 HTTP/1.1\r\nHost: x\r\n\r\n")
+            raw_request(port, b"GET /slow?s=2 HTTP/1.1\r\nHost: x\r\n\r\n")
         )
-        for _ in range(100):
-            if server.in_flight == 2:
-                break
-            await asyncio.sleep(0.02)
-        assert server.in_flight == 2
+        await wait_until(lambda: server.in_flight == 2, what="both slow requests in flight")
         await server.drain(10)
         h2_response = await slow_h2
         h1_response = await slow_h1
@@ -728,8 +735,9 @@ async def test_pipelining_client_that_never_reads_cannot_grow_server_memory() ->
         try:
             request = b"GET /big?size=200000 HTTP/1.1\r\nHost: x\r\n\r\n"
             await loop.sock_sendall(sock, request * 2000)
-            await asyncio.sleep(1.5)
-            answered = len(observer.ended)
+            answered = await wait_until_steady(
+                lambda: len(observer.ended), what="requests answered for a non-reader"
+            )
             await asyncio.sleep(0.5)
             # 2000 answers would be 400 MB; the server stopped at what the socket buffers hold.
             assert len(observer.ended) == answered

@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from harness.ports import free_port
 from upstreams.openai_mock import build_openai_mock
 from upstreams.server import start_upstream, stop_upstream
 from upstreams.state import UpstreamState
@@ -19,6 +18,10 @@ from smartflow.http.transport import HTTPServer
 from smartflow.proxy import ProxyContext, build_proxy_context, register_proxy_routes
 
 HELLO = [{"role": "user", "content": "Hello"}]
+# Every call of the fixture's gateway runs under this first-byte timeout, so it
+# must leave an in-process upstream room to answer on a loaded machine; the
+# 504 test makes its upstream far slower than that.
+FIRST_BYTE_TIMEOUT_S = 2.0
 
 
 async def _start_gateway(settings: Settings) -> tuple[HTTPServer, str, ProxyContext]:
@@ -38,6 +41,10 @@ async def _start_gateway(settings: Settings) -> tuple[HTTPServer, str, ProxyCont
 async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, UpstreamState, ProxyContext]]:
     state = UpstreamState(latency_s=0.0)
     upstream, port = await start_upstream(build_openai_mock(state))
+    # Bound, never listening, held to the end: connections to it are refused,
+    # and no other process can take the port meanwhile.
+    refusing = socket.socket()
+    refusing.bind(("127.0.0.1", 0))
     base = f"http://127.0.0.1:{port}/v1"
     models = (
         ModelConfig(name="gpt-test", provider="openai", model="gpt-4o-mini", api_base=base,
@@ -45,9 +52,10 @@ async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, UpstreamState, Pro
         ModelConfig(name="bad-key", provider="openai", model="gpt-4o-mini", api_base=base,
                     api_key="sk-wrong"),
         ModelConfig(name="nowhere", provider="openai", model="gpt-4o-mini",
-                    api_base=f"http://127.0.0.1:{free_port()}/v1", api_key="k"),
+                    api_base=f"http://127.0.0.1:{refusing.getsockname()[1]}/v1", api_key="k"),
     )
-    settings = Settings(models=models, proxy=replace(ProxySettings(), first_byte_timeout=0.3))
+    proxy = replace(ProxySettings(), first_byte_timeout=FIRST_BYTE_TIMEOUT_S)
+    settings = Settings(models=models, proxy=proxy)
     server, url, context = await _start_gateway(settings)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -56,6 +64,7 @@ async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, UpstreamState, Pro
         await server.drain(2.0)
         await context.aclose()
         await stop_upstream(upstream, 0.5)
+        refusing.close()
 
 
 def _error(response: httpx.Response) -> dict[str, object]:
@@ -77,7 +86,7 @@ async def test_an_unreachable_upstream_is_a_502(
 async def test_an_upstream_slower_than_first_byte_timeout_is_a_504(
         gateway: tuple[httpx.AsyncClient, UpstreamState, ProxyContext]) -> None:
     client, state, context = gateway
-    state.latency_s = 2.0
+    state.latency_s = FIRST_BYTE_TIMEOUT_S * 10  # also past the client's own 10 s timeout
     response = await client.post("/v1/chat/completions",
                                  json={"model": "gpt-test", "messages": HELLO})
     assert response.status_code == 504

@@ -17,6 +17,7 @@ from _upstream_helpers import (
     server_ssl_context,
     wait_closed_by_peer,
 )
+from harness.waiting import wait_until
 
 from smartflow.http.client import (
     ConnectError,
@@ -33,6 +34,11 @@ from smartflow.http.client import (
 )
 
 pytestmark = pytest.mark.timeout(60)
+
+# How long a socket may take to close "at once": far beyond any scheduling
+# delay, far below the pool's own timeouts (60 s idle, 120 s read), so a
+# connection left open until one of those fires still fails the test.
+CLOSE_AT_ONCE_S = 10.0
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -122,15 +128,17 @@ def test_concurrent_requests_use_separate_connections(loop_name: str) -> None:
 
 
 def test_requests_beyond_the_limit_wait_for_a_free_connection(loop_name: str) -> None:
-    async def slow_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await read_request(reader)
-            await asyncio.sleep(0.1)
-            writer.write(ok_response())
-
     async def scenario() -> None:
+        release = asyncio.Event()  # no answer until the test has seen the queue
+
+        async def held_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await read_request(reader)
+                await release.wait()
+                writer.write(ok_response())
+
         async with (
-            RawServer(slow_answer) as server,
+            RawServer(held_answer) as server,
             UpstreamPool(max_connections_per_origin=1, connect_timeout_s=10) as pool,
         ):
 
@@ -139,9 +147,10 @@ def test_requests_beyond_the_limit_wait_for_a_free_connection(loop_name: str) ->
                     return await resp.read()
 
             tasks = [asyncio.create_task(call()) for _ in range(3)]
-            await asyncio.sleep(0.05)
+            await wait_until(lambda: pool.statistics().waiting == 2, what="two callers queued")
             stats = pool.statistics()
             assert stats.open == 1 and stats.waiting == 2
+            release.set()
             assert await asyncio.gather(*tasks) == [b"ok"] * 3
             assert server.connections == 1
             stats = pool.statistics()
@@ -289,8 +298,8 @@ def test_a_connection_the_server_closed_while_idle_is_not_reused(loop_name: str)
     async def scenario() -> None:
         async with RawServer(answer_and_close) as server, UpstreamPool() as pool:
             assert await (await pool.request("GET", server.url, [])).read() == b"ok"
-            await asyncio.sleep(0.1)
-            assert pool.statistics().open == 0
+            await wait_until(lambda: pool.statistics().open == 0, what="the closed idle "
+                             "connection dropped from the pool")
             assert await (await pool.request("GET", server.url, [])).read() == b"ok"
             assert server.connections == 2
 
@@ -315,17 +324,19 @@ def test_a_fresh_connection_closed_without_answer_is_not_retried(loop_name: str)
 
 
 def test_refused_connection_raises_connect_error(loop_name: str) -> None:
+    # Bound but never listening, and held for the whole test: the kernel
+    # refuses every connection, and no other process can take the port.
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
 
-    async def scenario() -> None:
-        async with UpstreamPool() as pool:
-            with pytest.raises(ConnectError, match="cannot connect"):
-                await pool.request("GET", f"http://127.0.0.1:{port}/", [])
-            assert pool.statistics().open == 0
+        async def scenario() -> None:
+            async with UpstreamPool() as pool:
+                with pytest.raises(ConnectError, match="cannot connect"):
+                    await pool.request("GET", f"http://127.0.0.1:{port}/", [])
+                assert pool.statistics().open == 0
 
-    run_on_loop(loop_name, scenario)
+        run_on_loop(loop_name, scenario)
 
 
 def test_a_listener_whose_backlog_is_full_gives_connect_timeout(loop_name: str) -> None:
@@ -480,7 +491,7 @@ def test_closing_a_response_early_closes_its_connection(loop_name: str) -> None:
                 async for chunk in resp.iter_bytes():
                     assert chunk == b"tick\n"
                     break
-            await asyncio.wait_for(closed.wait(), 1.5)
+            await asyncio.wait_for(closed.wait(), CLOSE_AT_ONCE_S)
             stats = pool.statistics()
             assert (stats.open, stats.in_use) == (0, 0)
 
@@ -503,7 +514,7 @@ def test_cancelling_the_consumer_closes_the_socket_at_once(loop_name: str) -> No
             consumer.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await consumer
-            await asyncio.wait_for(closed.wait(), 1.5)
+            await asyncio.wait_for(closed.wait(), CLOSE_AT_ONCE_S)
             stats = pool.statistics()
             assert (stats.open, stats.in_use, stats.idle) == (0, 0, 0)
 
@@ -513,19 +524,23 @@ def test_cancelling_the_consumer_closes_the_socket_at_once(loop_name: str) -> No
 def test_cancelling_a_request_waiting_for_its_head_closes_the_socket(loop_name: str) -> None:
     async def scenario() -> None:
         closed = asyncio.Event()
+        received = asyncio.Event()
 
         async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await read_request(reader)
+            received.set()
             if await wait_closed_by_peer(reader, timeout_s=20):
                 closed.set()
 
         async with RawServer(hold) as server, UpstreamPool() as pool:
             request = asyncio.create_task(pool.request("POST", server.url, [], b"{}"))
-            await asyncio.sleep(0.1)
+            # The request is out: the client now waits for the head.
+            await asyncio.wait_for(received.wait(), 10)
+            assert not request.done()
             request.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await request
-            await asyncio.wait_for(closed.wait(), 1.5)
+            await asyncio.wait_for(closed.wait(), CLOSE_AT_ONCE_S)
             stats = pool.statistics()
             assert (stats.open, stats.in_use) == (0, 0)
 
@@ -636,8 +651,8 @@ def test_bytes_from_the_server_while_idle_retire_the_connection(loop_name: str) 
     async def scenario() -> None:
         async with RawServer(timeout_notice) as server, UpstreamPool() as pool:
             assert await (await pool.request("GET", server.url, [])).read() == b"ok"
-            await asyncio.sleep(0.3)
-            assert pool.statistics().open == 0
+            await wait_until(lambda: pool.statistics().open == 0, what="the chattering idle "
+                             "connection retired")
             resp = await pool.request("GET", server.url, [])
             assert resp.status == 200 and await resp.read() == b"ok"
             assert server.connections == 2
