@@ -120,6 +120,17 @@ class Budget(Stage):
         return None
 
 
+class Broken(Stage):
+    """A stage with a bug."""
+
+    slot = "pre_call"
+
+    async def on_enter(self, call: Call) -> Reply | None:
+        if call.model == "buggy":
+            raise RuntimeError("a bug in a stage")
+        return None
+
+
 class Uppercase(Stage):
     """A stream transform chained after the usage tap."""
 
@@ -161,11 +172,12 @@ async def gateway() -> AsyncIterator[tuple[str, Seen]]:
         ModelConfig(name="m", provider="mock", input_price_per_mtok=1.0,
                     output_price_per_mtok=2.0),
         ModelConfig(name="over-budget", provider="mock"),
+        ModelConfig(name="buggy", provider="mock"),
     ))
     seen = Seen()
     router = Router()
     context = build_proxy_context(settings)
-    register_proxy_routes(router, context, [Uppercase(), seen, CacheHit(), Budget()])
+    register_proxy_routes(router, context, [Uppercase(), seen, CacheHit(), Budget(), Broken()])
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
@@ -209,6 +221,19 @@ async def test_an_admit_refusal_is_rendered_in_each_callers_dialect(
                                                           "message": "Budget exceeded."}}
     assert [(c.error.phase, c.error.reason) for c in seen.calls if c.error] == [
         (Phase.BEFORE_SEND, Reason.LIMIT)] * 2
+
+
+async def test_a_bug_in_a_stage_is_a_500_in_the_callers_shape_and_the_call_is_recorded(
+        gateway: tuple[str, Seen]) -> None:
+    url, seen = gateway
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        anthropic = await client.post("/v1/messages", json={
+            "model": "buggy", "max_tokens": 5, "messages": HELLO})
+    assert anthropic.status_code == 500
+    assert anthropic.json() == {"type": "error", "error": {
+        "type": "api_error", "message": "The gateway failed while handling this call."}}
+    assert seen.calls[-1].error is not None
+    assert seen.calls[-1].error.reason is Reason.INTERNAL
 
 
 async def test_a_stream_stage_sees_the_bytes_and_the_exit_sees_usage_and_cost(

@@ -167,6 +167,14 @@ class CallRunner:
             return await self._answer(call, operation, adapter, plan, upstream)
         except GatewayError as exc:
             return await self._fail(call, exc, upstream)
+        except Exception:  # a bug must not cost the caller its answer's shape
+            logger.exception("call %s failed inside the gateway", call.call_id)
+            if upstream is not None:
+                await upstream.aclose()
+            return await self._fail(call, GatewayError(
+                500, "The gateway failed while handling this call.", code="internal_error",
+                reason=Reason.INTERNAL, phase=Phase.BEFORE_SEND
+                if upstream is None else Phase.BEFORE_FIRST_BYTE), None)
 
     async def _answer(self, call: Call, operation: Operation, adapter: ProviderAdapter,
                       plan: Exchange, upstream: Upstream) -> Reply:
