@@ -134,13 +134,10 @@ class CallRunner:
         call = Call(request, operation.dialect, operation.name, trace_id=trace_id_of(request))
         upstream: Upstream | None = None
         try:
-            try:
-                if request.method not in ("GET", "HEAD"):
-                    call.raw_body = await request.body()
-                await self._pipeline.authenticate(call)
-                operation.prepare(call)
-            except HTTPError as exc:
-                raise _from_http_error(exc) from None
+            if request.method not in ("GET", "HEAD"):
+                call.raw_body = await request.body()
+            await self._pipeline.authenticate(call)
+            operation.prepare(call)
             reply = await self._pipeline.enter(call)
             if reply is not None:
                 call.status = reply.status
@@ -151,7 +148,7 @@ class CallRunner:
             try:
                 plan = operation.exchange_for(call, adapter)
             except HTTPError as exc:
-                raise _from_http_error(exc) from None
+                raise _from_http_error(exc).at(Phase.BEFORE_SEND) from None
             except GatewayError as exc:
                 if exc.status < 500:
                     exc.reason = Reason.CLIENT
@@ -164,9 +161,11 @@ class CallRunner:
             call.attempts += 1
             upstream = await send(self._context, call.target, plan.upstream_call)  # type: ignore[arg-type]
             call.first_byte_s = time.perf_counter()
-            return await self._answer(call, operation, adapter, plan, upstream)
+            return await self._answer(call, adapter, plan, upstream)
         except GatewayError as exc:
             return await self._fail(call, exc, upstream)
+        except HTTPError as exc:  # a malformed request (validation, a body too large)
+            return await self._fail(call, _from_http_error(exc), upstream)
         except Exception:  # a bug must not cost the caller its answer's shape
             logger.exception("call %s failed inside the gateway", call.call_id)
             if upstream is not None:
@@ -176,8 +175,8 @@ class CallRunner:
                 reason=Reason.INTERNAL, phase=Phase.BEFORE_SEND
                 if upstream is None else Phase.BEFORE_FIRST_BYTE), None)
 
-    async def _answer(self, call: Call, operation: Operation, adapter: ProviderAdapter,
-                      plan: Exchange, upstream: Upstream) -> Reply:
+    async def _answer(self, call: Call, adapter: ProviderAdapter, plan: Exchange,
+                      upstream: Upstream) -> Reply:
         status = upstream.status
         is_ok = 200 <= status < 300
         if plan.is_native:
