@@ -186,7 +186,7 @@ def test_nothing_in_smartflow_imports_workers_or_the_app_imports_the_supervisor(
         if module.startswith("smartflow") for target in targets if target.startswith("workers")
     )
     assert into_workers == []
-    supervisor_modules = {"smartflow.supervisor", "smartflow.process.arbiter"}
+    supervisor_modules = {"smartflow.process.arbiter"}
     assert not graph["smartflow.app"] & supervisor_modules
 
 
