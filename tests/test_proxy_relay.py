@@ -241,6 +241,11 @@ async def test_a_decoded_stream_is_re_encoded_as_openai_sse_and_ends_with_done()
     (b'{"choices":[{"message":{"content":"the \\"usage\\": {} word"}}]}', None),
     (b'{"choices":[]}', None),
     (b'{"usage":null}', None),
+    # nested objects on both sides of the usage object, and an object after it
+    ((b'{"a":{"b":{}},"usage":{"prompt_tokens":7,"completion_tokens_details":{"x":{"y":1}},'
+      b'"prompt_tokens_details":{}},"tail":{"z":{}}}'), 7),
+    # a provider's string holding braces inside usage: still found
+    (b'{"usage":{"note":"a } and a {","prompt_tokens":9,"completion_tokens":1}}', 9),
 ])
 def test_the_usage_of_a_whole_response_is_found_without_decoding_the_rest(
         body: bytes, expected: int | None) -> None:

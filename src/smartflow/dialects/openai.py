@@ -84,6 +84,29 @@ def validate_embeddings(body: dict[str, Any]) -> str:
 
 
 MAX_USAGE_PARSE_TRIES = 6
+MAX_USAGE_BRACES = 32
+
+
+def _matching_brace(body: bytes, start: int) -> int:
+    """Index of the ``}`` closing the object opened at ``start``, by counting
+    braces with C-level finds (a usage object holds numbers and nested
+    objects, no strings); -1 when unbalanced within reach."""
+    depth = 0
+    position = start
+    for _ in range(MAX_USAGE_BRACES):
+        opening = body.find(b"{", position)
+        closing = body.find(b"}", position)
+        if closing < 0:
+            return -1
+        if 0 <= opening < closing:
+            depth += 1
+            position = opening + 1
+            continue
+        depth -= 1
+        if depth == 0:
+            return closing
+        position = closing + 1
+    return -1
 
 
 def find_usage_object(body: bytes) -> dict[str, Any] | None:
@@ -91,7 +114,9 @@ def find_usage_object(body: bytes) -> dict[str, Any] | None:
 
     The last ``"usage":`` key is found from the end (a key inside a string
     value would be escaped, so an unescaped one is a real key), then the
-    shortest JSON object after it that parses is taken. None when absent.
+    object after it is cut out by counting braces and decoded. Should that
+    not parse (a brace inside a string value), the shortest prefix object
+    that parses is taken. None when absent.
     """
     key = body.rfind(b'"usage"')
     if key < 0:
@@ -99,6 +124,14 @@ def find_usage_object(body: bytes) -> dict[str, Any] | None:
     start = body.find(b"{", key + 7)
     if start < 0 or body[key + 7:start].strip(b" \t\r\n:") != b"":
         return None
+    end = _matching_brace(body, start)
+    if end > 0:
+        try:
+            found = orjson.loads(body[start:end + 1])
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return found if isinstance(found, dict) else None
     end = start
     for _ in range(MAX_USAGE_PARSE_TRIES):
         end = body.find(b"}", end + 1)

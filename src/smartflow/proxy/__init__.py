@@ -8,11 +8,10 @@ when it shuts down.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from smartflow.http.request import Request
-from smartflow.http.response import Response, StreamingResponse
 from smartflow.http.router import Handler, Router
 from smartflow.proxy.context import ProxyContext, build_proxy_context
 
@@ -46,10 +45,8 @@ def register_proxy_routes(router: Router, context: ProxyContext,
     runner = CallRunner(context, Pipeline([*default_stages(context), *extra_stages]))
 
     def route_to(operation: Operation) -> Handler:
-        async def handler(request: Request) -> Response | StreamingResponse:
-            return await runner.run(request, operation)
-
-        return handler
+        # A partial, not a wrapping coroutine: one frame less on every call.
+        return functools.partial(runner.run, operation=operation)
 
     router.add("POST", "/v1/chat/completions",
                route_to(ChatOperation(capture_stream_text=context.capture_stream_text)))

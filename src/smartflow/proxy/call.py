@@ -40,8 +40,8 @@ def new_call_id() -> str:
     return f"{random.getrandbits(128):032x}"
 
 
-def trace_id_of(request: Request) -> str:
-    """The W3C ``traceparent`` trace id the caller sent, else a new one."""
+def trace_id_of(request: Request) -> str | None:
+    """The W3C ``traceparent`` trace id the caller sent, if a valid one."""
     header = request.header(TRACEPARENT_HEADER)
     if header is not None:
         parts = header.strip().split("-")
@@ -49,7 +49,7 @@ def trace_id_of(request: Request) -> str:
             trace_id = parts[1].lower()
             if trace_id != "0" * 32 and all(c in "0123456789abcdef" for c in trace_id):
                 return trace_id
-    return new_call_id()
+    return None
 
 
 @dataclass(slots=True, eq=False)

@@ -59,7 +59,7 @@ DROPPED_NATIVE_RESPONSE_HEADERS = frozenset({
 })
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     """A whole 2xx answer as the caller gets it."""
 
@@ -68,7 +68,7 @@ class Answer:
     completion_chars: int = 0  # for an estimate when ``usage`` is None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Exchange:
     """How a call talks to its deployment, built by the route's operation.
 
@@ -131,7 +131,9 @@ class CallRunner:
         return None
 
     async def run(self, request: Request, operation: Operation) -> Reply:
-        call = Call(request, operation.dialect, operation.name, trace_id=trace_id_of(request))
+        call = Call(request, operation.dialect, operation.name)
+        # A call with no trace of its caller's starts one: its own id is the trace id.
+        call.trace_id = trace_id_of(request) or call.call_id
         upstream: Upstream | None = None
         try:
             if request.method not in ("GET", "HEAD"):

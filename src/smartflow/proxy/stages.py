@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from smartflow.gateway_error import GatewayError, Reason
+from smartflow.gateway_error import GatewayError, Phase, Reason
 from smartflow.proxy.auth import Authenticator, presented_key
 from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.catalog import Catalog, ModelNotFound
@@ -78,17 +78,13 @@ class AccessLogStage(Stage):
     slot = "record"
 
     async def on_exit(self, call: Call) -> None:
-        fields: dict[str, Any] | None = getattr(call.request, "log_fields", None)
-        if fields is None:
-            try:
-                fields = call.request.log_fields = {}  # type: ignore[attr-defined]
-            except AttributeError:
-                return
-        fields["call_id"] = call.call_id
-        fields["trace_id"] = call.trace_id
-        fields["dialect"] = call.dialect.name
         target = call.target
-        fields["model"] = target.public_name if target is not None else call.model
+        fields: dict[str, Any] = {
+            "call_id": call.call_id,
+            "trace_id": call.trace_id,
+            "dialect": call.dialect.name,
+            "model": target.public_name if target is not None else call.model,
+        }
         if target is not None:
             fields["upstream_model"] = target.model
             fields["provider"] = target.provider
@@ -101,15 +97,20 @@ class AccessLogStage(Stage):
             fields["cost_estimated"] = cost.is_estimated
         if call.finish_reason:
             fields["finish_reason"] = call.finish_reason
-        ttfb = call.ttfb_ms()
-        if ttfb is not None:
-            fields["ttfb_ms"] = round(ttfb, 2)
+        if call.first_byte_s is not None:
+            fields["ttfb_ms"] = round((call.first_byte_s - call.started_s) * 1000.0, 2)
         error = call.error
         if error is not None:
             fields["error_phase"] = error.phase.value
             fields["error_reason"] = error.reason.value
-            if call.is_stream and error.phase.value == "mid_stream":
+            if call.is_stream and error.phase is Phase.MID_STREAM:
                 fields["stream_error"] = error.code or call.dialect.error_type(error.status)
+        request = call.request
+        existing = request.log_fields
+        if existing is None:
+            request.log_fields = fields
+        else:
+            existing.update(fields)
 
 
 def default_stages(context: ProxyContext) -> list[Stage]:
