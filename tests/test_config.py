@@ -38,6 +38,8 @@ def test_no_file_gives_the_built_in_defaults() -> None:
     [
         ('[server]\nport = "8080"\n', "server.port: expected int, got str"),
         ("[server]\nprot = 1\n", "server.prot: unknown key"),
+        ("[proxy]\nstream_keepalive_interval = -1.0\n",
+         "proxy.stream_keepalive_interval: must be >= 0"),
         ("[server]\naccess_log = 1\n", "server.access_log: expected bool, got int"),
         ("[server]\nport = 70000\n", "server.port: must be 0-65535"),
         ("[supervisor]\ncrash_loop_window = \"10s\"\n",

@@ -188,6 +188,26 @@ async def mock_stack() -> AsyncIterator[tuple[UpstreamState, str, ProxyContext]]
         await stop_upstream(upstream, 0.5)
 
 
+async def test_by_default_a_silent_upstream_gets_no_keep_alive_bytes_only_the_idle_error() -> None:
+    state = UpstreamState()
+    upstream, port = await start_upstream(build_openai_mock(state))
+    defaults = ProxySettings()
+    assert defaults.stream_keepalive_interval == 0
+    settings = replace(Settings(), proxy=replace(defaults, stream_idle_timeout=0.6), models=(
+        ModelConfig(name="stall-stream", provider="openai", model="stall-stream",
+                    api_base=f"http://127.0.0.1:{port}/v1", api_key="sk-openai-test"),))
+    server, url, context = await start_gateway(settings)
+    try:
+        text = await asyncio.wait_for(_stream_text(url, "stall-stream"), 15)
+    finally:
+        await server.drain(2.0)
+        await context.aclose()
+        await stop_upstream(upstream, 0.5)
+    events = text.split("\n\n")
+    assert not [e for e in events if e.startswith(":")], "comment bytes the provider never sent"
+    assert orjson.loads(events[-2][6:])["error"]["code"] == "stream_idle_timeout"
+
+
 async def _stream_text(url: str, model: str) -> str:
     async with httpx.AsyncClient(timeout=10) as client, client.stream(
             "POST", url + "/v1/chat/completions", json={

@@ -71,7 +71,7 @@ class ProxySettings:
     connect_timeout: float = 5.0
     first_byte_timeout: float = 120.0
     read_idle_timeout: float = 120.0
-    stream_keepalive_interval: float = 15.0
+    stream_keepalive_interval: float = 0.0  # off: a stream carries the provider's bytes only
     stream_idle_timeout: float = 300.0
     pool_max_connections_per_origin: int = 256
     pool_idle_timeout: float = 60.0
@@ -304,6 +304,10 @@ def _check_values(settings: Settings) -> None:
         raise ConfigError("server.max_body_bytes: must be >= 1")
     if bool(server.tls_cert_file) != bool(server.tls_key_file):
         raise ConfigError("server.tls_cert_file: tls_cert_file and tls_key_file go together")
+    proxy = settings.proxy
+    for name in ("stream_keepalive_interval", "stream_idle_timeout"):
+        if not getattr(proxy, name) >= 0:  # also refuses nan
+            raise ConfigError(f"proxy.{name}: must be >= 0 (0 disables)")
     worker_timeout = settings.supervisor.worker_timeout
     if not worker_timeout >= 0:  # also refuses nan
         raise ConfigError(
