@@ -262,7 +262,7 @@ def test_openai_errors_map_to_provider_errors(status: int, headers: list[tuple[s
     error = get_adapter("openai").error_from_upstream(target("openai"), status, headers, raw)
     assert (error.status, openai_type(error), error.code, error.param, error.retry_after) == expected
     assert error.message
-    assert error.to_openai()["error"]["message"] == error.message
+    assert openai_dialect.error_object(error)["error"]["message"] == error.message
 
 
 def test_an_empty_error_body_still_gives_a_message_naming_the_status() -> None:
@@ -825,7 +825,7 @@ def test_any_upstream_json_gives_openai_shapes_or_a_provider_error(
             except ProviderError:
                 pass
         error = adapter.error_from_upstream(t, 400, [], raw)
-        assert error.message and orjson.dumps(error.to_openai())
+        assert error.message and openai_dialect.error_body(error)
 
 
 @_FUZZ_SETTINGS

@@ -21,9 +21,6 @@ the caller speaks that same dialect.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
-
-from smartflow.http.errors import error_type_for_status
 
 
 class Phase(StrEnum):
@@ -98,12 +95,6 @@ class GatewayError(Exception):
             return True
         return self.reason is Reason.UPSTREAM_STATUS and (
             self.status >= 500 or self.status in _RETRYABLE_UPSTREAM_STATUSES)
-
-    def to_openai(self) -> dict[str, Any]:
-        """OpenAI's error object (what the OpenAI dialect sends)."""
-        return {"error": {"message": self.message,
-                          "type": self.type or error_type_for_status(self.status),
-                          "param": self.param, "code": self.code}}
 
     def __repr__(self) -> str:
         return (f"GatewayError({self.status}, {self.message!r}, reason={self.reason.value}, "

@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 
 from smartflow.dialects import anthropic_errors
-from smartflow.dialects.base import StreamOutcome
+from smartflow.dialects.base import Dialect, StreamOutcome
 from smartflow.dialects.checks import ANTHROPIC_ROLES, ChatRequestFacts, bad_param, check_model
+from smartflow.dialects.openai import delta_texts
 from smartflow.dialects.sse_events import (
     HEAD_BYTES,
     TailBuffer,
@@ -158,10 +159,8 @@ class AnthropicFromOpenAI:
     def _encode(self, chunks: list[dict[str, Any]]) -> bytes:
         out = []
         for chunk in chunks:
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                    self._chars += len(delta["content"])
+            for text in delta_texts(chunk):
+                self._chars += len(text)
             out.append(self._encoder.feed(chunk))
         return b"".join(out)
 
@@ -179,23 +178,5 @@ class AnthropicFromOpenAI:
                              approx_text_chars=self._chars)
 
 
-class AnthropicDialect:
-    name = "anthropic"
-
-    def error_type(self, status: int) -> str:
-        return anthropic_errors.error_type(status)
-
-    def error_body(self, error: GatewayError) -> bytes:
-        return anthropic_errors.error_body(error)
-
-    def error_event(self, error: GatewayError) -> bytes:
-        return anthropic_errors.error_event(error)
-
-    def new_tap(self, *, capture_text: bool) -> AnthropicTap:
-        return AnthropicTap(capture_text=capture_text)
-
-    def usage_of_body(self, raw: bytes) -> Usage | None:
-        return usage_of_body(raw)
-
-
-DIALECT = AnthropicDialect()
+DIALECT = Dialect("anthropic", anthropic_errors.error_type, anthropic_errors.error_body,
+                  anthropic_errors.error_event, AnthropicTap, usage_of_body)

@@ -9,6 +9,7 @@ they hold a ``Dialect`` and call it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,27 +34,25 @@ class StreamTap(Protocol):
     def outcome(self) -> StreamOutcome: ...
 
 
-class Dialect(Protocol):
-    """One caller-side API. Implementations are stateless singletons."""
+class NewTap(Protocol):
+    def __call__(self, *, capture_text: bool) -> StreamTap: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """One caller-side API: its name and the module functions that speak it.
+
+    ``error_type(status)``: the error ``type`` this API's provider sends with
+    ``status``. ``error_body(error)``: a whole error response body, as that
+    provider writes it. ``error_event(error)``: the SSE event that ends a
+    stream on ``error``. ``new_tap(capture_text=...)``: a tap for a stream
+    already in this API's format (passthrough). ``usage_of_body(raw)``: usage
+    of a whole (non-streamed) answer.
+    """
 
     name: str
-
-    def error_type(self, status: int) -> str:
-        """The error ``type`` this API's provider sends with ``status``."""
-        ...
-
-    def error_body(self, error: GatewayError) -> bytes:
-        """A whole error response body, as this API's provider writes it."""
-        ...
-
-    def error_event(self, error: GatewayError) -> bytes:
-        """The SSE event that ends a stream on ``error`` in this API."""
-        ...
-
-    def new_tap(self, *, capture_text: bool) -> StreamTap:
-        """A tap for a stream already in this API's format (passthrough)."""
-        ...
-
-    def usage_of_body(self, raw: bytes) -> Usage | None:
-        """Usage of a whole (non-streamed) answer in this API's format."""
-        ...
+    error_type: Callable[[int], str]
+    error_body: Callable[[GatewayError], bytes]
+    error_event: Callable[[GatewayError], bytes]
+    new_tap: NewTap
+    usage_of_body: Callable[[bytes], Usage | None]

@@ -8,12 +8,12 @@ the encoder that writes another provider's decoded stream as OpenAI chunks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import orjson
 
-from smartflow.dialects.base import StreamOutcome
+from smartflow.dialects.base import Dialect, StreamOutcome
 from smartflow.dialects.checks import (
     CHAT_ROLES,
     ChatRequestFacts,
@@ -258,6 +258,16 @@ def error_event(error: GatewayError) -> bytes:
 # -- encoders ---------------------------------------------------------------------
 
 
+def delta_texts(chunk: dict[str, Any]) -> Iterator[str]:
+    """The text deltas of one decoded ``chat.completion.chunk``."""
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        if isinstance(delta, dict):
+            content = delta.get("content")
+            if isinstance(content, str):
+                yield content
+
+
 class DecodingTransform:
     """Another provider's stream, decoded by its adapter, re-encoded as OpenAI SSE."""
 
@@ -276,12 +286,10 @@ class DecodingTransform:
             return b""
         out = []
         for chunk in chunks:
-            for choice in chunk.get("choices") or ():
-                delta = choice.get("delta") if isinstance(choice, dict) else None
-                if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-                    self._chars += len(delta["content"])
-                    if self._text is not None:
-                        self._text.append(delta["content"])
+            for text in delta_texts(chunk):
+                self._chars += len(text)
+                if self._text is not None:
+                    self._text.append(text)
             if self._reshape is not None:
                 reshaped = self._reshape(chunk)
                 if reshaped is None:
@@ -305,23 +313,4 @@ class DecodingTransform:
                              approx_text_chars=self._chars)
 
 
-class OpenAIDialect:
-    name = "openai"
-
-    def error_type(self, status: int) -> str:
-        return error_type(status)
-
-    def error_body(self, error: GatewayError) -> bytes:
-        return error_body(error)
-
-    def error_event(self, error: GatewayError) -> bytes:
-        return error_event(error)
-
-    def new_tap(self, *, capture_text: bool) -> OpenAITap:
-        return OpenAITap(capture_text=capture_text)
-
-    def usage_of_body(self, raw: bytes) -> Usage | None:
-        return usage_of_body(raw)
-
-
-DIALECT = OpenAIDialect()
+DIALECT = Dialect("openai", error_type, error_body, error_event, OpenAITap, usage_of_body)
