@@ -114,6 +114,20 @@ async def test_passthrough_keeps_the_callers_headers_and_swaps_in_the_configured
     assert float(response.headers["x-smartflow-response-cost"]) > 0
 
 
+async def test_a_name_the_catalog_does_not_know_goes_to_anthropic_on_its_prefix_only(
+        stack: Stack) -> None:
+    body = {"model": "team-claude-preview", "max_tokens": 20, "messages": HELLO}
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    before = len(stack.state.requests)
+    prefixed = await stack.client.post("/anthropic/v1/messages", json=body, headers=headers)
+    assert prefixed.status_code == 200, prefixed.text
+    assert stack.state.last.json["model"] == "team-claude-preview"  # sent as it came
+    native = await stack.client.post("/v1/messages", json=body, headers=headers)
+    assert native.status_code == 404
+    assert native.json()["error"]["type"] == "not_found_error"
+    assert len(stack.state.requests) == before + 1  # the 404 reached no upstream
+
+
 async def test_the_one_million_suffix_is_stripped_from_the_model_name(stack: Stack) -> None:
     response = await stack.client.post(
         "/anthropic/v1/messages", json={"model": "claude-sonnet-4-5[1m]", "max_tokens": 20,

@@ -41,11 +41,11 @@ from smartflow.providers.anthropic_inbound import (
 )
 from smartflow.providers.base import Headers, ProviderAdapter, Target, UpstreamCall
 from smartflow.proxy.call import Call
-from smartflow.proxy.catalog import ANTHROPIC_PUBLIC_API_BASE, ModelNotFound
+from smartflow.proxy.catalog import ANTHROPIC_PUBLIC_API_BASE
 from smartflow.proxy.context import ProxyContext
 from smartflow.proxy.cost import estimate_prompt_tokens, prices_for
 from smartflow.proxy.exchange import Answer, CallRunner, Exchange
-from smartflow.proxy.openai_routes import MODEL_OVERRIDE_HEADER
+from smartflow.proxy.openai_routes import MODEL_OVERRIDE_HEADER, requested_model
 
 ONE_MILLION_SUFFIX = "[1m]"
 _ONE_MILLION_SUFFIX_BYTES = b"[1m]"
@@ -138,16 +138,10 @@ class MessagesOperation:
         body = parse_json_object(call.raw_body)
         facts = anthropic_dialect.validate_anthropic_messages(body)
         call.body = body
-        name = call.request.header(MODEL_OVERRIDE_HEADER) or facts.model
-        call.model = strip_one_million_suffix(name)
+        call.model = strip_one_million_suffix(requested_model(call, facts.model))
         call.is_stream = facts.is_stream and self.name == "messages"
         if self._unknown_models_go_native:
-            catalog = self._context.catalog
-            if not catalog.deployments(call.model):
-                try:
-                    catalog.resolve(call.model)
-                except ModelNotFound:
-                    call.target = _native_target(self._native, self._context, call.model)
+            call.fallback_target = _native_target(self._native, self._context, call.model)
 
     def exchange_for(self, call: Call, adapter: ProviderAdapter) -> Exchange | Response:
         target = call.target

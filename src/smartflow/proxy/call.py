@@ -72,6 +72,7 @@ class Call:
     # where it goes
     candidates: tuple[Target, ...] = ()
     target: Target | None = None
+    fallback_target: Target | None = None  # where a model the catalog does not know goes
     attempts: int = 0
     cache_outcome: str = "off"
     # how it ended

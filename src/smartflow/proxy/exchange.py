@@ -72,8 +72,8 @@ class Answer:
 class Exchange:
     """How a call talks to its deployment, built by the route's operation.
 
-    ``read_answer``: a 2xx body to the caller's answer (None: the upstream's
-    bytes as they came, usage read by the dialect). ``new_transform``: the
+    ``read_answer``: a 2xx body to the caller's answer (None only for a
+    native exchange, whose body goes back as it came). ``new_transform``: the
     stream transform (None: passthrough with the dialect's tap).
     ``is_native``: the upstream speaks the caller's API; its status, headers
     and error bodies go back as they came.
@@ -116,10 +116,6 @@ class CallRunner:
         self._context = context
         self._pipeline = pipeline
 
-    @property
-    def pipeline(self) -> Pipeline:
-        return self._pipeline
-
     async def authenticate_only(self, request: Request, dialect: Dialect) -> Response | None:
         """For routes that reach no provider (``/v1/models``): the authenticate
         slot alone. None when the caller may proceed, else the refusal."""
@@ -160,8 +156,10 @@ class CallRunner:
                 await self._finish(call)
                 plan.headers[:0] = self._headers(call, None)
                 return plan
+            target = call.target
+            assert target is not None  # the route stage set it
             call.attempts += 1
-            upstream = await send(self._context, call.target, plan.upstream_call)  # type: ignore[arg-type]
+            upstream = await send(self._context, target, plan.upstream_call)
             call.first_byte_s = time.perf_counter()
             return await self._answer(call, adapter, plan, upstream)
         except GatewayError as exc:
@@ -194,11 +192,9 @@ class CallRunner:
                 Phase.BEFORE_FIRST_BYTE)
         if call.is_stream:
             return self._stream(call, plan, upstream, 200, "text/event-stream")
-        raw = await read_body(upstream)
-        if plan.read_answer is not None:
-            answer = plan.read_answer(raw, upstream.headers)
-        else:
-            answer = Answer(raw, call.dialect.usage_of_body(raw))
+        read_answer = plan.read_answer
+        assert read_answer is not None  # only a native exchange has none
+        answer = read_answer(await read_body(upstream), upstream.headers)
         call.status = 200
         call.usage = answer.usage
         call.completion_chars = answer.completion_chars

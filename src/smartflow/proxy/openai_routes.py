@@ -16,7 +16,7 @@ import orjson
 
 from smartflow.dialects import openai as openai_dialect
 from smartflow.dialects.base import Dialect
-from smartflow.dialects.checks import parse_json_object
+from smartflow.dialects.checks import ChatRequestFacts, parse_json_object
 from smartflow.dialects.openai import DecodingTransform, find_usage_object, openai_usage
 from smartflow.http.response import Response
 from smartflow.providers.base import Headers, ProviderAdapter, ProviderError
@@ -51,6 +51,16 @@ def relayed_answer(raw: bytes, headers: Headers) -> Answer:
     return Answer(raw, openai_usage(usage), openai_completion_chars(parsed))
 
 
+def prepare_chat_like(call: Call, validate: Callable[[dict[str, Any]], ChatRequestFacts]) -> None:
+    """Chat and legacy completions: parse, validate, and note what the call asks for."""
+    body = parse_json_object(call.raw_body)
+    facts = validate(body)
+    call.body = body
+    call.model = requested_model(call, facts.model)
+    call.is_stream = facts.is_stream
+    call.wants_usage = facts.wants_usage
+
+
 def encoded_answer(completion: dict[str, Any]) -> Answer:
     return Answer(orjson.dumps(completion), openai_usage(completion.get("usage")),
                   openai_completion_chars(completion))
@@ -64,12 +74,7 @@ class ChatOperation:
         self._capture = capture_stream_text
 
     def prepare(self, call: Call) -> None:
-        body = parse_json_object(call.raw_body)
-        facts = openai_dialect.validate_chat(body)
-        call.body = body
-        call.model = requested_model(call, facts.model)
-        call.is_stream = facts.is_stream
-        call.wants_usage = facts.wants_usage
+        prepare_chat_like(call, openai_dialect.validate_chat)
 
     def exchange_for(self, call: Call, adapter: ProviderAdapter) -> Exchange:
         target = call.target
@@ -97,12 +102,7 @@ class CompletionsOperation:
     dialect: Dialect = openai_dialect.DIALECT
 
     def prepare(self, call: Call) -> None:
-        body = parse_json_object(call.raw_body)
-        facts = openai_dialect.validate_completions(body)
-        call.body = body
-        call.model = requested_model(call, facts.model)
-        call.is_stream = facts.is_stream
-        call.wants_usage = facts.wants_usage
+        prepare_chat_like(call, openai_dialect.validate_completions)
 
     def exchange_for(self, call: Call, adapter: ProviderAdapter) -> Exchange:
         target = call.target

@@ -94,10 +94,6 @@ class Pipeline:
         self._exit: tuple[Callable[[Call], Awaitable[None]], ...] = tuple(
             stage.on_exit for stage in ordered if _overrides(stage, "on_exit"))
 
-    def with_stage(self, stage: Stage) -> Pipeline:
-        """A new pipeline with ``stage`` added in its slot."""
-        return Pipeline((*self.stages, stage))
-
     async def authenticate(self, call: Call) -> None:
         """The authenticate slot's hooks (they answer nothing; they refuse by raising)."""
         for on_enter in self._authenticate:

@@ -3,7 +3,9 @@
 * ``AuthenticateStage`` (authenticate): the master key, or development mode.
   Virtual keys replace it with the identity issue.
 * ``RouteStage`` (route): the requested model's deployments from the
-  catalog; the first is the target until balancing strategies arrive.
+  catalog; the first is the target until balancing strategies arrive. A
+  name the catalog does not know goes to the call's ``fallback_target``
+  when the operation gave one, else it is a 404.
 * ``AccessLogStage`` (record): the call's facts into the access-log line.
 
 The admit, pre_call and cache_lookup slots are empty today: budgets, guards
@@ -65,6 +67,10 @@ class RouteStage(Stage):
             try:
                 call.candidates = (catalog.resolve(call.model),)
             except ModelNotFound as exc:
+                if call.fallback_target is not None:
+                    call.candidates = (call.fallback_target,)
+                    call.target = call.fallback_target
+                    return None
                 raise GatewayError(404, exc.message, "invalid_request_error", "model_not_found",
                                    "model", reason=Reason.CLIENT) from None
         call.target = call.candidates[0]
@@ -97,8 +103,9 @@ class AccessLogStage(Stage):
             fields["cost_estimated"] = cost.is_estimated
         if call.finish_reason:
             fields["finish_reason"] = call.finish_reason
-        if call.first_byte_s is not None:
-            fields["ttfb_ms"] = round((call.first_byte_s - call.started_s) * 1000.0, 2)
+        ttfb = call.ttfb_ms()
+        if ttfb is not None:
+            fields["ttfb_ms"] = round(ttfb, 2)
         error = call.error
         if error is not None:
             fields["error_phase"] = error.phase.value
