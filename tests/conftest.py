@@ -6,6 +6,8 @@ Fixtures (all start real processes on 127.0.0.1, on free ports):
   redis_url               function str, the session server's URL after FLUSHALL
                                    (restarted first if a test left it stopped)
   redis_server_factory    function make(**RedisServer kwargs) -> started private RedisServer
+  redis_cluster           session  RedisCluster (3 masters, no replicas): .url .ports .flush()
+  redis_cluster_url       function str, any cluster node's URL after FLUSHALL on every node
   postgres_server         session  PostgresServer: .dsn .port .stop(); started only if asked for
   gateway_factory         function make(config=None, **GatewayProcess kwargs) -> ready GatewayProcess
   tcp_proxy_factory       function make(target_port, target_host="127.0.0.1") -> started TCPProxy
@@ -32,6 +34,7 @@ if _TESTS_DIR not in sys.path:
 from harness.gateway import GatewayProcess
 from harness.loop_guard import LoopExceptionRecorder
 from harness.postgres import PostgresServer
+from harness.redis_cluster import RedisCluster
 from harness.redis_server import RedisServer
 from harness.tcp_proxy import TCPProxy
 
@@ -69,6 +72,22 @@ def redis_server_factory() -> Iterator[Callable[..., RedisServer]]:
     finally:
         for server in servers:
             server.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    cluster = RedisCluster()
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisCluster) -> str:
+    redis_cluster.flush()
+    return redis_cluster.url
 
 
 @pytest.fixture(scope="session")

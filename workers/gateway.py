@@ -48,10 +48,14 @@ def preload() -> None:
 
     # The proxy's modules are imported lazily by build_app; importing them
     # here keeps that work out of every worker's boot (and off a respawn).
+    import smartflow.admin
+    import smartflow.identity
+    import smartflow.keys
     import smartflow.providers
     import smartflow.proxy
 
-    for package in (smartflow.proxy, smartflow.providers):
+    for package in (smartflow.proxy, smartflow.providers, smartflow.keys, smartflow.admin,
+                    smartflow.identity):
         for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             try:
                 importlib.import_module(module.name)
@@ -91,7 +95,8 @@ async def _serve(context: WorkerContext, sock: socket.socket) -> int:
     )
     telemetry = RequestTelemetry(metrics, access_log)
     closers: list[Callable[[], Awaitable[None]]] = []
-    app = build_app(settings, redis, metrics_dir=context.metrics_dir, on_shutdown=closers)
+    app = build_app(settings, redis, metrics_dir=context.metrics_dir, on_shutdown=closers,
+                    store_url=context.redis_url)
     server = HTTPServer(
         app, settings.server, ssl_context=build_server_ssl_context(settings.server),
         observer=telemetry.observer, error_body_for=protocol_error_body,

@@ -41,8 +41,12 @@ def build_app(
     *,
     metrics_dir: str | None = None,
     on_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
+    store_url: str | None = None,
 ) -> Router:
     """The worker's Router: health, readiness, metrics, bench routes and the proxy.
+
+    ``store_url``: the Redis holding keys, budgets and the vault; without it
+    the proxy knows the master key only and there is no admin API.
 
     Call it with the worker's event loop running. Whatever must be closed
     when the worker exits (the proxy's upstream pool) is appended to
@@ -80,11 +84,27 @@ def build_app(
     # pre-fork import of this module stays light.
     from smartflow.proxy import build_proxy_context, register_proxy_routes
 
+    keys = None
+    store_client = None
+    if store_url:
+        from smartflow.keys.runtime import build_keys_runtime
+        from smartflow.store.fast_client import create_store_client
+
+        store_client = create_store_client(store_url, cluster=settings.state.redis_cluster,
+                                           timeout_s=settings.state.redis_timeout)
+        keys = build_keys_runtime(settings, store_client)
     proxy_context = build_proxy_context(settings, provider_environ=settings.provider_env,
-                                        redis=redis)
+                                        redis=redis, keys=keys)
     register_proxy_routes(router, proxy_context)
+    if keys is not None:
+        from smartflow.admin import register_admin_routes
+        from smartflow.admin.context import build_admin_context
+
+        register_admin_routes(router, build_admin_context(settings, keys, proxy_context.pool))
     if on_shutdown is not None:
         on_shutdown.append(proxy_context.aclose)
+        if store_client is not None:
+            on_shutdown.append(store_client.aclose)
     return router
 
 

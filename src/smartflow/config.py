@@ -64,6 +64,8 @@ class SupervisorSettings:
 class StateSettings:
     redis_url: str = ""  # empty: start an embedded redis-server in data_dir
     redis_server_bin: str = "redis-server"
+    redis_cluster: bool = False  # redis_url names any node of a Redis Cluster
+    redis_timeout: float = 2.0  # seconds a state command may take before the call fails
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,22 @@ class ProxySettings:
 @dataclass(frozen=True, slots=True)
 class AuthSettings:
     master_key: str = ""
+    key_cache_ttl: float = 30.0  # seconds a worker keeps a virtual key's record
+    jwt_ttl: float = 900.0  # seconds an admin session token is valid
+    jwt_key_max_age: float = 86400.0  # seconds before the session signing key rotates
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSettings:
+    timezone: str = "UTC"  # where daily/weekly/monthly periods begin
+    reservation_ttl: float = 3600.0  # a reservation no commit ever released expires
+    default_max_output_tokens: int = 4096  # worst case when neither request nor model says
+
+
+@dataclass(frozen=True, slots=True)
+class VaultSettings:
+    encryption_key: str = ""  # encrypts stored provider keys; empty: derived from master_key
+    capture_provider_keys: bool = False  # a provider key sent by a caller becomes a virtual key
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +113,7 @@ class ModelConfig:
     cached_input_price_per_mtok: float | None = None
     price_per_request: float | None = None
     context_window: int = 0
+    max_output_tokens: int = 0  # the model's output limit (0: unknown)
     tags: tuple[str, ...] = ()
     headers: Mapping[str, str] = field(default_factory=dict)
     tls_ca_file: str = ""
@@ -110,6 +129,8 @@ class Settings:
     state: StateSettings = field(default_factory=StateSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    vault: VaultSettings = field(default_factory=VaultSettings)
     models: tuple[ModelConfig, ...] = ()
     # The provider SDKs' own variables (OPENAI_API_KEY, ...), read here once so
     # a model resolved by name prefix can use them; nothing else reads the env.
@@ -123,6 +144,8 @@ _SECTIONS: dict[str, type] = {
     "state": StateSettings,
     "proxy": ProxySettings,
     "auth": AuthSettings,
+    "budgets": BudgetSettings,
+    "vault": VaultSettings,
 }
 
 # Built-in models when no config file names any: the mock provider answers
@@ -308,6 +331,18 @@ def _check_values(settings: Settings) -> None:
     for name in ("stream_keepalive_interval", "stream_idle_timeout"):
         if not getattr(proxy, name) >= 0:  # also refuses nan
             raise ConfigError(f"proxy.{name}: must be >= 0 (0 disables)")
+    auth = settings.auth
+    for name in ("key_cache_ttl", "jwt_ttl", "jwt_key_max_age"):
+        if not getattr(auth, name) > 0:
+            raise ConfigError(f"auth.{name}: must be > 0")
+    budgets = settings.budgets
+    _check_timezone(budgets.timezone)
+    if not budgets.reservation_ttl > 0:
+        raise ConfigError("budgets.reservation_ttl: must be > 0")
+    if budgets.default_max_output_tokens < 1:
+        raise ConfigError("budgets.default_max_output_tokens: must be >= 1")
+    if not settings.state.redis_timeout > 0:
+        raise ConfigError("state.redis_timeout: must be > 0")
     worker_timeout = settings.supervisor.worker_timeout
     if not worker_timeout >= 0:  # also refuses nan
         raise ConfigError(
@@ -323,6 +358,15 @@ def _check_values(settings: Settings) -> None:
                 f"models[{i}].provider: unknown provider {model.provider!r} "
                 f"(one of: {', '.join(PROVIDERS)})"
             )
+
+
+def _check_timezone(name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"budgets.timezone: unknown time zone {name!r}") from None
 
 
 def worker_count(settings: Settings) -> int:

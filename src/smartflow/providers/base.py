@@ -47,6 +47,7 @@ class Target:
     options: Mapping[str, Any] = field(default_factory=dict)
     prices: Prices = field(default_factory=Prices)
     context_window: int = 0
+    max_output_tokens: int = 0  # the model's output limit (0: unknown)
     tls_ca_file: str = ""
     tls_client_cert_file: str = ""
     tls_client_key_file: str = ""

@@ -27,13 +27,16 @@ TRACEPARENT_HEADER = "traceparent"
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who a call is made for. ``kind``: ``master`` (the admin key),
-    ``anonymous`` (development mode, no key configured); virtual keys later."""
+    ``anonymous`` (development mode, no key configured) or ``virtual_key``
+    (``entry`` then holds the key's, its team's and its user's records)."""
 
     kind: str
     is_admin: bool = False
+    key_id: str | None = None
     key_alias: str | None = None
     user_id: str | None = None
     team_id: str | None = None
+    entry: Any = None  # keys.key_cache.KeyEntry for a virtual key
 
 
 def new_call_id() -> str:
@@ -84,6 +87,8 @@ class Call:
     cost: Cost | None = None
     finish_reason: str | None = None
     completion_chars: int = 0  # for estimating output tokens when no usage came
+    # headers stages add to the answer (rate-limit and budget state)
+    response_headers: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def provider(self) -> str:

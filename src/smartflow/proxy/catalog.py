@@ -179,6 +179,7 @@ class Catalog:
             options=config.options,
             prices=prices_for(config, upstream_model, self._prices),
             context_window=config.context_window,
+            max_output_tokens=config.max_output_tokens,
             tls_ca_file=config.tls_ca_file,
             tls_client_cert_file=config.tls_client_cert_file,
             tls_client_key_file=config.tls_client_key_file,

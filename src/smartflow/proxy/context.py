@@ -24,6 +24,8 @@ from smartflow.proxy.cost import PriceTable, load_price_table
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from smartflow.keys.runtime import KeysRuntime
+
 logger = logging.getLogger("smartflow.proxy")
 
 
@@ -36,6 +38,7 @@ class ProxyContext:
     prices: PriceTable
     redis: Redis | None = None  # the worker's client for shared state (budgets, cache, audit)
     capture_stream_text: bool = False  # the tap collects streamed text (for caching later)
+    keys: KeysRuntime | None = None  # virtual keys, budgets, vault (None: master key only)
     adapters: dict[str, ProviderAdapter] = field(default_factory=dict)  # provider -> adapter
 
     def adapter_for(self, provider: str) -> ProviderAdapter:
@@ -52,6 +55,8 @@ class ProxyContext:
         return adapter
 
     async def aclose(self) -> None:
+        if self.keys is not None:
+            await self.keys.admission.drain()
         await self.pool.aclose()
 
 
@@ -73,6 +78,7 @@ def build_proxy_context(
     pool: UpstreamPool | None = None,
     redis: Redis | None = None,
     capture_stream_text: bool = False,
+    keys: KeysRuntime | None = None,
 ) -> ProxyContext:
     """The proxy's per-worker state.
 
@@ -93,4 +99,5 @@ def build_proxy_context(
         prices=prices,
         redis=redis,
         capture_stream_text=capture_stream_text,
+        keys=keys,
     )

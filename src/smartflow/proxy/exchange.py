@@ -22,6 +22,7 @@ is answered in the caller's dialect.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -166,6 +167,16 @@ class CallRunner:
             return await self._fail(call, exc, upstream)
         except HTTPError as exc:  # a malformed request (validation, a body too large)
             return await self._fail(call, _from_http_error(exc), upstream)
+        except asyncio.CancelledError:
+            # The caller went away before an answer: the way out still runs, so
+            # a held budget is released now rather than when its hold expires.
+            if call.ended_s is None:
+                call.error = GatewayError(499, "The client closed the connection.",
+                                          reason=Reason.CLIENT, phase=Phase.BEFORE_FIRST_BYTE
+                                          if upstream is not None else Phase.BEFORE_SEND)
+                call.status = 499
+                await asyncio.shield(self._finish(call))
+            raise
         except Exception:  # a bug must not cost the caller its answer's shape
             logger.exception("call %s failed inside the gateway", call.call_id)
             if upstream is not None:
@@ -288,8 +299,15 @@ class CallRunner:
         usd = None if is_stream else (cost.usd if cost is not None else 0.0)
         headers = smartflow_headers(call.call_id, call.provider, call.elapsed_ms(), usd,
                                     cache_hit=call.cache_outcome == "hit")
+        own = call.response_headers
         if upstream is not None:
-            headers.extend(passthrough_headers(upstream.headers))
+            relayed = passthrough_headers(upstream.headers)
+            if own:  # the gateway's own limits replace the provider's of the same name
+                names = {name for name, _ in own}
+                relayed = [(n, v) for n, v in relayed if n not in names]
+            headers.extend(relayed)
+        if own:
+            headers.extend(own)
         return headers
 
 

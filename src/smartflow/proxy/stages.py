@@ -1,15 +1,17 @@
 """The stages every worker's pipeline has today.
 
-* ``AuthenticateStage`` (authenticate): the master key, or development mode.
-  Virtual keys replace it with the identity issue.
+* ``AuthenticateStage`` (authenticate): the master key, a virtual key (its
+  record from the worker's key cache), or development mode.
+* ``AdmitStage`` / ``SettleStage`` (admit, post_call; ``proxy.key_stages``):
+  a virtual key's model access, budgets and rate limits.
 * ``RouteStage`` (route): the requested model's deployments from the
   catalog; the first is the target until balancing strategies arrive. A
   name the catalog does not know goes to the call's ``fallback_target``
   when the operation gave one, else it is a 404.
 * ``AccessLogStage`` (record): the call's facts into the access-log line.
 
-The admit, pre_call and cache_lookup slots are empty today: budgets, guards
-and the cache add their stages there (see docs/pipeline.md).
+The pre_call and cache_lookup slots are empty today: guards and the cache
+add their stages there (see docs/pipeline.md).
 """
 
 from __future__ import annotations
@@ -17,37 +19,92 @@ from __future__ import annotations
 from typing import Any
 
 from smartflow.gateway_error import GatewayError, Phase, Reason
+from smartflow.keys.capture import VIRTUAL_KEY_HEADER, capture
+from smartflow.keys.key_cache import KeyEntry
+from smartflow.keys.runtime import KeysRuntime
+from smartflow.keys.store import looks_like_virtual_key
+from smartflow.keys.vault import VAULT_PREFIX
 from smartflow.proxy.auth import Authenticator, presented_key
 from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.catalog import Catalog, ModelNotFound
 from smartflow.proxy.context import ProxyContext
+from smartflow.proxy.key_stages import (
+    AdmitStage,
+    SettleStage,
+    invalid_key_error,
+    principal_for,
+    state_unavailable_error,
+)
 from smartflow.proxy.pipeline import Reply, Stage
+from smartflow.proxy.vault_stage import VaultStage
+from smartflow.store.fast_client import StoreUnavailable
 
 _MASTER = Principal(kind="master", is_admin=True)
 _ANONYMOUS = Principal(kind="anonymous")
 
 
 class AuthenticateStage(Stage):
+    """The master key, a virtual key, or (development mode) anyone.
+
+    A string shaped like a virtual key is always checked, even in
+    development mode: a blocked key must not get through because no master
+    key was configured.
+    """
+
     slot = "authenticate"
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, keys: KeysRuntime | None = None, *,
+                 capture_provider_keys: bool = False) -> None:
         self._authenticator = authenticator
+        self._keys = keys
+        self._capture = capture_provider_keys and keys is not None
 
     async def on_enter(self, call: Call) -> Reply | None:
         authenticator = self._authenticator
-        if authenticator.is_development_mode:
-            call.identity = _ANONYMOUS
-            return None
         key = presented_key(call.request)
         if key is None:
+            if authenticator.is_development_mode:
+                call.identity = _ANONYMOUS
+                return None
             raise GatewayError(401, "You didn't provide an API key. Provide it as "
                                     "'Authorization: Bearer <key>' or 'x-api-key: <key>'.",
                                "invalid_request_error", "missing_api_key", reason=Reason.AUTH)
-        if not authenticator.is_master_key(key):
-            raise GatewayError(401, "Incorrect API key provided.", "invalid_request_error",
-                               "invalid_api_key", reason=Reason.AUTH)
-        call.identity = _MASTER
-        return None
+        if authenticator.is_master_key(key):
+            call.identity = _MASTER
+            return None
+        keys = self._keys
+        if keys is not None and looks_like_virtual_key(key):
+            try:
+                entry = await keys.cache.get(key)
+                if entry is not None and _refused(entry, keys):
+                    # A cached refusal may be out of date (unblocked, expiry
+                    # extended): check the record itself before saying no.
+                    entry = await keys.cache.refresh(entry.key.key_hash)
+            except StoreUnavailable:
+                raise state_unavailable_error() from None
+            if entry is None or _refused(entry, keys):
+                raise invalid_key_error()
+            call.identity = principal_for(entry)
+            return None
+        if self._capture:
+            assert keys is not None
+            try:
+                captured = await capture(keys, key)
+            except StoreUnavailable:
+                raise state_unavailable_error() from None
+            if captured is not None:
+                call.identity = principal_for(captured.entry)
+                if captured.plaintext is not None:
+                    call.response_headers.append((VIRTUAL_KEY_HEADER, captured.plaintext))
+                return None
+        if authenticator.is_development_mode:
+            call.identity = _ANONYMOUS
+            return None
+        raise invalid_key_error()
+
+
+def _refused(entry: KeyEntry, keys: KeysRuntime) -> bool:
+    return entry.key.blocked or entry.key.is_expired(keys.clock.now())
 
 
 class RouteStage(Stage):
@@ -122,8 +179,22 @@ class AccessLogStage(Stage):
 
 def default_stages(context: ProxyContext) -> list[Stage]:
     """The stages of a worker's pipeline. A feature adds its stage here."""
-    return [
-        AuthenticateStage(context.authenticator),
+    settings = context.settings
+    keys = context.keys
+    capture_keys = settings.vault.capture_provider_keys
+    stages: list[Stage] = [
+        AuthenticateStage(context.authenticator, keys, capture_provider_keys=capture_keys),
         RouteStage(context.catalog),
         AccessLogStage(),
     ]
+    if keys is not None:
+        stages += [
+            AdmitStage(keys, context.catalog, settings.budgets.default_max_output_tokens),
+            SettleStage(keys),
+        ]
+        # Only when some provider key can come from the vault: otherwise the
+        # route slot keeps one stage and calls pay nothing for the vault.
+        if capture_keys or any(model.api_key.startswith(VAULT_PREFIX)
+                               for model in settings.models):
+            stages.append(VaultStage(keys.vault))
+    return stages

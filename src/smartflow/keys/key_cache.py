@@ -1,0 +1,70 @@
+"""A worker's short-lived copy of virtual key records, so a call costs no lookup.
+
+The entry for a key holds the key's record and its team's and user's, read
+together on a miss. An entry may be stale: the admission script compares
+each record's revision in the same round trip that reserves the budget, and
+a mismatch makes the caller ``refresh`` the entry and try again. So a key
+blocked, deleted or regenerated on any node stops working on the next call
+everywhere, while the common case costs no Redis read at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from smartflow.keys.records import Team, User, VirtualKey
+from smartflow.keys.store import IdentityStore, hash_key
+
+MAX_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyEntry:
+    key: VirtualKey
+    team: Team | None
+    user: User | None
+    fetched_s: float
+
+
+class KeyCache:
+    __slots__ = ("_entries", "_store", "_ttl_s", "max_entries")
+
+    def __init__(self, store: IdentityStore, ttl_s: float,
+                 max_entries: int = MAX_ENTRIES) -> None:
+        self._store = store
+        self._ttl_s = ttl_s
+        self.max_entries = max_entries
+        # key hash -> entry, least recently used first
+        self._entries: OrderedDict[str, KeyEntry] = OrderedDict()
+
+    async def get(self, plaintext: str) -> KeyEntry | None:
+        """The key's entry, or None for a key that does not exist."""
+        key_hash = hash_key(plaintext)
+        entry = self._entries.get(key_hash)
+        if entry is not None and time.monotonic() - entry.fetched_s < self._ttl_s:
+            self._entries.move_to_end(key_hash)
+            return entry
+        return await self.refresh(key_hash)
+
+    async def refresh(self, key_hash: str) -> KeyEntry | None:
+        key = await self._store.key_for_hash(key_hash)
+        if key is None:
+            self._entries.pop(key_hash, None)
+            return None
+        team = await self._store.get_team(key.team_id) if key.team_id else None
+        user = await self._store.get_user(key.user_id) if key.user_id else None
+        entry = KeyEntry(key, team, user, time.monotonic())
+        entries = self._entries
+        entries[key_hash] = entry
+        entries.move_to_end(key_hash)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+        return entry
+
+    def forget(self, key_hash: str) -> None:
+        self._entries.pop(key_hash, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,43 @@
+"""The identity pieces a worker builds once and shares between its proxy and admin API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from smartflow.keys.admission import Admission
+from smartflow.keys.key_cache import KeyCache
+from smartflow.keys.periods import PeriodClock
+from smartflow.keys.store import IdentityStore
+
+if TYPE_CHECKING:
+    from smartflow.config import Settings
+    from smartflow.keys.vault import Vault
+    from smartflow.store.fast_client import StoreClient
+
+
+@dataclass(slots=True)
+class KeysRuntime:
+    client: StoreClient
+    clock: PeriodClock
+    store: IdentityStore
+    cache: KeyCache
+    admission: Admission
+    vault: Vault
+
+
+def build_keys_runtime(settings: Settings, client: StoreClient) -> KeysRuntime:
+    from smartflow.keys.vault import Vault, vault_key_from_settings
+
+    clock = PeriodClock(settings.budgets.timezone)
+    store = IdentityStore(client, clock)
+    return KeysRuntime(
+        client=client,
+        clock=clock,
+        store=store,
+        cache=KeyCache(store, settings.auth.key_cache_ttl),
+        admission=Admission(client, clock, cluster=settings.state.redis_cluster,
+                            hold_s=settings.budgets.reservation_ttl),
+        vault=Vault(client, vault_key_from_settings(settings.vault.encryption_key,
+                                                    settings.auth.master_key)),
+    )

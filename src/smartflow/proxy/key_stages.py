@@ -1,0 +1,208 @@
+"""The pipeline stages of virtual keys: admit before the call, settle after it.
+
+* ``AdmitStage`` (admit): the model must be allowed for the key and its
+  team (else 403); then one Redis round trip reserves the call's worst-case
+  cost against the key's, team's and user's budgets and takes its place in
+  their rate limits (else 429 with the limit's headers, before any provider
+  is called).
+* ``SettleStage`` (post_call): commits the actual cost and releases the
+  rest of the hold, in the background; a failed or abandoned call releases
+  everything it held and commits only what the provider actually billed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from smartflow.gateway_error import GatewayError, Reason
+from smartflow.keys.admission import (
+    SCOPE_NAMES,
+    Grant,
+    Refusal,
+    Scope,
+    refusal_headers,
+    worst_case_nano,
+)
+from smartflow.keys.key_cache import KeyEntry
+from smartflow.keys.records import model_allowed
+from smartflow.keys.runtime import KeysRuntime
+from smartflow.proxy.call import Call, Principal
+from smartflow.proxy.catalog import Catalog, ModelNotFound
+from smartflow.proxy.cost import estimate_prompt_tokens
+from smartflow.proxy.pipeline import Reply, Stage
+from smartflow.store.fast_client import StoreUnavailable
+from smartflow.store.keyspace import SCOPE_KEY, SCOPE_TEAM, SCOPE_USER
+
+# A refusal for a stale record is retried with fresh records; more than this
+# many changes during one call means something is rewriting the key in a loop.
+MAX_STALE_RETRIES = 3
+
+
+def invalid_key_error() -> GatewayError:
+    # The same answer for unknown, expired, blocked and deleted keys: a caller
+    # probing keys learns nothing about which exist.
+    return GatewayError(401, "Incorrect API key provided.", "invalid_request_error",
+                        "invalid_api_key", reason=Reason.AUTH)
+
+
+def state_unavailable_error() -> GatewayError:
+    return GatewayError(503, "The gateway cannot check this key's budget and limits right "
+                             "now (its state store is unavailable); try again shortly.",
+                        code="state_unavailable", reason=Reason.INTERNAL)
+
+
+def principal_for(entry: KeyEntry) -> Principal:
+    key = entry.key
+    return Principal(kind="virtual_key", key_id=key.id, key_alias=key.alias,
+                     user_id=key.user_id, team_id=key.team_id, entry=entry)
+
+
+def _scopes(entry: KeyEntry) -> list[Scope]:
+    key = entry.key
+    scopes = [Scope.of(SCOPE_KEY, key.id, key.rev, key.limits)]
+    if entry.team is not None:
+        scopes.append(Scope.of(SCOPE_TEAM, entry.team.team_id, entry.team.rev,
+                               entry.team.limits))
+    if entry.user is not None:
+        scopes.append(Scope.of(SCOPE_USER, entry.user.user_id, entry.user.rev,
+                               entry.user.limits))
+    return scopes
+
+
+def _max_output_tokens(body: dict[str, Any] | None, model_limit: int, default: int) -> int:
+    if body is not None:
+        for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+            value = body.get(name)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                choices = body.get("n")
+                if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
+                    return value * choices
+                return value
+    return model_limit or default
+
+
+class AdmitStage(Stage):
+    slot = "admit"
+
+    def __init__(self, keys: KeysRuntime, catalog: Catalog, default_max_output: int) -> None:
+        self._keys = keys
+        self._catalog = catalog
+        self._default_max_output = default_max_output
+
+    async def on_enter(self, call: Call) -> Reply | None:
+        principal = call.identity
+        if principal is None or principal.kind != "virtual_key":
+            return None
+        entry: KeyEntry = principal.entry
+        try:
+            for _ in range(MAX_STALE_RETRIES):
+                self._check_model(call, entry)
+                scopes = _scopes(entry)
+                amount, tokens = self._worst_case(call, scopes)
+                result = await self._keys.admission.reserve(
+                    call.call_id, scopes, amount, tokens, call.started_s,
+                    check_blocked=scopes[0])
+                if isinstance(result, Grant):
+                    call.reservation = result
+                    if result.headers:
+                        call.response_headers.extend(result.headers)
+                    return None
+                entry = await self._after_refusal(call, result)
+                call.identity = principal_for(entry)
+        except StoreUnavailable:
+            raise state_unavailable_error() from None
+        raise state_unavailable_error()
+
+    async def _after_refusal(self, call: Call, refusal: Refusal) -> KeyEntry:
+        """A fresh entry to retry with, or the refusal as the caller's error."""
+        reason = refusal.reason
+        if reason in ("stale", "gone"):
+            if reason == "gone" and refusal.scope.kind == SCOPE_KEY:
+                raise invalid_key_error()
+            principal = call.identity
+            assert principal is not None
+            entry = await self._keys.cache.refresh(principal.entry.key.key_hash)
+            if entry is None or entry.key.blocked or entry.key.is_expired(
+                    self._keys.clock.now()):
+                raise invalid_key_error()
+            return entry
+        if reason == "blocked":
+            raise invalid_key_error()
+        call.response_headers.extend(refusal_headers(refusal, self._keys.clock))
+        raise _limit_error(refusal)
+
+    def _check_model(self, call: Call, entry: KeyEntry) -> None:
+        model = call.model
+        if not model:
+            return
+        if not model_allowed(entry.key.models, model) or (
+                entry.team is not None and not model_allowed(entry.team.models, model)):
+            raise GatewayError(403, f"This key is not allowed to use the model {model!r}.",
+                               "permission_error", "model_not_allowed", "model",
+                               reason=Reason.AUTH)
+
+    def _worst_case(self, call: Call, scopes: list[Scope]) -> tuple[int, int]:
+        needs_cost = any(s.limits.max_budget is not None for s in scopes)
+        needs_tokens = any(s.limits.tpm_limit for s in scopes)
+        if not (needs_cost or needs_tokens) or call.body is None:
+            return 0, 0
+        prompt_tokens = estimate_prompt_tokens(call.body)
+        if not needs_cost:
+            return 0, prompt_tokens
+        if call.target is not None:
+            targets: tuple[Any, ...] = (call.target,)
+        else:
+            targets = self._catalog.deployments(call.model)
+            if not targets:
+                try:
+                    targets = (self._catalog.resolve(call.model),)
+                except ModelNotFound:
+                    fallback = call.fallback_target
+                    targets = (fallback,) if fallback is not None else ()
+        worst = 0
+        for target in targets:
+            output = _max_output_tokens(call.body, target.max_output_tokens,
+                                        self._default_max_output)
+            worst = max(worst, worst_case_nano(target.prices, prompt_tokens, output))
+        return worst, prompt_tokens
+
+
+def _limit_error(refusal: Refusal) -> GatewayError:
+    scope = refusal.scope
+    who = SCOPE_NAMES[scope.kind]
+    reason = refusal.reason
+    if reason == "budget":
+        return GatewayError(429, f"Budget exceeded for this {who}: the call's worst-case "
+                                 f"cost does not fit in what remains of its "
+                                 f"{scope.limits.budget_period} budget.",
+                            code="budget_exceeded", reason=Reason.LIMIT)
+    if reason == "parallel":
+        return GatewayError(429, f"Too many requests in flight for this {who} "
+                                 f"(max_parallel_requests {refusal.limit}).",
+                            code="max_parallel_requests_exceeded", reason=Reason.LIMIT)
+    unit = "requests" if reason == "rpm" else "tokens"
+    return GatewayError(429, f"Rate limit reached for this {who}: {refusal.limit} {unit} "
+                             f"per minute.", code="rate_limit_exceeded", reason=Reason.LIMIT)
+
+
+class SettleStage(Stage):
+    slot = "post_call"
+
+    def __init__(self, keys: KeysRuntime) -> None:
+        self._keys = keys
+
+    async def on_exit(self, call: Call) -> None:
+        grant = call.reservation
+        if not isinstance(grant, Grant):
+            return
+        cost = call.cost
+        reached = call.first_byte_s is not None
+        if cost is not None and reached:
+            self._keys.admission.settle_later(
+                grant, model=call.model, cost_usd=cost.usd, prompt_tokens=cost.prompt_tokens,
+                completion_tokens=cost.completion_tokens, counts_request=True,
+                elapsed_s=call.elapsed_ms() / 1000)
+        else:  # nothing was billed: give the whole hold back
+            self._keys.admission.settle_later(
+                grant, model=call.model, cost_usd=0.0, prompt_tokens=0, completion_tokens=0,
+                counts_request=False, elapsed_s=call.elapsed_ms() / 1000)
