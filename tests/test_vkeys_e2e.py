@@ -223,6 +223,11 @@ def test_a_model_outside_the_keys_patterns_is_403_in_each_dialect(nodes: Nodes) 
                                     "anthropic-version": "2023-06-01"})
     assert anthropic.status_code == 403
     assert anthropic.json()["error"]["type"] == "permission_error"
+    headers = {"authorization": f"Bearer {created['key']}"}
+    listed = httpx.get(url + "/v1/models", headers=headers).json()["data"]
+    assert [model["id"] for model in listed] == ["free"]
+    assert httpx.get(url + "/v1/models/penny", headers=headers).status_code == 404
+    assert httpx.get(url + "/v1/models/free", headers=headers).status_code == 200
 
 
 def test_a_team_budget_binds_every_key_of_the_team(nodes: Nodes) -> None:

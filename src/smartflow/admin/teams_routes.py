@@ -86,7 +86,7 @@ def register_team_routes(router: Router, admin: AdminContext) -> None:
         if principal.role == ORG_ADMIN and principal.user_id is not None:
             team = replace(team, admins=tuple(dict.fromkeys((*team.admins, principal.user_id))))
         try:
-            saved = await store.create_team(team)
+            saved = await store.create_team(_admins_are_members(team))
         except AlreadyExists:
             raise HTTPError(409, f"Team {team_id!r} already exists.", code="conflict") from None
         return json_answer(await with_spend(saved), 201)
@@ -109,7 +109,8 @@ def register_team_routes(router: Router, admin: AdminContext) -> None:
             changed = apply_team_fields(team, body)
         except InputError as exc:
             raise input_error(exc) from None
-        return json_answer(await with_spend(await store.save_team(changed, previous=team)))
+        return json_answer(await with_spend(await store.save_team(_admins_are_members(changed),
+                                                                  previous=team)))
 
     async def delete(request: Request) -> Response:
         principal = await admin.principal(request)
@@ -231,6 +232,14 @@ def register_user_routes(router: Router, admin: AdminContext) -> None:
     router.add("GET", "/api/enterprise/users/{user_id}", get)
     router.add("PATCH", "/api/enterprise/users/{user_id}", update)
     router.add("DELETE", "/api/enterprise/users/{user_id}", delete)
+
+
+def _admins_are_members(team: Team) -> Team:
+    """A team's admins are among its members: ``AdminContext.principal`` looks for the
+    teams a user administers among the teams it belongs to (``User.teams``, kept in
+    step with the members), so an admin who is not a member would administer nothing."""
+    members = tuple(dict.fromkeys((*team.members, *team.admins)))
+    return team if members == team.members else replace(team, members=members)
 
 
 def _new_id(kind: str) -> str:

@@ -27,6 +27,8 @@ from smartflow.identity.roles import INTERNAL_USER, AdminPrincipal
 from smartflow.keys.records import InputError, VirtualKey, apply_key_fields, limits_view
 from smartflow.store.keyspace import SCOPE_KEY
 
+SELF_SERVICE_FIELDS = frozenset({"alias", "tags", "metadata"})
+
 
 def key_view(key: VirtualKey) -> dict[str, Any]:
     return {
@@ -63,8 +65,10 @@ def register_vkey_routes(router: Router, admin: AdminContext) -> None:
             raise forbidden()
         return key
 
-    def check_assignment(principal: AdminPrincipal, key: VirtualKey) -> None:
-        """An org admin keys its own teams; an internal user keys itself."""
+    async def check_assignment(principal: AdminPrincipal, key: VirtualKey) -> None:
+        """An internal user keys itself; an org admin keys itself, or a team it manages
+        (for no user, itself or a member of that team): a key bills its team's and its
+        user's budgets, so no other team or user may be named."""
         if principal.writes_everything:
             return
         if principal.role == INTERNAL_USER:
@@ -72,8 +76,17 @@ def register_vkey_routes(router: Router, admin: AdminContext) -> None:
                     key.team_id is not None and key.team_id not in principal.team_ids):
                 raise forbidden("Internal users create keys for themselves only.")
             return
-        if not principal.manages_team(key.team_id) and not principal.owns(key.user_id):
-            raise forbidden("Org admins create keys for the teams they manage.")
+        message = "Org admins create keys for themselves and the teams they manage."
+        if key.team_id is None:
+            if not principal.owns(key.user_id):
+                raise forbidden(message)
+            return
+        if not principal.manages_team(key.team_id):
+            raise forbidden(message)
+        if key.user_id is not None and not principal.owns(key.user_id):
+            team = await store.get_team(key.team_id)
+            if team is None or key.user_id not in team.members:
+                raise forbidden("A team's key may name only a member of the team.")
 
     async def create(request: Request) -> Response:
         principal = await admin.principal(request)
@@ -86,7 +99,7 @@ def register_vkey_routes(router: Router, admin: AdminContext) -> None:
             template = apply_key_fields(VirtualKey(id="", key_hash="", key_hint=""), body)
         except InputError as exc:
             raise input_error(exc) from None
-        check_assignment(principal, template)
+        await check_assignment(principal, template)
         key, plaintext = await store.create_key(template)
         view = await with_spend(key)
         view["key"] = plaintext  # shown once; only its hash is kept
@@ -95,8 +108,8 @@ def register_vkey_routes(router: Router, admin: AdminContext) -> None:
     async def list_keys(request: Request) -> Response:
         principal = await admin.principal(request)
         query = request.query
-        wanted_user = (query.get("user_id") or [None])[0]
-        wanted_team = (query.get("team_id") or [None])[0]
+        wanted_user = query["user_id"][0] if query.get("user_id") else None
+        wanted_team = query["team_id"][0] if query.get("team_id") else None
         keys = [key for key in await store.list_keys()
                 if principal.reads_key(key.user_id, key.team_id)
                 and (wanted_user is None or key.user_id == wanted_user)
@@ -111,11 +124,16 @@ def register_vkey_routes(router: Router, admin: AdminContext) -> None:
         principal = await admin.principal(request)
         key = await load(request, principal, write=True)
         body = await read_json_object(request)
+        if principal.role == INTERNAL_USER and not set(body) <= SELF_SERVICE_FIELDS:
+            # A key's limits are set by whoever granted it: its owner may
+            # rename and tag it, not raise its budget.
+            raise forbidden("Internal users may change only the alias, tags and metadata "
+                            "of their keys.")
         try:
             changed = apply_key_fields(key, body)
         except InputError as exc:
             raise input_error(exc) from None
-        check_assignment(principal, changed)
+        await check_assignment(principal, changed)
         saved = await store.save_key(changed)
         admin.key_cache.forget(saved.key_hash)
         return json_answer(await with_spend(saved))
@@ -130,6 +148,8 @@ def register_vkey_routes(router: Router, admin: AdminContext) -> None:
     async def set_blocked(request: Request, blocked: bool) -> Response:
         principal = await admin.principal(request)
         key = await load(request, principal, write=True)
+        if not blocked and principal.role == INTERNAL_USER:
+            raise forbidden("Only an admin unblocks a key.")
         saved = await store.save_key(replace(key, blocked=blocked))
         admin.key_cache.forget(saved.key_hash)
         return json_answer(await with_spend(saved))

@@ -36,7 +36,7 @@ from smartflow.http.request import Request
 from smartflow.http.response import Response, StreamingResponse
 from smartflow.providers.base import Headers, ProviderAdapter, UpstreamCall, Usage
 from smartflow.proxy.accounting import cost_from
-from smartflow.proxy.call import Call, trace_id_of
+from smartflow.proxy.call import Call, Principal, trace_id_of
 from smartflow.proxy.context import ProxyContext
 from smartflow.proxy.cost import Cost, estimate_prompt_tokens
 from smartflow.proxy.headers import (
@@ -117,15 +117,16 @@ class CallRunner:
         self._context = context
         self._pipeline = pipeline
 
-    async def authenticate_only(self, request: Request, dialect: Dialect) -> Response | None:
+    async def authenticate_only(self, request: Request, dialect: Dialect
+                                ) -> Response | Principal:
         """For routes that reach no provider (``/v1/models``): the authenticate
-        slot alone. None when the caller may proceed, else the refusal."""
+        slot alone. The caller's principal, or the refusal to answer with."""
         call = Call(request, dialect, "authenticate", trace_id="")
         try:
             await self._pipeline.authenticate(call)
         except GatewayError as exc:
             return Response(exc.status, dialect.error_body(exc))
-        return None
+        return call.identity or Principal(kind="anonymous")
 
     async def run(self, request: Request, operation: Operation) -> Reply:
         call = Call(request, operation.dialect, operation.name)
@@ -282,7 +283,11 @@ class CallRunner:
         """Cost from usage (or an estimate), then the pipeline's way out."""
         call.ended_s = time.perf_counter()
         target = call.target
-        if call.cost is None and target is not None and call.first_byte_s is not None:
+        error = call.error
+        # A provider's error answer is not billed; a stream that broke midway
+        # is, for what it delivered.
+        if (call.cost is None and target is not None and call.first_byte_s is not None
+                and (error is None or error.phase is Phase.MID_STREAM)):
             estimated_prompt = 0
             if call.usage is None and call.body is not None:
                 estimated_prompt = estimate_prompt_tokens(call.body)

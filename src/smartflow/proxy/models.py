@@ -9,6 +9,8 @@ from smartflow.http.errors import HTTPError
 from smartflow.http.request import Request
 from smartflow.http.response import Response
 from smartflow.http.router import Handler
+from smartflow.keys.records import model_allowed
+from smartflow.proxy.call import Principal
 from smartflow.proxy.catalog import ModelNotFound
 from smartflow.proxy.context import ProxyContext
 from smartflow.proxy.exchange import CallRunner
@@ -20,28 +22,43 @@ def _model_object(name: str, provider: str) -> dict[str, object]:
     return {"id": name, "object": "model", "created": CREATED_AT, "owned_by": provider}
 
 
+def _visible(principal: Principal, name: str) -> bool:
+    """A virtual key sees the models its key and team patterns allow."""
+    entry = principal.entry
+    if entry is None:
+        return True
+    return model_allowed(entry.key.models, name) and (
+        entry.team is None or model_allowed(entry.team.models, name))
+
+
 def make_models_handlers(context: ProxyContext,
                          runner: CallRunner) -> tuple[Handler, Handler]:
+    models = [(m.name, m.provider) for m in context.catalog.listed_models()]
     listing = orjson.dumps({"object": "list", "data": [
-        _model_object(m.name, m.provider) for m in context.catalog.listed_models()]})
+        _model_object(name, provider) for name, provider in models]})
 
     async def list_models(request: Request) -> Response:
-        refused = await runner.authenticate_only(request, openai_dialect.DIALECT)
-        if refused is not None:
-            return refused
-        return Response(200, listing)
+        principal = await runner.authenticate_only(request, openai_dialect.DIALECT)
+        if isinstance(principal, Response):
+            return principal
+        if principal.entry is None:
+            return Response(200, listing)
+        return Response(200, orjson.dumps({"object": "list", "data": [
+            _model_object(name, provider) for name, provider in models
+            if _visible(principal, name)]}))
 
     async def get_model(request: Request) -> Response:
-        refused = await runner.authenticate_only(request, openai_dialect.DIALECT)
-        if refused is not None:
-            return refused
+        principal = await runner.authenticate_only(request, openai_dialect.DIALECT)
+        if isinstance(principal, Response):
+            return principal
         name = request.path_params.get("model_id", "")
         try:
             target = context.catalog.resolve(name)
         except ModelNotFound as exc:
             raise HTTPError(404, exc.message, "invalid_request_error", "model", "model_not_found") from None
-        if not target:
-            raise HTTPError(404)
+        if not target or not _visible(principal, name):
+            raise HTTPError(404, f"The model {name!r} does not exist or you do not have access "
+                                 "to it.", "invalid_request_error", "model", "model_not_found")
         return Response(200, orjson.dumps(_model_object(name, target.provider)))
 
     return list_models, get_model

@@ -151,6 +151,14 @@ class AccessLogStage(Stage):
         if target is not None:
             fields["upstream_model"] = target.model
             fields["provider"] = target.provider
+        principal = call.identity
+        if principal is not None:
+            fields["auth"] = principal.kind
+            if principal.key_id is not None:  # ids and alias only, never the key
+                fields["key_id"] = principal.key_id
+                fields["key_alias"] = principal.key_alias
+                fields["user_id"] = principal.user_id
+                fields["team_id"] = principal.team_id
         cost = call.cost
         if cost is not None:
             fields["prompt_tokens"] = cost.prompt_tokens
