@@ -10,8 +10,11 @@ timeout", never race the machine.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import random
 import shutil
+import signal
 import string
 import tempfile
 import time
@@ -26,6 +29,7 @@ from harness.loop_guard import LoopExceptionRecorder
 from harness.ports import free_port
 from harness.redis_cluster import RedisCluster
 from harness.redis_server import RedisServer, redis_command
+from harness.waiting import wait_until
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -235,7 +239,7 @@ def test_parser_round_trips_random_replies_at_random_splits(
     points = sorted({cut % (len(stream) + 1) for cut in cuts} | {0, len(stream)})
     parser = RespParser()
     got: list[Any] = []
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         parser.feed(stream[start:end])
         got += _drain(parser)
     assert [_normalise(reply) for reply in got] == replies
@@ -346,16 +350,29 @@ async def test_single_error_reply_does_not_desynchronise_later_commands(
             assert result == b"v"
 
 
-async def test_single_cancelled_caller_does_not_shift_replies(single: StoreClient) -> None:
-    # BLPOP holds the connection's next reply back for 0.2 s; the caller
-    # gives up meanwhile, and its reply must be dropped, not handed on.
-    blocked = asyncio.create_task(single.execute("BLPOP", "empty-list", 0.2))
-    await asyncio.sleep(0.05)
-    blocked.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await blocked
-    assert await single.execute("SET", "after", "1") == "OK"
-    assert await single.execute("GET", "after") == b"1"
+async def _flushed() -> None:
+    """Let the client's write callback (scheduled with call_soon) run."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_single_cancelled_caller_does_not_shift_replies(
+    redis_url: str, loop_guard: LoopExceptionRecorder
+) -> None:
+    client = create_store_client(redis_url, timeout_s=SLOW_TIMEOUT_S)
+    try:
+        # BLPOP holds the connection's next reply back for a second; its
+        # caller gives up meanwhile, and that reply must be dropped, not
+        # handed to the next caller in line.
+        blocked = asyncio.create_task(client.execute("BLPOP", "empty-list", 1))
+        await _flushed()
+        blocked.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await blocked
+        assert await client.execute("SET", "after", "1") == "OK"
+        assert await client.execute("GET", "after") == b"1"
+    finally:
+        await client.aclose()
 
 
 async def test_single_selects_the_database_in_the_url(
@@ -481,22 +498,35 @@ async def _until_answers(client: StoreClient, deadline_s: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_single_times_out_while_the_server_is_paused_then_recovers(
+async def test_single_times_out_while_the_server_is_frozen_then_recovers(
     redis_server_factory: Callable[..., RedisServer], loop_guard: LoopExceptionRecorder
 ) -> None:
     server = redis_server_factory()
+    assert server.pid is not None
     client = create_store_client(server.url, timeout_s=0.3)
     try:
         assert await client.execute("SET", "k", "v") == "OK"
-        assert redis_command(server.port, "CLIENT", "PAUSE", "2000") == b"+OK"
-        results = await asyncio.gather(
-            *[client.execute("GET", "k") for _ in range(10)], return_exceptions=True
-        )
-        assert all(isinstance(result, StoreUnavailable) for result in results), results
-        assert "did not answer within 0.3 s" in str(results[0])
+        # A stopped process still has its connections accepted by the
+        # kernel but answers nothing, for exactly as long as the test wants
+        # (CLIENT PAUSE or DEBUG SLEEP would end on their own clock).
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *[client.execute("GET", "k") for _ in range(10)], return_exceptions=True
+            )
+            assert all(isinstance(result, StoreUnavailable) for result in results), results
+            assert "did not answer within 0.3 s" in str(results[0])
+            assert f"127.0.0.1:{server.port}" in str(results[0])
+            # Reconnecting works (the kernel accepts), the command times out again.
+            with pytest.raises(StoreUnavailable):
+                await client.execute("GET", "k")
+            assert time.monotonic() - started < FAST_S
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
 
         await _until_answers(client)
-        # The late replies went down with the old connection: nothing is shifted.
+        # The late replies went down with the old connections: nothing is shifted.
         assert await client.execute("SET", "k", "after") == "OK"
         assert await client.execute("GET", "k") == b"after"
         assert await asyncio.gather(*[client.execute("INCR", "n") for _ in range(100)]) == list(
@@ -511,8 +541,8 @@ async def test_single_aclose_fails_pending_and_later_commands(
 ) -> None:
     client = create_store_client(redis_url)
     assert await client.execute("PING") == "PONG"
-    pending = asyncio.ensure_future(client.execute("BLPOP", "empty-list", 1))
-    await asyncio.sleep(0.05)
+    pending = asyncio.ensure_future(client.execute("BLPOP", "empty-list", 5))
+    await _flushed()
     await client.aclose()
     with pytest.raises(StoreUnavailable):
         await pending
@@ -522,18 +552,28 @@ async def test_single_aclose_fails_pending_and_later_commands(
 
 def test_single_client_works_on_uvloop_and_across_loops(redis_url: str) -> None:
     client = create_store_client(redis_url)
+    assert isinstance(client, SingleRedisClient)
     script = _script("return redis.call('INCR', KEYS[1])")
 
     async def work() -> list[Any]:
         values = await asyncio.gather(*[client.execute("INCR", "n") for _ in range(500)])
         return [len(set(values)), await client.run_script(script, ["s"], [])]
 
+    async def let_server_hang_up() -> None:
+        # QUIT makes the server close the connection, so the loop that owns
+        # it can close without leaving a transport behind.
+        assert await client.execute("QUIT") == "OK"
+        await wait_until(lambda: not client._has_connection(), what="connection closed")
+
     # One client, used by one loop and then another: each loop gets its own
     # connection (an asyncio transport cannot move between loops).
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         assert runner.run(work()) == [500, 1]
+        runner.run(let_server_hang_up())
+        assert runner.run(work()) == [500, 2]  # reconnected after the server hung up
+        runner.run(let_server_hang_up())
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        assert runner.run(work()) == [500, 2]
+        assert runner.run(work()) == [500, 3]
         runner.run(client.aclose())
 
 
@@ -574,7 +614,9 @@ async def cluster(
 @pytest.fixture
 async def node_clients(redis_cluster: RedisCluster) -> AsyncIterator[dict[int, StoreClient]]:
     """A plain single-server client per cluster node, by port, for looking behind the client."""
-    clients = {port: create_store_client(f"redis://127.0.0.1:{port}") for port in redis_cluster.ports}
+    clients = {
+        port: create_store_client(f"redis://127.0.0.1:{port}") for port in redis_cluster.ports
+    }
     try:
         yield clients
     finally:

@@ -13,7 +13,7 @@ import subprocess
 import time
 
 from .lifecycle import ManagedService
-from .ports import LOOPBACK_HOST
+from .ports import LOOPBACK_HOST, free_port
 from .redis_server import RedisServer, RedisServerError, redis_command
 
 CLUSTER_NODES = 3
@@ -47,10 +47,14 @@ class RedisCluster(ManagedService):
         resolved_cli = shutil.which(cli)
         if resolved_cli is None:
             raise RedisClusterError(
-                f"{cli!r} not found on PATH: run scripts/test.sh (it installs redis-server, which brings it)"
+                f"{cli!r} not found on PATH: run scripts/test.sh "
+                "(it installs redis-server, which brings redis-cli)"
             )
         self.cli = resolved_cli
         self.host = LOOPBACK_HOST
+        # The cluster bus port is chosen like the client port: by default it
+        # is port + 10000, which can land in the kernel's ephemeral range and
+        # be taken by any outgoing connection in the meantime.
         self.nodes = [
             RedisServer(
                 binary=binary,
@@ -58,6 +62,7 @@ class RedisCluster(ManagedService):
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+                    "--cluster-port", str(free_port()),
                 ),
             )
             for _ in range(CLUSTER_NODES)

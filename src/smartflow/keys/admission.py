@@ -1,31 +1,39 @@
 """Admitting a virtual key's call: budgets, rate limits and concurrency, exactly.
 
-One Lua script checks and reserves, atomically, for each scope of the call
-(its key, its team, its user):
+One Lua script checks and holds, atomically, for each scope of a call (its
+key, its team, its user):
 
 1. the scope's record still has the revision the worker cached (else the
    worker refreshes and retries: a block, delete or change made anywhere is
    seen on the next call), and the key is not blocked;
-2. reservations whose worker died are expired;
-3. ``max_parallel_requests`` (live reservations), the budget (spend this
-   period + held reservations + this call's worst case <= max budget), RPM
-   (a sliding log of admissions in the last 60 s) and TPM (tokens per
-   second over the last 60 s) all have room;
-4. only then, the call's worst-case cost is held, its admission logged in
-   the RPM window and its estimated prompt tokens in the TPM window.
+2. holds of calls whose worker died are expired (holds are kept per
+   admission minute, so a minute older than the reservation TTL is dropped
+   whole);
+3. ``max_parallel_requests`` (calls in flight), the budget (spend this
+   period + held + this call's worst case <= max budget), RPM and TPM
+   (per-second counts over the last 60 s) all have room;
+4. only then, the call's worst-case cost is held and it is counted in the
+   rate windows.
 
-After the call, a second script commits the actual cost, releases the rest
-of the hold, corrects the TPM window to the actual tokens, and adds to the
-spend ledger. It runs in the background: the caller does not wait for it.
+After the call a second script commits the actual cost, releases the hold,
+corrects the TPM window to the actual tokens, and adds to the spend ledger.
 
-On one Redis the scopes go to one script call (one round trip, atomic across
-scopes). On a Redis Cluster each scope lives in its own slot, so each is
-reserved by its own call, sent together; if one refuses, the holds already
-granted are released. That can refuse a call that a single Redis would have
-admitted (two calls racing for the last dollar of a team can both lose), but
-it can never overshoot: every hold is atomic in its own slot.
+Both run in batches: every admission a worker asks for in one event-loop
+turn goes to Redis as one script call (one round trip, one script run, the
+scopes' state read and written once for the batch), and settlements are
+gathered the same way, after the answers went out. The caller never waits
+for a commit. That is what keeps a virtual key within a few percent of the
+master key's throughput: per call, Redis does a few table operations inside
+one script instead of a dozen commands.
 
-Time comes from Redis (``TIME``), so workers and nodes with drifting clocks
+On one Redis all scopes go to the same script call, atomic across scopes.
+On a Redis Cluster each scope lives in its own slot, so each is held by its
+own call, sent together; if one refuses, what the others granted is given
+back. That can refuse a call that one Redis would have admitted (two calls
+racing for a team's last dollar can both lose), but it can never overshoot:
+every hold is atomic in its own slot.
+
+Time comes from Redis (``TIME``), so workers and nodes whose clocks drift
 still share one window.
 """
 
@@ -36,7 +44,6 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from smartflow.keys.money import to_nano, to_usd
@@ -48,156 +55,239 @@ from smartflow.store.keyspace import SCOPE_KEY, SCOPE_TEAM, SCOPE_USER, ScopeKey
 logger = logging.getLogger("smartflow.keys")
 
 LEDGER_TTL_S = 400 * 86400
+# Admissions per script call at most: a bound on one script's run time in
+# Redis (others wait while it runs).
+MAX_BATCH = 256
 # A call running longer than this has left the TPM window its estimate went
 # into; its correction would be subtracted from a window it was never in.
 TPM_WINDOW_S = 60
 
-_KEYS_PER_SCOPE = 6
-_ARGS_PER_SCOPE = 9
-
+# KEYS, per scope: rec, st, rpm, tpm.
+# ARGV: scope count, hold TTL (s); per scope: rev, check blocked ("1"/"0"),
+# period id, max budget (nano, -1: none), rpm, tpm, parallel (0: none); then
+# the request count; per request: amount (nano), tokens, its scope count, and
+# the 1-based indexes of its scopes.
+# Reply, per request: {1, minute, second, then per scope of the request:
+# budget left, rpm left, rpm reset ms, tpm left, tpm reset ms} (-1: no such
+# limit), or {0, scope index, reason, limit, remaining, retry ms}.
 _ADMIT = Script("""
-local call_id = ARGV[1]
-local hold_ms = tonumber(ARGV[2])
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local sec = tonumber(t[1])
-local n = #KEYS / 6
-local out = {1}
-for i = 0, n - 1 do
-  local k = i * 6
-  local a = 3 + i * 9
-  local rec, resv, resx, spend = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
-  local rpm, tpm = KEYS[k + 5], KEYS[k + 6]
-  local state = redis.call('HMGET', rec, 'rev', 'blocked')
-  if not state[1] then return {0, i, 'gone', 0, 0, 0} end
-  if state[1] ~= ARGV[a] then return {0, i, 'stale', 0, 0, 0} end
-  if ARGV[a + 1] == '1' and state[2] == '1' then return {0, i, 'blocked', 0, 0, 0} end
-  local expired = redis.call('ZRANGEBYSCORE', resx, '-inf', now, 'LIMIT', 0, 100)
-  for _, id in ipairs(expired) do
-    local held = redis.call('HGET', resv, id)
-    if held then
-      redis.call('HDEL', resv, id)
-      redis.call('HINCRBY', resv, '~total', -tonumber(held))
+local ms = sec * 1000 + math.floor(tonumber(t[2]) / 1000)
+local minute = math.floor(sec / 60)
+local ttl_min = math.ceil(tonumber(ARGV[2]) / 60)
+local function window(key, limit)
+  local w = {used = 0, min = sec, cur = 0}
+  if limit <= 0 then return w end
+  local r = redis.call('HMGET', key, 'total', 'min', 'b:' .. sec)
+  local oldest = tonumber(r[2] or sec)
+  if sec - oldest >= 60 then
+    redis.call('DEL', key)
+    return w
+  end
+  local used = tonumber(r[1] or '0')
+  while oldest <= sec - 60 do
+    local field = 'b:' .. oldest
+    local v = redis.call('HGET', key, field)
+    if v then
+      used = used - tonumber(v)
+      redis.call('HDEL', key, field)
     end
-    redis.call('ZREM', resx, id)
+    oldest = oldest + 1
   end
-  local parallel = tonumber(ARGV[a + 6])
-  if parallel > 0 and redis.call('ZCARD', resx) >= parallel then
-    return {0, i, 'parallel', parallel, 0, 1000}
-  end
-  local amount = tonumber(ARGV[a + 2])
-  local max = tonumber(ARGV[a + 3])
-  local budget_left = -1
-  if max >= 0 then
-    local spent = tonumber(redis.call('GET', spend) or '0')
-    local held = tonumber(redis.call('HGET', resv, '~total') or '0')
-    budget_left = max - spent - held
-    if amount > budget_left then return {0, i, 'budget', max, budget_left, 0} end
-    budget_left = budget_left - amount
-  end
-  local rpm_limit = tonumber(ARGV[a + 4])
-  local rpm_left, rpm_reset = -1, 0
-  if rpm_limit > 0 then
-    redis.call('ZREMRANGEBYSCORE', rpm, '-inf', now - 60000)
-    local used = redis.call('ZCARD', rpm)
-    local oldest = redis.call('ZRANGE', rpm, 0, 0, 'WITHSCORES')
-    if used >= rpm_limit then
-      return {0, i, 'rpm', rpm_limit, 0, tonumber(oldest[2]) + 60000 - now}
-    end
-    rpm_left = rpm_limit - used - 1
-    if oldest[2] then rpm_reset = tonumber(oldest[2]) + 60000 - now else rpm_reset = 60000 end
-  end
-  local tpm_limit = tonumber(ARGV[a + 5])
-  local tpm_left, tpm_reset = -1, 0
-  if tpm_limit > 0 then
-    local buckets = redis.call('HGETALL', tpm)
-    local used, oldest = 0, sec
-    for j = 1, #buckets, 2 do
-      local s = tonumber(buckets[j])
-      if s <= sec - 60 then
-        redis.call('HDEL', tpm, buckets[j])
-      else
-        used = used + tonumber(buckets[j + 1])
-        if s < oldest then oldest = s end
-      end
-    end
-    if used >= tpm_limit then
-      return {0, i, 'tpm', tpm_limit, 0, (oldest + 60) * 1000 - now}
-    end
-    tpm_left = tpm_limit - used
-    tpm_reset = (oldest + 60) * 1000 - now
-  end
-  out[#out + 1] = budget_left
-  out[#out + 1] = rpm_left
-  out[#out + 1] = rpm_reset
-  out[#out + 1] = tpm_left
-  out[#out + 1] = tpm_reset
+  w.used, w.min, w.cur = used, oldest, tonumber(r[3] or '0')
+  return w
 end
-for i = 0, n - 1 do
-  local k = i * 6
-  local a = 3 + i * 9
-  redis.call('ZADD', KEYS[k + 3], now + hold_ms, call_id)
-  if ARGV[a + 2] ~= '0' then
-    redis.call('HSET', KEYS[k + 2], call_id, ARGV[a + 2])
-    redis.call('HINCRBY', KEYS[k + 2], '~total', ARGV[a + 2])
+local scopes = {}
+local a = 3
+for s = 1, tonumber(ARGV[1]) do
+  local k = (s - 1) * 4
+  local sc = {st = KEYS[k + 2], rpm_key = KEYS[k + 3], tpm_key = KEYS[k + 4],
+    pid = ARGV[a + 2], max = tonumber(ARGV[a + 3]), rpm = tonumber(ARGV[a + 4]),
+    tpm = tonumber(ARGV[a + 5]), parallel = tonumber(ARGV[a + 6])}
+  local r = redis.call('HMGET', KEYS[k + 1], 'rev', 'blocked')
+  if not r[1] then sc.bad = 'gone'
+  elseif r[1] ~= ARGV[a] then sc.bad = 'stale'
+  elseif ARGV[a + 1] == '1' and r[2] == '1' then sc.bad = 'blocked'
+  else
+    local st = redis.call('HMGET', sc.st, 'pid', 'spend', 'held', 'inflight', 'hmin',
+      'hb:' .. minute, 'hn:' .. minute)
+    sc.new_period = st[1] ~= sc.pid
+    sc.spend = sc.new_period and 0 or tonumber(st[2] or '0')
+    sc.held = tonumber(st[3] or '0')
+    sc.inflight = tonumber(st[4] or '0')
+    local hmin = tonumber(st[5] or minute)
+    if sc.inflight <= 0 and sc.held <= 0 then hmin = minute end
+    local steps = 0
+    while hmin <= minute - ttl_min and steps < 256 do
+      local b = redis.call('HMGET', sc.st, 'hb:' .. hmin, 'hn:' .. hmin)
+      if b[1] or b[2] then
+        sc.held = sc.held - tonumber(b[1] or '0')
+        sc.inflight = sc.inflight - tonumber(b[2] or '0')
+        redis.call('HDEL', sc.st, 'hb:' .. hmin, 'hn:' .. hmin)
+      end
+      hmin = hmin + 1
+      steps = steps + 1
+    end
+    sc.hmin = hmin
+    sc.hb = tonumber(st[6] or '0')
+    sc.hn = tonumber(st[7] or '0')
+    sc.r = window(sc.rpm_key, sc.rpm)
+    sc.t = window(sc.tpm_key, sc.tpm)
   end
-  if tonumber(ARGV[a + 4]) > 0 then
-    redis.call('ZADD', KEYS[k + 5], now, call_id)
-    redis.call('PEXPIRE', KEYS[k + 5], 61000)
+  scopes[s] = sc
+  a = a + 7
+end
+local out = {}
+local count = tonumber(ARGV[a])
+a = a + 1
+for i = 1, count do
+  local amount, tokens, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local refusal = nil
+  for j = 1, n do
+    local index = tonumber(ARGV[a + 2 + j])
+    local sc = scopes[index]
+    if sc.bad then
+      refusal = {0, index, sc.bad, 0, 0, 0}
+    elseif sc.parallel > 0 and sc.inflight >= sc.parallel then
+      refusal = {0, index, 'parallel', sc.parallel, 0, 1000}
+    elseif sc.max >= 0 and amount > sc.max - sc.spend - sc.held then
+      refusal = {0, index, 'budget', sc.max, sc.max - sc.spend - sc.held, 0}
+    elseif sc.rpm > 0 and sc.r.used >= sc.rpm then
+      refusal = {0, index, 'rpm', sc.rpm, 0, (sc.r.min + 60) * 1000 - ms}
+    elseif sc.tpm > 0 and sc.t.used >= sc.tpm then
+      refusal = {0, index, 'tpm', sc.tpm, 0, (sc.t.min + 60) * 1000 - ms}
+    end
+    if refusal then break end
   end
-  if tonumber(ARGV[a + 5]) > 0 and ARGV[a + 7] ~= '0' then
-    redis.call('HINCRBY', KEYS[k + 6], sec, ARGV[a + 7])
-    redis.call('EXPIRE', KEYS[k + 6], 120)
+  if refusal then
+    out[i] = refusal
+  else
+    local res = {1, minute, sec}
+    for j = 1, n do
+      local sc = scopes[tonumber(ARGV[a + 2 + j])]
+      sc.held = sc.held + amount
+      sc.hb = sc.hb + amount
+      sc.inflight = sc.inflight + 1
+      sc.hn = sc.hn + 1
+      sc.used = true
+      local budget_left, rpm_left, tpm_left = -1, -1, -1
+      if sc.max >= 0 then budget_left = sc.max - sc.spend - sc.held end
+      if sc.rpm > 0 then
+        sc.r.used = sc.r.used + 1
+        sc.r.cur = sc.r.cur + 1
+        rpm_left = sc.rpm - sc.r.used
+      end
+      if sc.tpm > 0 then
+        tpm_left = sc.tpm - sc.t.used
+        sc.t.used = sc.t.used + tokens
+        sc.t.cur = sc.t.cur + tokens
+      end
+      res[#res + 1] = budget_left
+      res[#res + 1] = rpm_left
+      res[#res + 1] = (sc.r.min + 60) * 1000 - ms
+      res[#res + 1] = tpm_left
+      res[#res + 1] = (sc.t.min + 60) * 1000 - ms
+    end
+    out[i] = res
+  end
+  a = a + 3 + n
+end
+for s = 1, #scopes do
+  local sc = scopes[s]
+  if not sc.bad then
+    if sc.used or sc.new_period then
+      redis.call('HSET', sc.st, 'pid', sc.pid, 'spend', sc.spend, 'held', sc.held,
+        'inflight', sc.inflight, 'hmin', sc.hmin, 'hb:' .. minute, sc.hb,
+        'hn:' .. minute, sc.hn)
+    end
+    if sc.rpm > 0 and sc.used then
+      redis.call('HSET', sc.rpm_key, 'total', sc.r.used, 'min', sc.r.min, 'b:' .. sec, sc.r.cur)
+      redis.call('EXPIRE', sc.rpm_key, 61)
+    end
+    if sc.tpm > 0 and sc.used then
+      redis.call('HSET', sc.tpm_key, 'total', sc.t.used, 'min', sc.t.min, 'b:' .. sec, sc.t.cur)
+      redis.call('EXPIRE', sc.tpm_key, 61)
+    end
   end
 end
 return out
 """)
 
-_RELEASE = Script("""
-for i = 0, #KEYS / 2 - 1 do
-  local resv, resx = KEYS[i * 2 + 1], KEYS[i * 2 + 2]
-  local held = redis.call('HGET', resv, ARGV[1])
-  if held then
-    redis.call('HDEL', resv, ARGV[1])
-    redis.call('HINCRBY', resv, '~total', -tonumber(held))
-  end
-  redis.call('ZREM', resx, ARGV[1])
-end
-return 1
-""")
-
-# KEYS per scope: resv, resx, spend, tpm, ledger. ARGV: call id, model,
-# actual nano-USD, TPM correction, prompt tokens, completion tokens, counts
-# a request ("1"/"0"), then per scope: spend key TTL (0: none), has TPM.
-_COMMIT = Script("""
+# KEYS, per scope: st, rpm, tpm, ledger. ARGV: scope count; per scope: period
+# id, spend to add (nano), TPM correction (tokens, now), then the holds to
+# release as a count and (minute, nano, calls) triples, then RPM/TPM counts
+# to take back (a refused call's, on a cluster) as a count and (second,
+# requests, tokens) triples, then the ledger rows as a count and (model,
+# nano, requests, prompt tokens, completion tokens) tuples.
+_SETTLE = Script("""
 local sec = tonumber(redis.call('TIME')[1])
-local call_id, model, actual = ARGV[1], ARGV[2], ARGV[3]
-for i = 0, #KEYS / 5 - 1 do
-  local k = i * 5
-  local a = 8 + i * 2
-  local resv, resx, spend, tpm, ledger = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4],
-    KEYS[k + 5]
-  local held = redis.call('HGET', resv, call_id)
-  if held then
-    redis.call('HDEL', resv, call_id)
-    redis.call('HINCRBY', resv, '~total', -tonumber(held))
+local function take_back(key, second, amount)
+  if amount == 0 then return end
+  local r = redis.call('HMGET', key, 'min', 'b:' .. second)
+  if r[1] and tonumber(r[1]) <= second and r[2] then
+    redis.call('HINCRBY', key, 'b:' .. second, -amount)
+    redis.call('HINCRBY', key, 'total', -amount)
   end
-  redis.call('ZREM', resx, call_id)
-  if actual ~= '0' then
-    redis.call('INCRBY', spend, actual)
-    if ARGV[a] ~= '0' then redis.call('EXPIRE', spend, ARGV[a]) end
+end
+local a = 2
+for s = 1, tonumber(ARGV[1]) do
+  local k = (s - 1) * 4
+  local st, rpm, tpm, ledger = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+  local pid, add, correction = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local cur = redis.call('HMGET', st, 'pid', 'spend', 'held', 'inflight', 'hmin')
+  local spend = (cur[1] == pid) and tonumber(cur[2] or '0') or 0
+  local held, inflight = tonumber(cur[3] or '0'), tonumber(cur[4] or '0')
+  local hmin = tonumber(cur[5] or '0')
+  local fields = {}
+  for _ = 1, tonumber(ARGV[a]) do
+    local m, nano, calls = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    a = a + 3
+    if m >= hmin then  -- else that minute's holds already expired, and were dropped
+      local b = redis.call('HMGET', st, 'hb:' .. m, 'hn:' .. m)
+      local hb = tonumber(b[1] or '0') - nano
+      local hn = tonumber(b[2] or '0') - calls
+      held = held - nano
+      inflight = inflight - calls
+      if hn <= 0 then
+        redis.call('HDEL', st, 'hb:' .. m, 'hn:' .. m)
+      else
+        fields[#fields + 1] = 'hb:' .. m
+        fields[#fields + 1] = hb
+        fields[#fields + 1] = 'hn:' .. m
+        fields[#fields + 1] = hn
+      end
+    end
   end
-  if ARGV[a + 1] == '1' and ARGV[4] ~= '0' then
-    redis.call('HINCRBY', tpm, sec, ARGV[4])
-    redis.call('EXPIRE', tpm, 120)
+  a = a + 1
+  if held < 0 then held = 0 end
+  if inflight < 0 then inflight = 0 end
+  redis.call('HSET', st, 'pid', pid, 'spend', spend + add, 'held', held,
+    'inflight', inflight, unpack(fields))
+  for _ = 1, tonumber(ARGV[a]) do
+    local second = tonumber(ARGV[a + 1])
+    take_back(rpm, second, tonumber(ARGV[a + 2]))
+    take_back(tpm, second, tonumber(ARGV[a + 3]))
+    a = a + 3
   end
-  if ARGV[7] == '1' then
-    redis.call('HINCRBY', ledger, model .. '|usd', actual)
-    redis.call('HINCRBY', ledger, model .. '|req', 1)
-    redis.call('HINCRBY', ledger, model .. '|pt', ARGV[5])
-    redis.call('HINCRBY', ledger, model .. '|ct', ARGV[6])
-    redis.call('EXPIRE', ledger, 34560000)
+  a = a + 1
+  if correction ~= 0 and redis.call('EXISTS', tpm) == 1 then
+    redis.call('HINCRBY', tpm, 'b:' .. sec, correction)
+    redis.call('HINCRBY', tpm, 'total', correction)
+    redis.call('EXPIRE', tpm, 61)
   end
+  local rows = tonumber(ARGV[a])
+  for _ = 1, rows do
+    local model = ARGV[a + 1]
+    redis.call('HINCRBY', ledger, model .. '|usd', ARGV[a + 2])
+    redis.call('HINCRBY', ledger, model .. '|req', ARGV[a + 3])
+    redis.call('HINCRBY', ledger, model .. '|pt', ARGV[a + 4])
+    redis.call('HINCRBY', ledger, model .. '|ct', ARGV[a + 5])
+    a = a + 5
+  end
+  if rows > 0 then redis.call('EXPIRE', ledger, 34560000) end
+  a = a + 1
 end
 return 1
 """)
@@ -211,7 +301,13 @@ class Scope:
     id: str
     rev: int
     limits: Limits
-    keys: ScopeKeys
+    keys: ScopeKeys = field(compare=False)
+
+    @property
+    def ref(self) -> tuple[str, str]:
+        """Which scope this is, whatever revision a worker holds of it: a
+        batch must send each scope's state once, or its writes would clash."""
+        return (self.kind, self.id)
 
     @classmethod
     def of(cls, kind: ScopeKind, scope_id: str, rev: int, limits: Limits) -> Scope:
@@ -233,11 +329,12 @@ class Refusal:
 class Grant:
     """What a call holds; released or committed exactly once."""
 
-    call_id: str
     scopes: tuple[Scope, ...]
     amount_nano: int
     estimated_tokens: int
-    started_s: float
+    # per scope: the minute its hold is filed under and the second it was
+    # counted in (each from its own Redis node's clock on a cluster)
+    marks: tuple[tuple[int, int], ...]
     headers: list[tuple[str, str]] = field(default_factory=list)
     settled: bool = False
 
@@ -249,79 +346,236 @@ def worst_case_nano(prices: Any, prompt_tokens: int, max_output_tokens: int) -> 
     return max(0, math.ceil(usd * 1e9 - 1e-6))
 
 
+@dataclass(slots=True)
+class _Ask:
+    scopes: Sequence[Scope]
+    amount: int
+    tokens: int
+    check_blocked: Scope | None
+    future: asyncio.Future[Grant | Refusal]
+
+
+@dataclass(slots=True)
+class _Settlement:
+    """What one scope gets back and is charged in one settle batch."""
+
+    spend: int = 0
+    correction: int = 0
+    holds: dict[int, list[int]] = field(default_factory=dict)  # minute -> [nano, calls]
+    take_back: dict[int, list[int]] = field(default_factory=dict)  # second -> [req, tokens]
+    ledger: dict[str, list[int]] = field(default_factory=dict)  # model -> [nano, req, pt, ct]
+
+
 class Admission:
-    """Reserve, commit and release against the scopes of a call."""
+    """Reserve, commit and release against the scopes of a call, in batches."""
 
     def __init__(self, client: StoreClient, clock: PeriodClock, *, cluster: bool,
                  hold_s: float) -> None:
         self._client = client
         self._clock = clock
         self._cluster = cluster
-        self._hold_ms = str(int(hold_s * 1000))
-        self._pending: set[asyncio.Task[None]] = set()
+        self._hold_s = str(math.ceil(hold_s))
+        self._asks: list[_Ask] = []
+        self._settlements: dict[tuple[str, str], tuple[Scope, _Settlement]] = {}
+        self._day = ""
+        self._flush_scheduled = False
+        self._settle_scheduled = False
+        # One batch of each kind in flight at a time: what arrives meanwhile
+        # goes in the next batch, sent the moment the current one returns. At
+        # low load a call goes alone, at once; under load batches grow by
+        # themselves, and with them the calls each script run serves.
+        self._admitting = False
+        self._settling = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reset_headers: dict[str, str] = {}
 
-    async def reserve(self, call_id: str, scopes: Sequence[Scope], amount_nano: int,
-                      estimated_tokens: int, started_s: float,
+    # -- admission ----------------------------------------------------------------
+
+    async def reserve(self, scopes: Sequence[Scope], amount_nano: int, estimated_tokens: int,
                       check_blocked: Scope | None = None) -> Grant | Refusal:
-        now = self._clock.now()
-        periods = [self._clock.period(scope.limits.budget_period, now) for scope in scopes]
-        if not self._cluster or len(scopes) == 1:
-            reply = await self._run_admit(call_id, scopes, periods, amount_nano,
-                                          estimated_tokens, check_blocked)
-            if isinstance(reply, Refusal):
-                return reply
-            replies = [reply]
-        else:
-            results = await asyncio.gather(*(
-                self._run_admit(call_id, (scope,), (period,), amount_nano, estimated_tokens,
-                                check_blocked)
-                for scope, period in zip(scopes, periods, strict=True)),
-                return_exceptions=True)
-            granted = [scope for scope, result in zip(scopes, results, strict=True)
-                       if isinstance(result, list)]
-            failure = next((r for r in results if not isinstance(r, list)), None)
-            if failure is not None:
-                if granted:
-                    await self._release(call_id, granted)
-                if isinstance(failure, BaseException):
-                    raise failure
-                return failure
-            replies = [r for r in results if isinstance(r, list)]
-        grant = Grant(call_id, tuple(scopes), amount_nano, estimated_tokens, started_s)
-        grant.headers = _grant_headers(scopes, periods, replies, now)
-        return grant
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Grant | Refusal] = loop.create_future()
+        self._asks.append(_Ask(scopes, amount_nano, estimated_tokens, check_blocked, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush_asks)
+        return await future
 
-    async def _run_admit(self, call_id: str, scopes: Sequence[Scope],
-                         periods: Sequence[Period], amount_nano: int, estimated_tokens: int,
-                         check_blocked: Scope | None) -> list[Any] | Refusal:
-        keys: list[str] = []
-        args: list[str | int] = [call_id, self._hold_ms]
-        amount = str(amount_nano)
-        tokens = str(estimated_tokens)
-        for scope, period in zip(scopes, periods, strict=True):
-            scope_keys = scope.keys
-            keys += (scope_keys.rec, scope_keys.resv, scope_keys.resx,
-                     scope_keys.spend(period.id), scope_keys.rpm, scope_keys.tpm)
-            limits = scope.limits
-            args += (str(scope.rev), "1" if scope is check_blocked else "0", amount,
-                     str(to_nano(limits.max_budget)) if limits.max_budget is not None else "-1",
-                     str(limits.rpm_limit or 0), str(limits.tpm_limit or 0),
-                     str(limits.max_parallel_requests or 0), tokens, "0")
-        reply = await self._client.run_script(_ADMIT, keys, args)
-        if reply[0] == 1:
-            return list(reply[1:])
-        index, reason, limit, remaining, retry_ms = reply[1:6]
-        reason = reason.decode() if isinstance(reason, bytes) else str(reason)
-        return Refusal(scopes[int(index)], reason, int(limit), int(remaining), int(retry_ms))
-
-    async def _release(self, call_id: str, scopes: Sequence[Scope]) -> None:
+    def _flush_asks(self) -> None:
+        self._flush_scheduled = False
+        if self._admitting or not self._asks:
+            return
+        asks = self._asks[:MAX_BATCH]
+        del self._asks[:MAX_BATCH]
+        self._admitting = True
         if self._cluster:
-            await asyncio.gather(*(
-                self._client.run_script(_RELEASE, [s.keys.resv, s.keys.resx], [call_id])
-                for s in scopes))
+            task = self._spawn(self._admit_per_scope(asks))
         else:
-            keys = [name for s in scopes for name in (s.keys.resv, s.keys.resx)]
-            await self._client.run_script(_RELEASE, keys, [call_id])
+            task = self._spawn(self._admit_batch(asks, asks_scopes=None))
+        task.add_done_callback(self._admitted)
+
+    def _admitted(self, _task: asyncio.Task[Any]) -> None:
+        self._admitting = False
+        self._flush_asks()
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _admit_batch(self, asks: list[_Ask],
+                           asks_scopes: list[Sequence[Scope]] | None) -> list[Any] | None:
+        """One script call for ``asks``; resolves their futures unless
+        ``asks_scopes`` is given (then the raw replies are returned)."""
+        scope_index: dict[tuple[str, str], int] = {}
+        keys: list[str] = []
+        args: list[str | int] = ["", self._hold_s]
+        checked = {ask.check_blocked.ref for ask in asks if ask.check_blocked is not None}
+        requests: list[str | int] = []
+        for position, ask in enumerate(asks):
+            scopes = asks_scopes[position] if asks_scopes is not None else ask.scopes
+            requests += (ask.amount, ask.tokens, len(scopes))
+            for scope in scopes:
+                ref = scope.ref
+                index = scope_index.get(ref)
+                if index is None:
+                    index = scope_index[ref] = len(scope_index) + 1
+                    scope_keys = scope.keys
+                    keys += (scope_keys.rec, scope_keys.st, scope_keys.rpm, scope_keys.tpm)
+                    limits = scope.limits
+                    args += (scope.rev, "1" if ref in checked else "0",
+                             self._clock.current(limits.budget_period).id,
+                             to_nano(limits.max_budget) if limits.max_budget is not None
+                             else -1,
+                             limits.rpm_limit or 0, limits.tpm_limit or 0,
+                             limits.max_parallel_requests or 0)
+                requests.append(index)
+        args[0] = len(scope_index)
+        args.append(len(asks))
+        args += requests
+        try:
+            replies = await self._client.run_script(_ADMIT, keys, args)
+        except Exception as exc:
+            if asks_scopes is not None:
+                raise
+            for ask in asks:
+                if not ask.future.done():
+                    ask.future.set_exception(exc)
+            return None
+        if asks_scopes is not None:
+            return list(replies)
+        for ask, reply in zip(asks, replies, strict=True):
+            if not ask.future.done():
+                mark = (int(reply[1]), int(reply[2])) if reply[0] == 1 else (0, 0)
+                ask.future.set_result(self._result(ask, reply, (mark,) * len(ask.scopes)))
+        return None
+
+    async def _admit_per_scope(self, asks: list[_Ask]) -> None:
+        """Cluster: each scope in its own slot, so one call per scope; a call
+        refused by one scope gives back what the others granted it."""
+        by_scope: dict[tuple[str, str], tuple[Scope, list[int]]] = {}
+        for position, ask in enumerate(asks):
+            for scope in ask.scopes:
+                by_scope.setdefault(scope.ref, (scope, []))[1].append(position)
+        groups = list(by_scope.values())
+        try:
+            results = await asyncio.gather(*(
+                self._admit_batch([asks[p] for p in positions], [(scope,)] * len(positions))
+                for scope, positions in groups))
+        except Exception as exc:  # noqa: BLE001 - every waiting call gets the failure
+            for ask in asks:
+                if not ask.future.done():
+                    ask.future.set_exception(exc)
+            return
+        reply_of: dict[tuple[int, tuple[str, str]], list[Any]] = {}
+        for (scope, positions), replies in zip(groups, results, strict=True):
+            assert replies is not None
+            for position, reply in zip(positions, replies, strict=True):
+                reply_of[(position, scope.ref)] = reply
+        for position, ask in enumerate(asks):
+            replies = [reply_of[(position, scope.ref)] for scope in ask.scopes]
+            refused_at = next((i for i, reply in enumerate(replies) if reply[0] != 1), None)
+            if refused_at is None:
+                merged: list[Any] = [1, 0, 0]
+                for reply in replies:
+                    merged += reply[3:8]
+                marks = tuple((int(reply[1]), int(reply[2])) for reply in replies)
+                result = self._result(ask, merged, marks)
+            else:
+                refused = replies[refused_at]
+                result = self._result(ask, [0, refused_at + 1, *refused[2:]], ())
+                for scope, reply in zip(ask.scopes, replies, strict=True):
+                    if reply[0] == 1:
+                        self._give_back(scope, ask, int(reply[1]), int(reply[2]))
+            if not ask.future.done():
+                ask.future.set_result(result)
+
+    def _result(self, ask: _Ask, reply: Sequence[Any],
+                marks: tuple[tuple[int, int], ...]) -> Grant | Refusal:
+        scopes = ask.scopes
+        if reply[0] == 1:
+            grant = Grant(tuple(scopes), ask.amount, ask.tokens, marks)
+            grant.headers = self._grant_headers(scopes, reply[3:])
+            return grant
+        _ok, index, reason, limit, remaining, retry_ms = reply[:6]
+        if isinstance(reason, bytes):
+            reason = reason.decode()
+        return Refusal(scopes[int(index) - 1], str(reason), int(limit), int(remaining),
+                       int(retry_ms))
+
+    def _grant_headers(self, scopes: Sequence[Scope], values: Sequence[Any]
+                       ) -> list[tuple[str, str]]:
+        """Rate-limit and budget headers from the tightest scope of each kind."""
+        headers: list[tuple[str, str]] = []
+        requests: tuple[int, int, int] | None = None
+        tokens: tuple[int, int, int] | None = None
+        budget: tuple[int, Limits] | None = None
+        for index, scope in enumerate(scopes):
+            limits = scope.limits
+            base = index * 5
+            if limits.max_budget is not None:
+                left = int(values[base])
+                if budget is None or left < budget[0]:
+                    budget = (left, limits)
+            if limits.rpm_limit:
+                left = int(values[base + 1])
+                if requests is None or left < requests[1]:
+                    requests = (limits.rpm_limit, left, int(values[base + 2]))
+            if limits.tpm_limit:
+                left = int(values[base + 3])
+                if tokens is None or left < tokens[1]:
+                    tokens = (limits.tpm_limit, left, int(values[base + 4]))
+        if requests is not None:
+            headers += (("x-ratelimit-limit-requests", str(requests[0])),
+                        ("x-ratelimit-remaining-requests", str(max(0, requests[1]))),
+                        ("x-ratelimit-reset-requests", _duration(requests[2])))
+        if tokens is not None:
+            headers += (("x-ratelimit-limit-tokens", str(tokens[0])),
+                        ("x-ratelimit-remaining-tokens", str(max(0, tokens[1]))),
+                        ("x-ratelimit-reset-tokens", _duration(tokens[2])))
+        if budget is not None:
+            left, limits = budget
+            period = self._clock.current(limits.budget_period)
+            reset = self._reset_headers.get(period.id)
+            if reset is None:
+                reset = self._reset_headers[period.id] = reset_header_value(period)
+            headers += (("x-smartflow-budget-limit", _usd(limits.max_budget or 0.0)),
+                        ("x-smartflow-budget-remaining", _usd(max(0.0, to_usd(left)))),
+                        ("x-smartflow-budget-reset", reset))
+        return headers
+
+    def _give_back(self, scope: Scope, ask: _Ask, minute: int, second: int) -> None:
+        entry = self._settlement(scope)
+        hold = entry.holds.setdefault(minute, [0, 0])
+        hold[0] += ask.amount
+        hold[1] += 1
+        back = entry.take_back.setdefault(second, [0, 0])
+        back[0] += 1 if scope.limits.rpm_limit else 0
+        back[1] += ask.tokens if scope.limits.tpm_limit else 0
+        self._schedule_settle()
+
+    # -- settlement -----------------------------------------------------------------
 
     def settle_later(self, grant: Grant, *, model: str, cost_usd: float, prompt_tokens: int,
                      completion_tokens: int, counts_request: bool, elapsed_s: float) -> None:
@@ -329,43 +583,88 @@ class Admission:
         if grant.settled:
             return
         grant.settled = True
-        task = asyncio.get_running_loop().create_task(self._settle(
-            grant, model, to_nano(cost_usd), prompt_tokens, completion_tokens, counts_request,
-            elapsed_s))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        actual = to_nano(cost_usd)
+        used = prompt_tokens + completion_tokens
+        correction = (used - grant.estimated_tokens if elapsed_s < TPM_WINDOW_S else used)
+        model = model or "-"
+        for scope, (minute, _second) in zip(grant.scopes, grant.marks, strict=True):
+            entry = self._settlement(scope)
+            entry.spend += actual
+            if scope.limits.tpm_limit:
+                entry.correction += correction
+            hold = entry.holds.setdefault(minute, [0, 0])
+            hold[0] += grant.amount_nano
+            hold[1] += 1
+            if counts_request:
+                row = entry.ledger.setdefault(model, [0, 0, 0, 0])
+                row[0] += actual
+                row[1] += 1
+                row[2] += prompt_tokens
+                row[3] += completion_tokens
+        self._schedule_settle()
 
-    async def _settle(self, grant: Grant, model: str, actual_nano: int, prompt_tokens: int,
-                      completion_tokens: int, counts_request: bool, elapsed_s: float) -> None:
-        now = self._clock.now()
-        day = self._clock.day_id(now)
-        used_tokens = prompt_tokens + completion_tokens
-        correction = (used_tokens - grant.estimated_tokens if elapsed_s < TPM_WINDOW_S
-                      else used_tokens)
-        base_args = [grant.call_id, model or "-", str(actual_nano), str(correction),
-                     str(prompt_tokens), str(completion_tokens), "1" if counts_request else "0"]
-        groups = ([grant.scopes] if not self._cluster
-                  else [(scope,) for scope in grant.scopes])
-        try:
-            for group in groups:
-                keys: list[str] = []
-                args = list(base_args)
-                for scope in group:
-                    period = self._clock.period(scope.limits.budget_period, now)
-                    scope_keys = scope.keys
-                    keys += (scope_keys.resv, scope_keys.resx, scope_keys.spend(period.id),
-                             scope_keys.tpm, scope_keys.ledger(day))
-                    args += (str(period.key_ttl_s(now)),
-                             "1" if scope.limits.tpm_limit else "0")
-                await self._client.run_script(_COMMIT, keys, args)
-        except Exception as exc:  # noqa: BLE001 - the hold expires by itself
-            logger.warning("could not commit spend of call %s (%s: %s); its hold expires "
-                           "after the reservation TTL", grant.call_id, type(exc).__name__, exc)
+    def _settlement(self, scope: Scope) -> _Settlement:
+        found = self._settlements.get(scope.ref)
+        if found is None:
+            found = self._settlements[scope.ref] = (scope, _Settlement())
+        return found[1]
+
+    def _schedule_settle(self) -> None:
+        if not self._settle_scheduled:
+            self._settle_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_settlements)
+
+    def _flush_settlements(self) -> None:
+        self._settle_scheduled = False
+        if self._settling or not self._settlements:
+            return
+        batch, self._settlements = self._settlements, {}
+        self._settling = True
+        self._spawn(self._settle(batch)).add_done_callback(self._settled)
+
+    def _settled(self, _task: asyncio.Task[Any]) -> None:
+        self._settling = False
+        self._flush_settlements()
+
+    async def _settle(self, batch: dict[tuple[str, str], tuple[Scope, _Settlement]]) -> None:
+        day = self._clock.day_id()
+        items = list(batch.values())
+        groups = [items] if not self._cluster else [[item] for item in items]
+        for group in groups:
+            keys: list[str] = []
+            args: list[str | int] = [len(group)]
+            for scope, entry in group:
+                scope_keys = scope.keys
+                keys += (scope_keys.st, scope_keys.rpm, scope_keys.tpm, scope_keys.ledger(day))
+                args += (self._clock.current(scope.limits.budget_period).id, entry.spend,
+                         entry.correction, len(entry.holds))
+                for minute, (nano, calls) in entry.holds.items():
+                    args += (minute, nano, calls)
+                args.append(len(entry.take_back))
+                for second, (requests, tokens) in entry.take_back.items():
+                    args += (second, requests, tokens)
+                args.append(len(entry.ledger))
+                for model, (nano, requests, prompt, completion) in entry.ledger.items():
+                    args += (model, nano, requests, prompt, completion)
+            try:
+                await self._client.run_script(_SETTLE, keys, args)
+            except Exception as exc:  # noqa: BLE001 - the holds expire by themselves
+                logger.warning("could not settle %d scope(s) (%s: %s); their holds expire "
+                               "after the reservation TTL", len(group), type(exc).__name__, exc)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Wait for commits still in flight (worker shutdown)."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=timeout_s)
+        """Wait for admissions and settlements still in flight (worker shutdown)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        self._flush_settlements()
+        while self._tasks or self._settlements:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=left)
+            else:
+                self._flush_settlements()
+                await asyncio.sleep(0)
 
 
 def _duration(ms: int) -> str:
@@ -380,45 +679,11 @@ def _duration(ms: int) -> str:
     return f"{minutes}m{rest}s"
 
 
-def _grant_headers(scopes: Sequence[Scope], periods: Sequence[Period],
-                   replies: Sequence[Sequence[Any]], now: datetime) -> list[tuple[str, str]]:
-    """Rate-limit and budget headers from the tightest scope of each kind."""
-    values = [v for reply in replies for v in reply]
-    headers: list[tuple[str, str]] = []
-    best_requests: tuple[int, int, int] | None = None
-    best_tokens: tuple[int, int, int] | None = None
-    best_budget: tuple[int, float, Period] | None = None
-    for index, (scope, period) in enumerate(zip(scopes, periods, strict=True)):
-        budget_left, rpm_left, rpm_reset, tpm_left, tpm_reset = values[index * 5:index * 5 + 5]
-        limits = scope.limits
-        if limits.rpm_limit and rpm_left >= 0 and (
-                best_requests is None or rpm_left < best_requests[1]):
-            best_requests = (limits.rpm_limit, int(rpm_left), int(rpm_reset))
-        if limits.tpm_limit and tpm_left >= 0 and (
-                best_tokens is None or tpm_left < best_tokens[1]):
-            best_tokens = (limits.tpm_limit, int(tpm_left), int(tpm_reset))
-        if limits.max_budget is not None and budget_left >= 0 and (
-                best_budget is None or budget_left < best_budget[0]):
-            best_budget = (int(budget_left), limits.max_budget, period)
-    if best_requests is not None:
-        headers += [("x-ratelimit-limit-requests", str(best_requests[0])),
-                    ("x-ratelimit-remaining-requests", str(best_requests[1])),
-                    ("x-ratelimit-reset-requests", _duration(best_requests[2]))]
-    if best_tokens is not None:
-        headers += [("x-ratelimit-limit-tokens", str(best_tokens[0])),
-                    ("x-ratelimit-remaining-tokens", str(best_tokens[1])),
-                    ("x-ratelimit-reset-tokens", _duration(best_tokens[2]))]
-    if best_budget is not None:
-        remaining, limit, period = best_budget
-        headers += budget_headers(limit, to_usd(remaining), period, now)
-    return headers
-
-
-def budget_headers(limit_usd: float, remaining_usd: float, period: Period,
-                   now: datetime) -> list[tuple[str, str]]:
+def budget_headers(limit_usd: float, remaining_usd: float,
+                   period: Period) -> list[tuple[str, str]]:
     return [("x-smartflow-budget-limit", _usd(limit_usd)),
             ("x-smartflow-budget-remaining", _usd(max(0.0, remaining_usd))),
-            ("x-smartflow-budget-reset", reset_header_value(period, now))]
+            ("x-smartflow-budget-reset", reset_header_value(period))]
 
 
 def refusal_headers(refusal: Refusal, clock: PeriodClock) -> list[tuple[str, str]]:
@@ -429,7 +694,7 @@ def refusal_headers(refusal: Refusal, clock: PeriodClock) -> list[tuple[str, str
     if reason == "budget":
         now = clock.now()
         period = clock.period(refusal.scope.limits.budget_period, now)
-        headers += budget_headers(to_usd(refusal.limit), to_usd(refusal.remaining), period, now)
+        headers += budget_headers(to_usd(refusal.limit), to_usd(refusal.remaining), period)
         left = period.seconds_left(now)
         if left is not None:
             retry_s = max(1, math.ceil(left))

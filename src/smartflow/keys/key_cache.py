@@ -13,19 +13,40 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
-from smartflow.keys.records import Team, User, VirtualKey
+from smartflow.keys.admission import Scope
+from smartflow.keys.records import Team, User, VirtualKey, parse_time
 from smartflow.keys.store import IdentityStore, hash_key
+from smartflow.store.keyspace import SCOPE_KEY, SCOPE_TEAM, SCOPE_USER
 
 MAX_ENTRIES = 10_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KeyEntry:
     key: VirtualKey
     team: Team | None
     user: User | None
     fetched_s: float
+    # Built once per fetch, not per call: the budget scopes of the key's
+    # calls, its expiry as a unix time, and the principal its calls run as.
+    scopes: tuple[Scope, ...] = ()
+    expires_ts: float | None = None
+    principal: Any = None
+
+    def is_refused(self, now_ts: float) -> bool:
+        """Blocked or expired: no call is made with this key."""
+        return self.key.blocked or (self.expires_ts is not None and self.expires_ts <= now_ts)
+
+
+def scopes_of(key: VirtualKey, team: Team | None, user: User | None) -> tuple[Scope, ...]:
+    scopes = [Scope.of(SCOPE_KEY, key.id, key.rev, key.limits)]
+    if team is not None:
+        scopes.append(Scope.of(SCOPE_TEAM, team.team_id, team.rev, team.limits))
+    if user is not None:
+        scopes.append(Scope.of(SCOPE_USER, user.user_id, user.rev, user.limits))
+    return tuple(scopes)
 
 
 class KeyCache:
@@ -55,7 +76,9 @@ class KeyCache:
             return None
         team = await self._store.get_team(key.team_id) if key.team_id else None
         user = await self._store.get_user(key.user_id) if key.user_id else None
-        entry = KeyEntry(key, team, user, time.monotonic())
+        expires = parse_time(key.expires_at).timestamp() if key.expires_at else None
+        entry = KeyEntry(key, team, user, time.monotonic(), scopes_of(key, team, user),
+                         expires)
         entries = self._entries
         entries[key_hash] = entry
         entries.move_to_end(key_hash)

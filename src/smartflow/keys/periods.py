@@ -8,6 +8,7 @@ period's key expires a while after its end.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -38,10 +39,23 @@ class Period:
 class PeriodClock:
     """Which period ``now`` is in, for each kind of budget period."""
 
-    __slots__ = ("_zone",)
+    __slots__ = ("_current", "_zone")
 
     def __init__(self, timezone: str = "UTC") -> None:
         self._zone = ZoneInfo(timezone)
+        # kind -> (period, its end as a unix time): zone arithmetic costs more
+        # than a call's whole admission, and a period lasts at least a day.
+        self._current: dict[str, tuple[Period, float]] = {}
+
+    def current(self, kind: str) -> Period:
+        """The period of ``kind`` now; cached until it ends."""
+        cached = self._current.get(kind)
+        if cached is not None and time.time() < cached[1]:
+            return cached[0]
+        period = self.period(kind)
+        ends = period.ends_at.timestamp() if period.ends_at is not None else float("inf")
+        self._current[kind] = (period, ends)
+        return period
 
     def now(self) -> datetime:
         return datetime.now(self._zone)
@@ -81,7 +95,7 @@ def _aware(moment: datetime) -> datetime:
     return moment.astimezone(UTC).astimezone(zone)
 
 
-def reset_header_value(period: Period, now: datetime) -> str:
+def reset_header_value(period: Period) -> str:
     """``x-smartflow-budget-reset``: the period's end as ISO 8601 UTC, or ``never``."""
     if period.ends_at is None:
         return "never"

@@ -255,28 +255,29 @@ class IdentityStore:
 
     async def spend(self, kind: keyspace.ScopeKind, scope_id: str,
                     limits: Limits) -> dict[str, Any]:
-        """What a scope spent this period, holds in reservations, and has left."""
+        """What a scope spent this period, holds for calls in flight, and has left."""
         keys = keyspace.ScopeKeys(kind, scope_id)
-        now = self.clock.now()
-        period = self.clock.period(limits.budget_period, now)
-        spent = int(await self.client.execute("GET", keys.spend(period.id), key=keys.rec) or 0)
-        reserved = int(await self.client.execute("HGET", keys.resv, "~total", key=keys.rec)
-                       or 0)
+        period = self.clock.current(limits.budget_period)
+        raw = await self.client.execute("HMGET", keys.st, "pid", "spend", "held", "inflight",
+                                        key=keys.st)
+        pid, spent, held, inflight = raw or (None, None, None, None)
+        same_period = pid is not None and pid.decode() == period.id
+        spent_nano = int(spent or 0) if same_period else 0
+        held_nano = max(0, int(held or 0))
         view: dict[str, Any] = {
-            "spend": to_usd(spent),
-            "reserved": to_usd(reserved),
+            "spend": to_usd(spent_nano),
+            "reserved": to_usd(held_nano),
+            "in_flight": max(0, int(inflight or 0)),
             "budget_period": limits.budget_period,
             "period": period.id,
             "budget_resets_at": (period.ends_at.isoformat() if period.ends_at is not None
                                  else None),
+            "max_budget": limits.max_budget,
+            "remaining": None,
         }
         if limits.max_budget is not None:
-            view["max_budget"] = limits.max_budget
-            view["remaining"] = max(0.0, round(limits.max_budget - to_usd(spent)
-                                               - to_usd(reserved), 9))
-        else:
-            view["max_budget"] = None
-            view["remaining"] = None
+            view["remaining"] = max(0.0, round(limits.max_budget - to_usd(spent_nano)
+                                               - to_usd(held_nano), 9))
         return view
 
     async def ledger(self, kind: keyspace.ScopeKind, scope_id: str,
@@ -285,7 +286,7 @@ class IdentityStore:
         keys = keyspace.ScopeKeys(kind, scope_id)
         rows = []
         for day in days:
-            raw = await self.client.execute("HGETALL", keys.ledger(day), key=keys.rec)
+            raw = await self.client.execute("HGETALL", keys.ledger(day), key=keys.st)
             by_model: dict[str, dict[str, int]] = {}
             items = list(raw or ())
             for name, value in zip(items[::2], items[1::2], strict=True):

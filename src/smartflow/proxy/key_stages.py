@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from smartflow.gateway_error import GatewayError, Reason
@@ -31,7 +32,7 @@ from smartflow.proxy.catalog import Catalog, ModelNotFound
 from smartflow.proxy.cost import estimate_prompt_tokens
 from smartflow.proxy.pipeline import Reply, Stage
 from smartflow.store.fast_client import StoreUnavailable
-from smartflow.store.keyspace import SCOPE_KEY, SCOPE_TEAM, SCOPE_USER
+from smartflow.store.keyspace import SCOPE_KEY
 
 # A refusal for a stale record is retried with fresh records; more than this
 # many changes during one call means something is rewriting the key in a loop.
@@ -52,21 +53,13 @@ def state_unavailable_error() -> GatewayError:
 
 
 def principal_for(entry: KeyEntry) -> Principal:
-    key = entry.key
-    return Principal(kind="virtual_key", key_id=key.id, key_alias=key.alias,
-                     user_id=key.user_id, team_id=key.team_id, entry=entry)
-
-
-def _scopes(entry: KeyEntry) -> list[Scope]:
-    key = entry.key
-    scopes = [Scope.of(SCOPE_KEY, key.id, key.rev, key.limits)]
-    if entry.team is not None:
-        scopes.append(Scope.of(SCOPE_TEAM, entry.team.team_id, entry.team.rev,
-                               entry.team.limits))
-    if entry.user is not None:
-        scopes.append(Scope.of(SCOPE_USER, entry.user.user_id, entry.user.rev,
-                               entry.user.limits))
-    return scopes
+    principal = entry.principal
+    if principal is None:
+        key = entry.key
+        principal = entry.principal = Principal(
+            kind="virtual_key", key_id=key.id, key_alias=key.alias, user_id=key.user_id,
+            team_id=key.team_id, entry=entry)
+    return principal  # type: ignore[no-any-return]
 
 
 def _max_output_tokens(body: dict[str, Any] | None, model_limit: int, default: int) -> int:
@@ -97,11 +90,10 @@ class AdmitStage(Stage):
         try:
             for _ in range(MAX_STALE_RETRIES):
                 self._check_model(call, entry)
-                scopes = _scopes(entry)
+                scopes = entry.scopes
                 amount, tokens = self._worst_case(call, scopes)
-                result = await self._keys.admission.reserve(
-                    call.call_id, scopes, amount, tokens, call.started_s,
-                    check_blocked=scopes[0])
+                result = await self._keys.admission.reserve(scopes, amount, tokens,
+                                                            check_blocked=scopes[0])
                 if isinstance(result, Grant):
                     call.reservation = result
                     if result.headers:
@@ -122,8 +114,7 @@ class AdmitStage(Stage):
             principal = call.identity
             assert principal is not None
             entry = await self._keys.cache.refresh(principal.entry.key.key_hash)
-            if entry is None or entry.key.blocked or entry.key.is_expired(
-                    self._keys.clock.now()):
+            if entry is None or entry.is_refused(time.time()):
                 raise invalid_key_error()
             return entry
         if reason == "blocked":
@@ -141,7 +132,7 @@ class AdmitStage(Stage):
                                "permission_error", "model_not_allowed", "model",
                                reason=Reason.AUTH)
 
-    def _worst_case(self, call: Call, scopes: list[Scope]) -> tuple[int, int]:
+    def _worst_case(self, call: Call, scopes: tuple[Scope, ...]) -> tuple[int, int]:
         needs_cost = any(s.limits.max_budget is not None for s in scopes)
         needs_tokens = any(s.limits.tpm_limit for s in scopes)
         if not (needs_cost or needs_tokens) or call.body is None:

@@ -16,6 +16,7 @@ add their stages there (see docs/pipeline.md).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from smartflow.gateway_error import GatewayError, Phase, Reason
@@ -104,7 +105,7 @@ class AuthenticateStage(Stage):
 
 
 def _refused(entry: KeyEntry, keys: KeysRuntime) -> bool:
-    return entry.key.blocked or entry.key.is_expired(keys.clock.now())
+    return entry.is_refused(time.time())
 
 
 class RouteStage(Stage):

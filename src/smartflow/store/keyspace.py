@@ -12,11 +12,13 @@ Per scope (a key, a team or a user):
 ========================  =====================================================
 ``rec``                   hash: ``json`` (the record), ``rev`` (bumped on every
                           change), ``blocked`` ("1"/"0")
-``resv``                  hash: call id -> reserved nano-USD, ``~total``
-``resx``                  sorted set: call id -> reservation expiry (ms)
-``spend:<period>``        integer nano-USD spent in a budget period
-``rpm``                   sorted set: call id -> admission time (ms), last 60 s
-``tpm``                   hash: second -> tokens, last 60 s
+``st``                    hash: ``pid`` (the budget period) and ``spend`` in it
+                          (nano-USD), ``held`` (nano-USD held by calls in
+                          flight), ``inflight``, and per admission minute
+                          ``hb:<minute>`` / ``hn:<minute>`` (what those calls
+                          hold, so a dead worker's holds expire), ``hmin``
+``rpm``, ``tpm``          hash: ``b:<second>`` counts over the last 60 s,
+                          ``total`` (their sum), ``min`` (oldest second)
 ``ledger:<day>``          hash: ``<model>|usd`` / ``|req`` / ``|pt`` / ``|ct``
 ========================  =====================================================
 
@@ -65,26 +67,19 @@ def user_by_email(email: str) -> str:
 class ScopeKeys:
     """The keys of one budget scope, all in one hash slot."""
 
-    __slots__ = ("base", "ledger_prefix", "rec", "resv", "resx", "rpm", "spend_prefix",
-                 "tpm")
+    __slots__ = ("ledger_prefix", "rec", "rpm", "st", "tpm")
 
     def __init__(self, kind: ScopeKind, scope_id: str) -> None:
         base = f"{PREFIX}{{{kind}:{scope_id}}}:"
-        self.base = base
         self.rec = base + "rec"
-        self.resv = base + "resv"
-        self.resx = base + "resx"
+        self.st = base + "st"
         self.rpm = base + "rpm"
         self.tpm = base + "tpm"
-        self.spend_prefix = base + "spend:"
         self.ledger_prefix = base + "ledger:"
-
-    def spend(self, period_id: str) -> str:
-        return self.spend_prefix + period_id
 
     def ledger(self, day: str) -> str:
         return self.ledger_prefix + day
 
     def counters(self) -> tuple[str, ...]:
-        """The counter keys (not the record, spend or ledger): deleted with the scope."""
-        return (self.resv, self.resx, self.rpm, self.tpm)
+        """The counter keys (not the record or the ledger): deleted with the scope."""
+        return (self.st, self.rpm, self.tpm)
