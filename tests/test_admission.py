@@ -200,3 +200,91 @@ async def test_concurrent_reservations_never_overshoot(
         assert 10 <= granted <= 25
     else:
         assert granted == 25
+
+
+class CountingClient:
+    """The store client, counting script calls: how many round trips calls cost."""
+
+    def __init__(self, inner: StoreClient) -> None:
+        self.inner = inner
+        self.scripts = 0
+
+    async def execute(self, *args: object, key: object = None) -> object:
+        return await self.inner.execute(*args, key=key)  # type: ignore[arg-type]
+
+    async def run_script(self, script: object, keys: object, args: object) -> object:
+        self.scripts += 1
+        return await self.inner.run_script(script, keys, args)  # type: ignore[arg-type]
+
+
+async def _wait_for_lease(admission: Admission, scope: Scope) -> None:
+    deadline = asyncio.get_running_loop().time() + 10
+    while scope.ref not in admission._leases:
+        assert asyncio.get_running_loop().time() < deadline, "no lease was taken"
+        await asyncio.sleep(0.01)
+
+
+async def test_far_from_its_limits_a_scope_is_served_from_a_lease_and_settles_exactly(
+        client: tuple[StoreClient, bool]) -> None:
+    store_client, cluster = client
+    counting = CountingClient(store_client)
+    store = IdentityStore(store_client, CLOCK)
+    admission = Admission(counting, CLOCK, cluster=cluster, hold_s=60)  # type: ignore[arg-type]
+    admission.set_leasing(True)
+    key = await _key(store, Limits(max_budget=1000.0, rpm_limit=100_000, tpm_limit=10**8))
+    scope = _scope(key)
+    first = await admission.reserve([scope], to_nano(0.01), 20)
+    assert isinstance(first, Grant) and not first.leases
+    await _wait_for_lease(admission, scope)
+    before = counting.scripts
+    grants = [await admission.reserve([scope], to_nano(0.01), 20) for _ in range(200)]
+    assert all(isinstance(g, Grant) for g in grants)
+    assert counting.scripts - before <= 2  # 200 calls, no round trip each
+    assert ("x-ratelimit-limit-requests", "100000") in grants[-1].headers
+    for grant in [first, *grants]:
+        assert isinstance(grant, Grant)
+        admission.settle_later(grant, model="m", cost_usd=0.005, prompt_tokens=10,
+                               completion_tokens=10, counts_request=True, elapsed_s=0.1)
+    await admission.drain()  # also gives back what remains of the lease
+    view = await _spend(store, key)
+    assert view["spend"] == pytest.approx(201 * 0.005)
+    assert view["reserved"] == 0.0 and view["in_flight"] == 0
+    rpm = scope.keys.rpm
+    assert int(await store_client.execute("HGET", rpm, "total", key=rpm)) == 201
+    tpm = scope.keys.tpm
+    assert int(await store_client.execute("HGET", tpm, "total", key=tpm)) == 201 * 20
+
+
+async def test_near_a_limit_every_call_goes_to_redis(
+        client: tuple[StoreClient, bool]) -> None:
+    store_client, cluster = client
+    counting = CountingClient(store_client)
+    store = IdentityStore(store_client, CLOCK)
+    admission = Admission(counting, CLOCK, cluster=cluster, hold_s=60)  # type: ignore[arg-type]
+    admission.set_leasing(True)
+    key = await _key(store, Limits(max_budget=1.0))
+    for _ in range(5):
+        assert isinstance(await admission.reserve([_scope(key)], to_nano(0.01), 0), Grant)
+    assert counting.scripts == 5
+    assert not admission._leases
+
+
+async def test_a_revoked_lease_goes_back_and_the_next_call_asks_redis(
+        client: tuple[StoreClient, bool]) -> None:
+    store_client, cluster = client
+    counting = CountingClient(store_client)
+    store = IdentityStore(store_client, CLOCK)
+    admission = Admission(counting, CLOCK, cluster=cluster, hold_s=60)  # type: ignore[arg-type]
+    admission.set_leasing(True)
+    key = await _key(store, Limits(max_budget=1000.0))
+    scope = _scope(key)
+    assert isinstance(await admission.reserve([scope], to_nano(0.01), 0), Grant)
+    await _wait_for_lease(admission, scope)
+    admission.revoke(scope.ref)
+    before = counting.scripts
+    assert isinstance(await admission.reserve([scope], to_nano(0.01), 0), Grant)
+    assert counting.scripts > before
+    admission.set_leasing(False)
+    await admission.drain()
+    view = await _spend(store, key)
+    assert view["reserved"] == pytest.approx(0.02)  # the two calls, never settled

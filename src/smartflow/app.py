@@ -92,7 +92,8 @@ def build_app(
 
         store_client = create_store_client(store_url, cluster=settings.state.redis_cluster,
                                            timeout_s=settings.state.redis_timeout)
-        keys = build_keys_runtime(settings, store_client)
+        keys = build_keys_runtime(settings, store_client, redis_url=store_url)
+        keys.start()
     proxy_context = build_proxy_context(settings, provider_environ=settings.provider_env,
                                         redis=redis, keys=keys)
     register_proxy_routes(router, proxy_context)

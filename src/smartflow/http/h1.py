@@ -54,6 +54,10 @@ _KNOWN_RESPONSE_HEADER_NAMES = frozenset(
         "access-control-allow-methods", "x-accel-buffering", "openai-model",
         "openai-processing-ms", "x-smartflow-call-id", "x-smartflow-response-cost",
         "x-smartflow-cache-hit", "x-smartflow-duration-ms", "x-smartflow-provider",
+        "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
+        "x-smartflow-budget-limit", "x-smartflow-budget-remaining", "x-smartflow-budget-reset",
     }
 )  # fmt: skip
 

@@ -40,13 +40,15 @@ still share one window.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from smartflow.keys.money import to_nano, to_usd
+from smartflow.keys.money import NANO_PER_USD, to_nano, to_usd
 from smartflow.keys.periods import Period, PeriodClock, reset_header_value
 from smartflow.keys.records import Limits
 from smartflow.store.fast_client import Script, StoreClient
@@ -55,6 +57,12 @@ from smartflow.store.keyspace import SCOPE_KEY, SCOPE_TEAM, SCOPE_USER, ScopeKey
 logger = logging.getLogger("smartflow.keys")
 
 LEDGER_TTL_S = 400 * 86400
+# A lease is room for this many calls like the one that asked for it, taken
+# only while the limit has this many leases' worth of room left; it goes back
+# after LEASE_S whatever remains of it.
+LEASE_CALLS = 256
+LEASE_HEADROOM = 16
+LEASE_S = 1.0
 # Admissions per script call at most: a bound on one script's run time in
 # Redis (others wait while it runs).
 MAX_BATCH = 256
@@ -65,8 +73,9 @@ TPM_WINDOW_S = 60
 # KEYS, per scope: rec, st, rpm, tpm.
 # ARGV: scope count, hold TTL (s); per scope: rev, check blocked ("1"/"0"),
 # period id, max budget (nano, -1: none), rpm, tpm, parallel (0: none); then
-# the request count; per request: amount (nano), tokens, its scope count, and
-# the 1-based indexes of its scopes.
+# the request count; per request: amount (nano), tokens, calls (1, or a
+# lease's size: RPM counts that many, and TPM must fit the tokens whole), its
+# scope count, and the 1-based indexes of its scopes.
 # Reply, per request: {1, minute, second, then per scope of the request:
 # budget left, rpm left, rpm reset ms, tpm left, tpm reset ms} (-1: no such
 # limit), or {0, scope index, reason, limit, remaining, retry ms}.
@@ -142,10 +151,11 @@ local out = {}
 local count = tonumber(ARGV[a])
 a = a + 1
 for i = 1, count do
-  local amount, tokens, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local amount, tokens, calls = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local n = tonumber(ARGV[a + 3])
   local refusal = nil
   for j = 1, n do
-    local index = tonumber(ARGV[a + 2 + j])
+    local index = tonumber(ARGV[a + 3 + j])
     local sc = scopes[index]
     if sc.bad then
       refusal = {0, index, sc.bad, 0, 0, 0}
@@ -153,9 +163,9 @@ for i = 1, count do
       refusal = {0, index, 'parallel', sc.parallel, 0, 1000}
     elseif sc.max >= 0 and amount > sc.max - sc.spend - sc.held then
       refusal = {0, index, 'budget', sc.max, sc.max - sc.spend - sc.held, 0}
-    elseif sc.rpm > 0 and sc.r.used >= sc.rpm then
+    elseif sc.rpm > 0 and sc.r.used + calls > sc.rpm then
       refusal = {0, index, 'rpm', sc.rpm, 0, (sc.r.min + 60) * 1000 - ms}
-    elseif sc.tpm > 0 and sc.t.used >= sc.tpm then
+    elseif sc.tpm > 0 and (sc.t.used >= sc.tpm or (calls > 1 and sc.t.used + tokens > sc.tpm)) then
       refusal = {0, index, 'tpm', sc.tpm, 0, (sc.t.min + 60) * 1000 - ms}
     end
     if refusal then break end
@@ -165,7 +175,7 @@ for i = 1, count do
   else
     local res = {1, minute, sec}
     for j = 1, n do
-      local sc = scopes[tonumber(ARGV[a + 2 + j])]
+      local sc = scopes[tonumber(ARGV[a + 3 + j])]
       sc.held = sc.held + amount
       sc.hb = sc.hb + amount
       sc.inflight = sc.inflight + 1
@@ -174,8 +184,8 @@ for i = 1, count do
       local budget_left, rpm_left, tpm_left = -1, -1, -1
       if sc.max >= 0 then budget_left = sc.max - sc.spend - sc.held end
       if sc.rpm > 0 then
-        sc.r.used = sc.r.used + 1
-        sc.r.cur = sc.r.cur + 1
+        sc.r.used = sc.r.used + calls
+        sc.r.cur = sc.r.cur + calls
         rpm_left = sc.rpm - sc.r.used
       end
       if sc.tpm > 0 then
@@ -191,7 +201,7 @@ for i = 1, count do
     end
     out[i] = res
   end
-  a = a + 3 + n
+  a = a + 4 + n
 end
 for s = 1, #scopes do
   local sc = scopes[s]
@@ -302,16 +312,20 @@ class Scope:
     rev: int
     limits: Limits
     keys: ScopeKeys = field(compare=False)
-
-    @property
-    def ref(self) -> tuple[str, str]:
-        """Which scope this is, whatever revision a worker holds of it: a
-        batch must send each scope's state once, or its writes would clash."""
-        return (self.kind, self.id)
+    # Which scope this is, whatever revision a worker holds of it: a batch
+    # must send each scope's state once, or its writes would clash.
+    ref: tuple[str, str] = field(compare=False, default=("", ""))
+    # What the call path asks of the limits on every call, worked out once.
+    needs_cost: bool = field(compare=False, default=False)
+    needs_tokens: bool = field(compare=False, default=False)
+    rpm_text: str = field(compare=False, default="")
+    tpm_text: str = field(compare=False, default="")
 
     @classmethod
     def of(cls, kind: ScopeKind, scope_id: str, rev: int, limits: Limits) -> Scope:
-        return cls(kind, scope_id, rev, limits, ScopeKeys(kind, scope_id))
+        return cls(kind, scope_id, rev, limits, ScopeKeys(kind, scope_id), (kind, scope_id),
+                   limits.max_budget is not None, bool(limits.tpm_limit),
+                   str(limits.rpm_limit or ""), str(limits.tpm_limit or ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,6 +351,30 @@ class Grant:
     marks: tuple[tuple[int, int], ...]
     headers: list[tuple[str, str]] = field(default_factory=list)
     settled: bool = False
+    leases: tuple[Lease, ...] = ()  # the leases it was served from, if any
+    lease_view: tuple[int, int, int, int, int] = (-1, -1, 0, -1, 0)  # for a lease's grant
+
+
+@dataclass(slots=True, eq=False)
+class Lease:
+    """Room a worker holds in Redis for a scope, to admit calls without a round trip.
+
+    Taken only while the scope's limits have ample room (see ``LEASE_HEADROOM``):
+    near a limit every call is admitted by the script itself. The room is a
+    real hold (and a real RPM/TPM count), so a lease can make another worker
+    refuse early but never lets a scope overshoot.
+    """
+
+    scope: Scope
+    nano_left: int
+    calls_left: int | None  # None: the scope has no RPM limit
+    tokens_left: int | None  # None: no TPM limit
+    minute: int
+    second: int
+    expires_s: float  # monotonic
+    view: tuple[int, int, int, int, int]  # the script's figures when it was granted
+    outstanding: int = 0  # calls served from it not yet settled
+    returned: bool = False
 
 
 def worst_case_nano(prices: Any, prompt_tokens: int, max_output_tokens: int) -> int:
@@ -353,6 +391,7 @@ class _Ask:
     tokens: int
     check_blocked: Scope | None
     future: asyncio.Future[Grant | Refusal]
+    calls: int = 1  # a lease asks for many at once
 
 
 @dataclass(slots=True)
@@ -387,12 +426,21 @@ class Admission:
         self._admitting = False
         self._settling = False
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._reset_headers: dict[str, str] = {}
+        # Leases are used only while this worker hears of every change to the
+        # records (``keys.revocations``): a lease skips the revision check.
+        self._leasing = False
+        self._leases: dict[tuple[str, str], Lease] = {}
+        self._lease_asked: set[tuple[str, str]] = set()
+        self._sweep_scheduled = False
 
     # -- admission ----------------------------------------------------------------
 
     async def reserve(self, scopes: Sequence[Scope], amount_nano: int, estimated_tokens: int,
                       check_blocked: Scope | None = None) -> Grant | Refusal:
+        if self._leases:
+            grant = self._from_leases(scopes, amount_nano, estimated_tokens)
+            if grant is not None:
+                return grant
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Grant | Refusal] = loop.create_future()
         self._asks.append(_Ask(scopes, amount_nano, estimated_tokens, check_blocked, future))
@@ -435,7 +483,7 @@ class Admission:
         requests: list[str | int] = []
         for position, ask in enumerate(asks):
             scopes = asks_scopes[position] if asks_scopes is not None else ask.scopes
-            requests += (ask.amount, ask.tokens, len(scopes))
+            requests += (ask.amount, ask.tokens, ask.calls, len(scopes))
             for scope in scopes:
                 ref = scope.ref
                 index = scope_index.get(ref)
@@ -469,6 +517,8 @@ class Admission:
             if not ask.future.done():
                 mark = (int(reply[1]), int(reply[2])) if reply[0] == 1 else (0, 0)
                 ask.future.set_result(self._result(ask, reply, (mark,) * len(ask.scopes)))
+            if self._leasing and reply[0] == 1:
+                self._consider_leases(ask, reply[3:])
         return None
 
     async def _admit_per_scope(self, asks: list[_Ask]) -> None:
@@ -510,13 +560,18 @@ class Admission:
                         self._give_back(scope, ask, int(reply[1]), int(reply[2]))
             if not ask.future.done():
                 ask.future.set_result(result)
+            if self._leasing and refused_at is None:
+                self._consider_leases(ask, merged[3:])
 
     def _result(self, ask: _Ask, reply: Sequence[Any],
                 marks: tuple[tuple[int, int], ...]) -> Grant | Refusal:
         scopes = ask.scopes
         if reply[0] == 1:
             grant = Grant(tuple(scopes), ask.amount, ask.tokens, marks)
-            grant.headers = self._grant_headers(scopes, reply[3:])
+            if ask.calls == 1:
+                grant.headers = self._grant_headers(scopes, reply[3:])
+            else:
+                grant.lease_view = tuple(int(v) for v in reply[3:8])  # type: ignore[assignment]
             return grant
         _ok, index, reason, limit, remaining, retry_ms = reply[:6]
         if isinstance(reason, bytes):
@@ -526,18 +581,15 @@ class Admission:
 
     def _grant_headers(self, scopes: Sequence[Scope], values: Sequence[Any]
                        ) -> list[tuple[str, str]]:
-        """Rate-limit and budget headers from the tightest scope of each kind."""
+        """OpenAI's rate-limit headers from the tightest scope. (The budget's
+        state is in the refusal's headers and in the admin API, not on every
+        answer: three more headers per call are a measurable cost.)"""
         headers: list[tuple[str, str]] = []
         requests: tuple[int, int, int] | None = None
         tokens: tuple[int, int, int] | None = None
-        budget: tuple[int, Limits] | None = None
         for index, scope in enumerate(scopes):
             limits = scope.limits
             base = index * 5
-            if limits.max_budget is not None:
-                left = int(values[base])
-                if budget is None or left < budget[0]:
-                    budget = (left, limits)
             if limits.rpm_limit:
                 left = int(values[base + 1])
                 if requests is None or left < requests[1]:
@@ -554,15 +606,6 @@ class Admission:
             headers += (("x-ratelimit-limit-tokens", str(tokens[0])),
                         ("x-ratelimit-remaining-tokens", str(max(0, tokens[1]))),
                         ("x-ratelimit-reset-tokens", _duration(tokens[2])))
-        if budget is not None:
-            left, limits = budget
-            period = self._clock.current(limits.budget_period)
-            reset = self._reset_headers.get(period.id)
-            if reset is None:
-                reset = self._reset_headers[period.id] = reset_header_value(period)
-            headers += (("x-smartflow-budget-limit", _usd(limits.max_budget or 0.0)),
-                        ("x-smartflow-budget-remaining", _usd(max(0.0, to_usd(left)))),
-                        ("x-smartflow-budget-reset", reset))
         return headers
 
     def _give_back(self, scope: Scope, ask: _Ask, minute: int, second: int) -> None:
@@ -575,6 +618,161 @@ class Admission:
         back[1] += ask.tokens if scope.limits.tpm_limit else 0
         self._schedule_settle()
 
+    # -- leases ---------------------------------------------------------------------
+
+    def set_leasing(self, enabled: bool) -> None:
+        """Turn leasing on (the worker hears every record change) or off (it may
+        not: every lease goes back and calls go to Redis one by one)."""
+        self._leasing = enabled
+        if not enabled:
+            for lease in list(self._leases.values()):
+                self._return_lease(lease)
+
+    def revoke(self, ref: tuple[str, str]) -> None:
+        """A record changed: its scope's lease goes back; the next call goes to
+        Redis, which checks the new revision."""
+        lease = self._leases.get(ref)
+        if lease is not None:
+            self._return_lease(lease)
+
+    def _from_leases(self, scopes: Sequence[Scope], amount: int, tokens: int) -> Grant | None:
+        now = time.monotonic()
+        leases = self._leases
+        found: list[Lease] = []
+        for scope in scopes:
+            lease = leases.get(scope.ref)
+            if lease is None:
+                return None
+            if lease.scope.rev != scope.rev or now >= lease.expires_s:
+                self._return_lease(lease)
+                return None
+            calls_left, tokens_left = lease.calls_left, lease.tokens_left
+            if (lease.nano_left < amount or (calls_left is not None and calls_left < 1)
+                    or (tokens_left is not None and tokens_left < tokens)):
+                return None  # used up: this call goes to Redis, and renews it
+            found.append(lease)
+        headers: list[tuple[str, str]] = []
+        requests_best = tokens_best = None
+        for lease in found:
+            lease.nano_left -= amount
+            lease.outstanding += 1
+            view = lease.view
+            if lease.calls_left is not None:
+                lease.calls_left -= 1
+                left = view[1] + lease.calls_left
+                if requests_best is None or left < requests_best[1]:
+                    requests_best = (lease.scope.rpm_text, left, view[2])
+            if lease.tokens_left is not None:
+                lease.tokens_left -= tokens
+                left = view[3] + lease.tokens_left
+                if tokens_best is None or left < tokens_best[1]:
+                    tokens_best = (lease.scope.tpm_text, left, view[4])
+        if requests_best is not None:
+            headers += (("x-ratelimit-limit-requests", requests_best[0]),
+                        ("x-ratelimit-remaining-requests", str(requests_best[1])),
+                        ("x-ratelimit-reset-requests", _duration(requests_best[2])))
+        if tokens_best is not None:
+            headers += (("x-ratelimit-limit-tokens", tokens_best[0]),
+                        ("x-ratelimit-remaining-tokens", str(tokens_best[1])),
+                        ("x-ratelimit-reset-tokens", _duration(tokens_best[2])))
+        if len(found) == 1:
+            lease = found[0]
+            marks: tuple[tuple[int, int], ...] = ((lease.minute, lease.second),)
+        else:
+            marks = tuple((lease.minute, lease.second) for lease in found)
+        grant = Grant(tuple(scopes), amount, tokens, marks, headers, leases=tuple(found))
+        return grant
+
+    def _consider_leases(self, ask: _Ask, values: Sequence[Any]) -> None:
+        """After a call admitted by Redis: lease room for its scopes that have
+        plenty, so the next calls need no round trip."""
+        if ask.calls != 1:
+            return
+        for index, scope in enumerate(ask.scopes):
+            ref = scope.ref
+            if ref in self._lease_asked:
+                continue
+            held = self._leases.get(ref)
+            if held is not None and held.scope.rev == scope.rev and (
+                    held.nano_left >= ask.amount
+                    and (held.calls_left is None or held.calls_left >= 1)
+                    and (held.tokens_left is None or held.tokens_left >= ask.tokens)):
+                continue
+            limits = scope.limits
+            budget, calls, _reset, tokens, _tokens_reset = (int(v) for v in
+                                                            values[index * 5:index * 5 + 5])
+            size_nano = LEASE_CALLS * ask.amount
+            size_tokens = LEASE_CALLS * max(ask.tokens, 1)
+            if (limits.max_parallel_requests
+                    or (limits.max_budget is not None and budget < LEASE_HEADROOM * size_nano)
+                    or (limits.rpm_limit and calls < LEASE_HEADROOM * LEASE_CALLS)
+                    or (limits.tpm_limit and tokens < LEASE_HEADROOM * size_tokens)):
+                continue
+            future: asyncio.Future[Grant | Refusal] = (
+                asyncio.get_running_loop().create_future())
+            lease_ask = _Ask((scope,), size_nano, size_tokens if limits.tpm_limit else 0,
+                             None, future, calls=LEASE_CALLS)
+            self._lease_asked.add(ref)
+            future.add_done_callback(functools.partial(self._leased, lease_ask))
+            self._asks.append(lease_ask)
+        if self._asks and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_asks)
+
+    def _leased(self, ask: _Ask, done: asyncio.Future[Grant | Refusal]) -> None:
+        scope = ask.scopes[0]
+        self._lease_asked.discard(scope.ref)
+        if done.cancelled() or done.exception() is not None:
+            return
+        grant = done.result()
+        if not isinstance(grant, Grant):
+            return
+        limits = scope.limits
+        minute, second = grant.marks[0]
+        lease = Lease(scope, ask.amount, LEASE_CALLS if limits.rpm_limit else None,
+                      ask.tokens if limits.tpm_limit else None, minute, second,
+                      time.monotonic() + LEASE_S, grant.lease_view)
+        if not self._leasing:  # leasing was turned off meanwhile
+            self._return_lease(lease)
+            return
+        previous = self._leases.get(scope.ref)
+        if previous is not None:
+            self._return_lease(previous)
+        self._leases[scope.ref] = lease
+        if not self._sweep_scheduled:
+            self._sweep_scheduled = True
+            asyncio.get_running_loop().call_later(LEASE_S, self._sweep)
+
+    def _sweep(self) -> None:
+        """Leases past their time go back even when no call comes to notice."""
+        self._sweep_scheduled = False
+        now = time.monotonic()
+        for lease in list(self._leases.values()):
+            if now >= lease.expires_s:
+                self._return_lease(lease)
+        if self._leases:
+            self._sweep_scheduled = True
+            asyncio.get_running_loop().call_later(LEASE_S, self._sweep)
+
+    def _return_lease(self, lease: Lease) -> None:
+        if lease.returned:
+            return
+        lease.returned = True
+        if self._leases.get(lease.scope.ref) is lease:
+            del self._leases[lease.scope.ref]
+        entry = self._settlement(lease.scope)
+        hold = entry.holds.setdefault(lease.minute, [0, 0])
+        hold[0] += lease.nano_left
+        if lease.outstanding == 0:
+            hold[1] += 1
+        back = entry.take_back.setdefault(lease.second, [0, 0])
+        back[0] += lease.calls_left or 0
+        back[1] += lease.tokens_left or 0
+        lease.nano_left = 0
+        lease.calls_left = 0 if lease.calls_left is not None else None
+        lease.tokens_left = 0 if lease.tokens_left is not None else None
+        self._schedule_settle()
+
     # -- settlement -----------------------------------------------------------------
 
     def settle_later(self, grant: Grant, *, model: str, cost_usd: float, prompt_tokens: int,
@@ -583,25 +781,41 @@ class Admission:
         if grant.settled:
             return
         grant.settled = True
-        actual = to_nano(cost_usd)
+        actual = round(cost_usd * NANO_PER_USD)
         used = prompt_tokens + completion_tokens
         correction = (used - grant.estimated_tokens if elapsed_s < TPM_WINDOW_S else used)
         model = model or "-"
+        # A leased call's hold is part of its lease's, which counts as the one
+        # call in flight until the lease is back and all its calls settled.
+        calls = 0 if grant.leases else 1
+        for lease in grant.leases:
+            lease.outstanding -= 1
+            if lease.returned and lease.outstanding == 0:
+                self._settlement(lease.scope).holds.setdefault(lease.minute, [0, 0])[1] += 1
+        amount = grant.amount_nano
         for scope, (minute, _second) in zip(grant.scopes, grant.marks, strict=True):
             entry = self._settlement(scope)
             entry.spend += actual
-            if scope.limits.tpm_limit:
+            if scope.needs_tokens:
                 entry.correction += correction
-            hold = entry.holds.setdefault(minute, [0, 0])
-            hold[0] += grant.amount_nano
-            hold[1] += 1
+            hold = entry.holds.get(minute)
+            if hold is None:
+                entry.holds[minute] = [amount, calls]
+            else:
+                hold[0] += amount
+                hold[1] += calls
             if counts_request:
-                row = entry.ledger.setdefault(model, [0, 0, 0, 0])
-                row[0] += actual
-                row[1] += 1
-                row[2] += prompt_tokens
-                row[3] += completion_tokens
-        self._schedule_settle()
+                row = entry.ledger.get(model)
+                if row is None:
+                    entry.ledger[model] = [actual, 1, prompt_tokens, completion_tokens]
+                else:
+                    row[0] += actual
+                    row[1] += 1
+                    row[2] += prompt_tokens
+                    row[3] += completion_tokens
+        if not self._settle_scheduled:
+            self._settle_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_settlements)
 
     def _settlement(self, scope: Scope) -> _Settlement:
         found = self._settlements.get(scope.ref)
@@ -653,18 +867,20 @@ class Admission:
                                "after the reservation TTL", len(group), type(exc).__name__, exc)
 
     async def drain(self, timeout_s: float = 5.0) -> None:
-        """Wait for admissions and settlements still in flight (worker shutdown)."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        self._flush_settlements()
-        while self._tasks or self._settlements:
-            left = deadline - asyncio.get_running_loop().time()
-            if left <= 0:
-                return
+        """Give back every lease and wait for admissions and settlements still in
+        flight (worker shutdown)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        self.set_leasing(False)
+        while loop.time() < deadline:
+            self._flush_asks()
+            self._flush_settlements()
             if self._tasks:
-                await asyncio.wait(set(self._tasks), timeout=left)
-            else:
-                self._flush_settlements()
-                await asyncio.sleep(0)
+                await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
+                continue
+            await asyncio.sleep(0)  # done-callbacks (a lease granted meanwhile) run here
+            if not (self._tasks or self._settlements or self._asks):
+                return
 
 
 def _duration(ms: int) -> str:

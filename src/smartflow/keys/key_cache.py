@@ -34,6 +34,7 @@ class KeyEntry:
     scopes: tuple[Scope, ...] = ()
     expires_ts: float | None = None
     principal: Any = None
+    restricts_models: bool = False  # the key's or its team's model patterns apply
 
     def is_refused(self, now_ts: float) -> bool:
         """Blocked or expired: no call is made with this key."""
@@ -57,7 +58,7 @@ class KeyCache:
         self._store = store
         self._ttl_s = ttl_s
         self.max_entries = max_entries
-        # key hash -> entry, least recently used first
+        # key hash -> entry, oldest fetch first
         self._entries: OrderedDict[str, KeyEntry] = OrderedDict()
 
     async def get(self, plaintext: str) -> KeyEntry | None:
@@ -65,8 +66,7 @@ class KeyCache:
         key_hash = hash_key(plaintext)
         entry = self._entries.get(key_hash)
         if entry is not None and time.monotonic() - entry.fetched_s < self._ttl_s:
-            self._entries.move_to_end(key_hash)
-            return entry
+            return entry  # oldest-fetched goes first when full: no reordering per call
         return await self.refresh(key_hash)
 
     async def refresh(self, key_hash: str) -> KeyEntry | None:
@@ -78,7 +78,8 @@ class KeyCache:
         user = await self._store.get_user(key.user_id) if key.user_id else None
         expires = parse_time(key.expires_at).timestamp() if key.expires_at else None
         entry = KeyEntry(key, team, user, time.monotonic(), scopes_of(key, team, user),
-                         expires)
+                         expires, restricts_models=bool(key.models) or bool(
+                             team is not None and team.models))
         entries = self._entries
         entries[key_hash] = entry
         entries.move_to_end(key_hash)
@@ -88,6 +89,15 @@ class KeyCache:
 
     def forget(self, key_hash: str) -> None:
         self._entries.pop(key_hash, None)
+
+    def forget_scope(self, kind: str, scope_id: str) -> None:
+        """Drop every entry that holds the record of a key, team or user."""
+        doomed = [key_hash for key_hash, entry in self._entries.items()
+                  if (kind == SCOPE_KEY and entry.key.id == scope_id)
+                  or (kind == SCOPE_TEAM and entry.key.team_id == scope_id)
+                  or (kind == SCOPE_USER and entry.key.user_id == scope_id)]
+        for key_hash in doomed:
+            del self._entries[key_hash]
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from smartflow.keys.admission import Admission
 from smartflow.keys.key_cache import KeyCache
 from smartflow.keys.periods import PeriodClock
+from smartflow.keys.revocations import RevocationListener
 from smartflow.keys.store import IdentityStore
 
 if TYPE_CHECKING:
@@ -24,20 +25,39 @@ class KeysRuntime:
     cache: KeyCache
     admission: Admission
     vault: Vault
+    revocations: RevocationListener | None = None
+
+    def start(self) -> None:
+        """Start listening for record changes (with the worker's loop running)."""
+        if self.revocations is not None:
+            self.revocations.start()
+
+    async def aclose(self) -> None:
+        if self.revocations is not None:
+            await self.revocations.aclose()
+        await self.admission.drain()
 
 
-def build_keys_runtime(settings: Settings, client: StoreClient) -> KeysRuntime:
+def build_keys_runtime(settings: Settings, client: StoreClient,
+                       redis_url: str | None = None) -> KeysRuntime:
+    """``redis_url``: listen there for record changes, which lets workers
+    lease room (no round trip per call far from a limit); None: every call
+    is admitted by Redis."""
     from smartflow.keys.vault import Vault, vault_key_from_settings
 
     clock = PeriodClock(settings.budgets.timezone)
     store = IdentityStore(client, clock)
+    cache = KeyCache(store, settings.auth.key_cache_ttl)
+    admission = Admission(client, clock, cluster=settings.state.redis_cluster,
+                          hold_s=settings.budgets.reservation_ttl)
     return KeysRuntime(
         client=client,
         clock=clock,
         store=store,
-        cache=KeyCache(store, settings.auth.key_cache_ttl),
-        admission=Admission(client, clock, cluster=settings.state.redis_cluster,
-                            hold_s=settings.budgets.reservation_ttl),
+        cache=cache,
+        admission=admission,
         vault=Vault(client, vault_key_from_settings(settings.vault.encryption_key,
                                                     settings.auth.master_key)),
+        revocations=(RevocationListener(redis_url, admission, cache)
+                     if redis_url else None),
     )

@@ -97,7 +97,13 @@ class IdentityStore:
                                                           "1" if create else "0"])
         if rev == -1:
             raise AlreadyExists(record_id)
+        await self._announce(kind, record_id)
         return replace(record, rev=int(rev), updated_at=record.updated_at)
+
+    async def _announce(self, kind: keyspace.ScopeKind, record_id: str) -> None:
+        """Every worker drops its lease and cached copy (``keys.revocations``)."""
+        await self.client.execute("PUBLISH", keyspace.REVOCATIONS_CHANNEL,
+                                  f"{kind}:{record_id}")
 
     async def _ids(self, set_key: str) -> list[str]:
         members = await self.client.execute("SMEMBERS", set_key, key=set_key)
@@ -107,6 +113,7 @@ class IdentityStore:
         keys = keyspace.ScopeKeys(kind, record_id)
         for name in (keys.rec, *keys.counters()):
             await self.client.execute("DEL", name, key=name)
+        await self._announce(kind, record_id)
 
     # -- virtual keys -------------------------------------------------------------
 

@@ -56,7 +56,7 @@ class ProxyContext:
 
     async def aclose(self) -> None:
         if self.keys is not None:
-            await self.keys.admission.drain()
+            await self.keys.aclose()
         await self.pool.aclose()
 
 

@@ -37,6 +37,8 @@ from smartflow.store.keyspace import SCOPE_KEY
 # A refusal for a stale record is retried with fresh records; more than this
 # many changes during one call means something is rewriting the key in a loop.
 MAX_STALE_RETRIES = 3
+# Model names whose deployments are remembered (callers choose names: bounded).
+MAX_CACHED_MODELS = 4096
 
 
 def invalid_key_error() -> GatewayError:
@@ -81,6 +83,9 @@ class AdmitStage(Stage):
         self._keys = keys
         self._catalog = catalog
         self._default_max_output = default_max_output
+        # model name -> its deployments' prices and output limits: the catalog
+        # is fixed for a worker's life
+        self._prices: dict[str, tuple[tuple[Any, int], ...]] = {}
 
     async def on_enter(self, call: Call) -> Reply | None:
         principal = call.identity
@@ -89,7 +94,8 @@ class AdmitStage(Stage):
         entry: KeyEntry = principal.entry
         try:
             for _ in range(MAX_STALE_RETRIES):
-                self._check_model(call, entry)
+                if entry.restricts_models:
+                    self._check_model(call, entry)
                 scopes = entry.scopes
                 amount, tokens = self._worst_case(call, scopes)
                 result = await self._keys.admission.reserve(scopes, amount, tokens,
@@ -133,28 +139,39 @@ class AdmitStage(Stage):
                                reason=Reason.AUTH)
 
     def _worst_case(self, call: Call, scopes: tuple[Scope, ...]) -> tuple[int, int]:
-        needs_cost = any(s.limits.max_budget is not None for s in scopes)
-        needs_tokens = any(s.limits.tpm_limit for s in scopes)
-        if not (needs_cost or needs_tokens) or call.body is None:
+        needs_cost = needs_tokens = False
+        for scope in scopes:
+            needs_cost = needs_cost or scope.needs_cost
+            needs_tokens = needs_tokens or scope.needs_tokens
+        body = call.body
+        if not (needs_cost or needs_tokens) or body is None:
             return 0, 0
-        prompt_tokens = estimate_prompt_tokens(call.body)
+        prompt_tokens = estimate_prompt_tokens(body)
         if not needs_cost:
             return 0, prompt_tokens
         if call.target is not None:
-            targets: tuple[Any, ...] = (call.target,)
+            prices: tuple[tuple[Any, int], ...] = (
+                (call.target.prices, call.target.max_output_tokens),)
         else:
-            targets = self._catalog.deployments(call.model)
-            if not targets:
-                try:
-                    targets = (self._catalog.resolve(call.model),)
-                except ModelNotFound:
-                    fallback = call.fallback_target
-                    targets = (fallback,) if fallback is not None else ()
+            found = self._prices.get(call.model)
+            if found is None:
+                targets = self._catalog.deployments(call.model)
+                if not targets:
+                    try:
+                        targets = (self._catalog.resolve(call.model),)
+                    except ModelNotFound:
+                        targets = ()
+                found = tuple((t.prices, t.max_output_tokens) for t in targets)
+                if len(self._prices) < MAX_CACHED_MODELS:
+                    self._prices[call.model] = found
+            prices = found
+            if not prices and call.fallback_target is not None:
+                target = call.fallback_target
+                prices = ((target.prices, target.max_output_tokens),)
         worst = 0
-        for target in targets:
-            output = _max_output_tokens(call.body, target.max_output_tokens,
-                                        self._default_max_output)
-            worst = max(worst, worst_case_nano(target.prices, prompt_tokens, output))
+        for price, model_limit in prices:
+            output = _max_output_tokens(body, model_limit, self._default_max_output)
+            worst = max(worst, worst_case_nano(price, prompt_tokens, output))
         return worst, prompt_tokens
 
 

@@ -44,6 +44,8 @@ USER_IDS = PREFIX + "users"
 VAULT_NAMES = PREFIX + "vault:names"
 AUTH_SIGNING_KEYS = PREFIX + "auth:signing_keys"
 SSO_CONFIG = PREFIX + "auth:sso_config"
+# pub/sub: "<kind>:<id>" after a key, team or user record changed
+REVOCATIONS_CHANNEL = PREFIX + "revocations"
 
 
 def vault_entry(name: str) -> str:
