@@ -288,3 +288,23 @@ async def test_a_revoked_lease_goes_back_and_the_next_call_asks_redis(
     await admission.drain()
     view = await _spend(store, key)
     assert view["reserved"] == pytest.approx(0.02)  # the two calls, never settled
+
+
+async def test_a_new_period_starts_at_zero_without_any_reset_job(
+        client: tuple[StoreClient, bool]) -> None:
+    store_client, cluster = client
+    store = IdentityStore(store_client, CLOCK)
+    admission = Admission(store_client, CLOCK, cluster=cluster, hold_s=60)
+    key = await _key(store, Limits(max_budget=1.0, budget_period="daily"))
+    # Yesterday's spend used the whole budget...
+    st = _scope(key).keys.st
+    await store_client.execute("HSET", st, "pid", "2000-01-01", "spend", to_nano(1.0), key=st)
+    # ...and today it counts for nothing: the period id in the state differs.
+    grant = await admission.reserve([_scope(key)], to_nano(0.5), 0)
+    assert isinstance(grant, Grant)
+    admission.settle_later(grant, model="m", cost_usd=0.25, prompt_tokens=1,
+                           completion_tokens=1, counts_request=True, elapsed_s=0.1)
+    await admission.drain()
+    view = await _spend(store, key)
+    assert view["spend"] == pytest.approx(0.25)
+    assert view["period"] == CLOCK.day_id()

@@ -275,6 +275,25 @@ def test_a_team_budget_binds_every_key_of_the_team(nodes: Nodes) -> None:
     assert chat(url, keys[0], "free").status_code == 403  # the team allows only penny
 
 
+def test_a_user_budget_binds_all_of_the_users_keys(nodes: Nodes) -> None:
+    url = nodes.urls[0]
+    user = admin(url, "POST", "/api/enterprise/users",
+                 {"user_id": "budget-user", "max_budget": 0.02, "budget_period": "daily"})
+    assert user.status_code == 201, user.text
+    keys = [create_key(url, alias=f"user-key-{i}", user_id="budget-user")["key"]
+            for i in range(2)]
+    statuses = [chat(url, keys[i % 2], "penny").status_code for i in range(4)]
+    assert statuses == [200, 200, 429, 429]
+    refused = chat(url, keys[1], "penny")
+    assert "user" in refused.json()["error"]["message"]
+    assert refused.headers["x-smartflow-budget-reset"].endswith("T00:00:00Z")
+    wait_until_sync(lambda: admin(url, "GET", "/api/enterprise/users/budget-user").json()[
+        "spend"] == 0.02, timeout_s=10)
+    ledger = admin(url, "GET", "/api/enterprise/spend/user/budget-user?days=2").json()
+    assert ledger["ledger_total"] == 0.02
+    assert [(row["model"], row["requests"]) for row in ledger["data"]] == [("penny", 2)]
+
+
 def test_keys_work_on_the_anthropic_routes_and_passthrough_with_x_api_key(
         nodes: Nodes) -> None:
     url = nodes.urls[1]
@@ -321,9 +340,11 @@ def test_no_secret_reaches_the_logs(nodes: Nodes) -> None:
         log = gateway.data_dir / "access.log"
         if log.exists():
             text += log.read_text()
-    assert created["key"] not in text
-    assert created["key"][6:] not in text
-    assert MASTER not in text
+    metrics = httpx.get(url + "/metrics").text
+    for seen in (text, metrics):
+        assert created["key"] not in seen
+        assert created["key"][6:] not in seen
+        assert MASTER not in seen
 
 
 def test_the_cluster_holds_the_budget_exactly_too(redis_cluster_url: str,

@@ -63,6 +63,9 @@ LEDGER_TTL_S = 400 * 86400
 LEASE_CALLS = 256
 LEASE_HEADROOM = 16
 LEASE_S = 1.0
+# Settlements wait this long to travel together: the answers have gone out
+# already, and under load one script then settles hundreds of calls.
+SETTLE_DELAY_S = 0.002
 # Admissions per script call at most: a bound on one script's run time in
 # Redis (others wait while it runs).
 MAX_BATCH = 256
@@ -815,7 +818,7 @@ class Admission:
                     row[3] += completion_tokens
         if not self._settle_scheduled:
             self._settle_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_settlements)
+            asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_settlements)
 
     def _settlement(self, scope: Scope) -> _Settlement:
         found = self._settlements.get(scope.ref)
@@ -826,7 +829,7 @@ class Admission:
     def _schedule_settle(self) -> None:
         if not self._settle_scheduled:
             self._settle_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_settlements)
+            asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_settlements)
 
     def _flush_settlements(self) -> None:
         self._settle_scheduled = False

@@ -77,13 +77,13 @@ class AuthenticateStage(Stage):
         if keys is not None and looks_like_virtual_key(key):
             try:
                 entry = await keys.cache.get(key)
-                if entry is not None and _refused(entry, keys):
+                if entry is not None and _refused(entry):
                     # A cached refusal may be out of date (unblocked, expiry
                     # extended): check the record itself before saying no.
                     entry = await keys.cache.refresh(entry.key.key_hash)
             except StoreUnavailable:
                 raise state_unavailable_error() from None
-            if entry is None or _refused(entry, keys):
+            if entry is None or _refused(entry):
                 raise invalid_key_error()
             call.identity = principal_for(entry)
             return None
@@ -104,7 +104,7 @@ class AuthenticateStage(Stage):
         raise invalid_key_error()
 
 
-def _refused(entry: KeyEntry, keys: KeysRuntime) -> bool:
+def _refused(entry: KeyEntry) -> bool:
     return entry.is_refused(time.time())
 
 
