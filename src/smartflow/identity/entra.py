@@ -10,6 +10,11 @@ or an HMAC algorithm would let anyone who knows the public key mint tokens.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import jwt
+
 import asyncio
 import hmac
 import logging
@@ -20,7 +25,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
 import orjson
 
 from smartflow.http.client import UpstreamError, UpstreamPool
@@ -249,6 +253,8 @@ class JwksCache:
 
 def parse_jwks(body: bytes, where: str = "the JWKS") -> dict[str, jwt.PyJWK]:
     """The RS256 signing keys of a JWKS document, by kid; others are skipped."""
+    import jwt
+
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -282,6 +288,8 @@ def parse_jwks(body: bytes, where: str = "the JWKS") -> dict[str, jwt.PyJWK]:
 async def verify_id_token(token: str, nonce: str | None, config: SsoConfig,
                           jwks: JwksCache) -> dict[str, Any]:
     """The token's claims once every check passed; SsoError naming the first that failed."""
+    import jwt
+
     if not isinstance(token, str) or not token or len(token) > MAX_ID_TOKEN_CHARS \
             or token.count(".") != 2:
         raise SsoError("malformed token: not a signed JWT")

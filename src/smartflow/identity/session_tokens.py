@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 import orjson
 
 from smartflow.identity.roles import ROLES
@@ -121,6 +120,8 @@ class SessionTokens:
     async def issue(self, *, subject: str, role: str,
                     user_id: str | None) -> tuple[str, int]:
         """A signed token and its lifetime in seconds; rotates an aged key first."""
+        import jwt
+
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         kid = await self._ensure_current(force=False)
@@ -139,6 +140,8 @@ class SessionTokens:
 
     async def verify(self, token: str) -> SessionClaims | None:
         """The token's claims, or None when it is not a valid, unexpired session token."""
+        import jwt
+
         if (not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS
                 or not _JWT_SHAPE.match(token)):
             return None

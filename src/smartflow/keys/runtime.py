@@ -43,7 +43,7 @@ def build_keys_runtime(settings: Settings, client: StoreClient,
     """``redis_url``: listen there for record changes, which lets workers
     lease room (no round trip per call far from a limit); None: every call
     is admitted by Redis."""
-    from smartflow.keys.vault import Vault, vault_key_from_settings
+    from smartflow.keys.vault import Vault
 
     clock = PeriodClock(settings.budgets.timezone)
     store = IdentityStore(client, clock)
@@ -56,8 +56,8 @@ def build_keys_runtime(settings: Settings, client: StoreClient,
         store=store,
         cache=cache,
         admission=admission,
-        vault=Vault(client, vault_key_from_settings(settings.vault.encryption_key,
-                                                    settings.auth.master_key)),
+        vault=Vault(client, None,
+                    secret=settings.vault.encryption_key or settings.auth.master_key),
         revocations=(RevocationListener(redis_url, admission, cache)
                      if redis_url else None),
     )

@@ -23,16 +23,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from smartflow.keys.records import InputError, check_id, utc_now_iso
 from smartflow.store import keyspace
 from smartflow.store.fast_client import Script
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     from smartflow.store.fast_client import StoreClient
 
 VAULT_PREFIX: Final = "vault:"
@@ -83,8 +80,25 @@ def vault_key_from_settings(encryption_key: str, master_key: str) -> bytes | Non
     secret = encryption_key or master_key
     if not secret:
         return None
+    return _derive_key(secret)
+
+
+def _derive_key(secret: str) -> bytes:
+    # cryptography is imported on first use: a worker whose vault is never
+    # touched does not carry its ~9 MiB.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                 info=_HKDF_INFO).derive(secret.encode())
+
+
+def _aes_gcm(key: bytes) -> AESGCM:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    if len(key) != 32:
+        raise ValueError("the vault key must be 32 bytes (AES-256)")
+    return AESGCM(key)
 
 
 def value_hint(value: str) -> str:
@@ -129,10 +143,13 @@ def _check_optional(value: object, param: str, limit: int) -> str | None:
 class Vault:
     """Encrypted provider keys in Redis, with a short in-process cache of values."""
 
-    __slots__ = ("_cache", "_cache_ttl_s", "_cipher", "_client", "_generation", "_inflight")
+    __slots__ = ("_cache", "_cache_ttl_s", "_cipher", "_client", "_generation", "_inflight",
+                 "_secret")
 
     def __init__(self, client: StoreClient, key: bytes | None, *,
-                 cache_ttl_s: float = 5.0) -> None:
+                 cache_ttl_s: float = 5.0, secret: str = "") -> None:
+        """``key``: the AES key; or ``secret``, from which it is derived on
+        first use (see ``vault_key_from_settings``)."""
         self._client = client
         self._cipher: AESGCM | None
         self._cache_ttl_s = cache_ttl_s
@@ -144,21 +161,20 @@ class Vault:
         # Bumped by every local write, so a read that started before it does
         # not cache what it saw.
         self._generation = 0
-        if key is None:
-            self._cipher = None
-        else:
-            if len(key) != 32:
-                raise ValueError("the vault key must be 32 bytes (AES-256)")
-            self._cipher = AESGCM(key)
+        self._secret = secret
+        self._cipher = None if key is None else _aes_gcm(key)
 
     def __repr__(self) -> str:
         return f"Vault(enabled={self.enabled})"
 
     @property
     def enabled(self) -> bool:
-        return self._cipher is not None
+        return self._cipher is not None or bool(self._secret)
 
     def _require_cipher(self) -> AESGCM:
+        if self._cipher is None and self._secret:
+            self._cipher = _aes_gcm(_derive_key(self._secret))
+            self._secret = ""
         if self._cipher is None:
             raise VaultUnavailable(DISABLED_MESSAGE)
         return self._cipher
@@ -169,6 +185,8 @@ class Vault:
                                                       _associated_data(name))
 
     def _decrypt(self, name: str, blob: bytes) -> str:
+        from cryptography.exceptions import InvalidTag
+
         cipher = self._require_cipher()
         try:
             plain = cipher.decrypt(blob[:_NONCE_BYTES], blob[_NONCE_BYTES:],
