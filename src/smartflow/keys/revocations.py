@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("smartflow.keys")
 
 RETRY_S = 1.0
+CLOSE_TIMEOUT_S = 1.0
 
 
 class RevocationListener:
@@ -37,6 +38,7 @@ class RevocationListener:
         self._cache = cache
         self._retry_s = retry_s
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         self.subscribed: asyncio.Event | None = None  # made in start(), on the loop
 
     def start(self) -> None:
@@ -44,11 +46,13 @@ class RevocationListener:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def aclose(self) -> None:
+        self._closing = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            # redis-py's pub/sub reader can swallow a cancellation (it retries a
+            # read it sees interrupted): never let that hold up a worker's exit.
+            await asyncio.wait({task}, timeout=CLOSE_TIMEOUT_S)
         self._admission.set_leasing(False)
 
     def on_message(self, data: bytes | str) -> None:
@@ -62,13 +66,15 @@ class RevocationListener:
     async def _run(self) -> None:
         from redis.asyncio import Redis
 
-        while True:
+        while not self._closing:
             client: Redis = Redis.from_url(self._url, socket_connect_timeout=1.0,
                                            health_check_interval=10)
             try:
                 pubsub = client.pubsub()
                 await pubsub.subscribe(REVOCATIONS_CHANNEL)
                 async for message in pubsub.listen():
+                    if self._closing:
+                        return
                     kind = message.get("type")
                     if kind == "subscribe":
                         self._admission.set_leasing(True)
