@@ -63,6 +63,7 @@ LEDGER_TTL_S = 400 * 86400
 LEASE_CALLS = 256
 LEASE_HEADROOM = 16
 LEASE_S = 1.0
+HEADER_REFRESH_CALLS = 16
 # Settlements wait this long to travel together: the answers have gone out
 # already, and under load one script then settles hundreds of calls.
 SETTLE_DELAY_S = 0.002
@@ -378,6 +379,8 @@ class Lease:
     view: tuple[int, int, int, int, int]  # the script's figures when it was granted
     outstanding: int = 0  # calls served from it not yet settled
     returned: bool = False
+    served: int = 0
+    headers: list[tuple[str, str]] | None = None  # its calls' rate-limit headers, reused
 
 
 def worst_case_nano(prices: Any, prompt_tokens: int, max_output_tokens: int) -> int:
@@ -440,10 +443,9 @@ class Admission:
 
     async def reserve(self, scopes: Sequence[Scope], amount_nano: int, estimated_tokens: int,
                       check_blocked: Scope | None = None) -> Grant | Refusal:
-        if self._leases:
-            grant = self._from_leases(scopes, amount_nano, estimated_tokens)
-            if grant is not None:
-                return grant
+        grant = self.from_leases(scopes, amount_nano, estimated_tokens)
+        if grant is not None:
+            return grant
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Grant | Refusal] = loop.create_future()
         self._asks.append(_Ask(scopes, amount_nano, estimated_tokens, check_blocked, future))
@@ -638,9 +640,12 @@ class Admission:
         if lease is not None:
             self._return_lease(lease)
 
-    def _from_leases(self, scopes: Sequence[Scope], amount: int, tokens: int) -> Grant | None:
-        now = time.monotonic()
+    def from_leases(self, scopes: Sequence[Scope], amount: int, tokens: int) -> Grant | None:
+        """The call admitted from this worker's leases, or None (ask Redis)."""
         leases = self._leases
+        if not leases:
+            return None
+        now = time.monotonic()
         found: list[Lease] = []
         for scope in scopes:
             lease = leases.get(scope.ref)
@@ -654,19 +659,44 @@ class Admission:
                     or (tokens_left is not None and tokens_left < tokens)):
                 return None  # used up: this call goes to Redis, and renews it
             found.append(lease)
-        headers: list[tuple[str, str]] = []
-        requests_best = tokens_best = None
+        if len(found) == 1:
+            lease = found[0]
+            lease.nano_left -= amount
+            lease.outstanding += 1
+            if lease.calls_left is not None:
+                lease.calls_left -= 1
+            if lease.tokens_left is not None:
+                lease.tokens_left -= tokens
+            # The remaining-counts a leased call reports are estimates anyway
+            # (other workers' use is unseen): refreshed every few calls.
+            lease.served += 1
+            headers = lease.headers
+            if headers is None or lease.served % HEADER_REFRESH_CALLS == 0:
+                headers = lease.headers = self._lease_headers(found)
+            return Grant(tuple(scopes), amount, tokens, ((lease.minute, lease.second),),
+                         headers, leases=(lease,))
         for lease in found:
             lease.nano_left -= amount
             lease.outstanding += 1
-            view = lease.view
             if lease.calls_left is not None:
                 lease.calls_left -= 1
+            if lease.tokens_left is not None:
+                lease.tokens_left -= tokens
+        return Grant(tuple(scopes), amount, tokens,
+                     tuple((lease.minute, lease.second) for lease in found),
+                     self._lease_headers(found), leases=tuple(found))
+
+    def _lease_headers(self, found: Sequence[Lease]) -> list[tuple[str, str]]:
+        headers: list[tuple[str, str]] = []
+        requests_best: tuple[str, int, int] | None = None
+        tokens_best: tuple[str, int, int] | None = None
+        for lease in found:
+            view = lease.view
+            if lease.calls_left is not None:
                 left = view[1] + lease.calls_left
                 if requests_best is None or left < requests_best[1]:
                     requests_best = (lease.scope.rpm_text, left, view[2])
             if lease.tokens_left is not None:
-                lease.tokens_left -= tokens
                 left = view[3] + lease.tokens_left
                 if tokens_best is None or left < tokens_best[1]:
                     tokens_best = (lease.scope.tpm_text, left, view[4])
@@ -678,13 +708,7 @@ class Admission:
             headers += (("x-ratelimit-limit-tokens", tokens_best[0]),
                         ("x-ratelimit-remaining-tokens", str(tokens_best[1])),
                         ("x-ratelimit-reset-tokens", _duration(tokens_best[2])))
-        if len(found) == 1:
-            lease = found[0]
-            marks: tuple[tuple[int, int], ...] = ((lease.minute, lease.second),)
-        else:
-            marks = tuple((lease.minute, lease.second) for lease in found)
-        grant = Grant(tuple(scopes), amount, tokens, marks, headers, leases=tuple(found))
-        return grant
+        return headers
 
     def _consider_leases(self, ask: _Ask, values: Sequence[Any]) -> None:
         """After a call admitted by Redis: lease room for its scopes that have

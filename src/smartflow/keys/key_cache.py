@@ -61,6 +61,13 @@ class KeyCache:
         # key hash -> entry, oldest fetch first
         self._entries: OrderedDict[str, KeyEntry] = OrderedDict()
 
+    def cached(self, plaintext: str) -> KeyEntry | None:
+        """The entry if this worker holds a fresh one: no I/O, no await."""
+        entry = self._entries.get(hash_key(plaintext))
+        if entry is not None and time.monotonic() - entry.fetched_s < self._ttl_s:
+            return entry
+        return None
+
     async def get(self, plaintext: str) -> KeyEntry | None:
         """The key's entry, or None for a key that does not exist."""
         key_hash = hash_key(plaintext)

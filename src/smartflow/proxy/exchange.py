@@ -307,7 +307,7 @@ class CallRunner:
         own = call.response_headers
         if upstream is not None:
             relayed = passthrough_headers(upstream.headers)
-            if own:  # the gateway's own limits replace the provider's of the same name
+            if own and relayed:  # the gateway's own limits replace the provider's
                 names = {name for name, _ in own}
                 relayed = [(n, v) for n, v in relayed if n not in names]
             headers.extend(relayed)

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -22,7 +23,6 @@ from smartflow.keys.admission import (
     Refusal,
     Scope,
     refusal_headers,
-    worst_case_nano,
 )
 from smartflow.keys.key_cache import KeyEntry
 from smartflow.keys.records import model_allowed
@@ -64,16 +64,21 @@ def principal_for(entry: KeyEntry) -> Principal:
     return principal  # type: ignore[no-any-return]
 
 
+def _requested_output_tokens(body: dict[str, Any]) -> int:
+    """The output tokens a request allows (× ``n`` choices); 0 when it sets none."""
+    for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(name)
+        if value.__class__ is int and value > 0:
+            choices = body.get("n")
+            if choices.__class__ is int and choices > 1:
+                return value * choices  # type: ignore[no-any-return]
+            return value  # type: ignore[no-any-return]
+    return 0
+
+
 def _max_output_tokens(body: dict[str, Any] | None, model_limit: int, default: int) -> int:
-    if body is not None:
-        for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-            value = body.get(name)
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                choices = body.get("n")
-                if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
-                    return value * choices
-                return value
-    return model_limit or default
+    requested = _requested_output_tokens(body) if body is not None else 0
+    return requested or model_limit or default
 
 
 class AdmitStage(Stage):
@@ -98,8 +103,11 @@ class AdmitStage(Stage):
                     self._check_model(call, entry)
                 scopes = entry.scopes
                 amount, tokens = self._worst_case(call, scopes)
-                result = await self._keys.admission.reserve(scopes, amount, tokens,
-                                                            check_blocked=scopes[0])
+                admission = self._keys.admission
+                result: Grant | Refusal | None = admission.from_leases(scopes, amount, tokens)
+                if result is None:
+                    result = await admission.reserve(scopes, amount, tokens,
+                                                     check_blocked=scopes[0])
                 if isinstance(result, Grant):
                     call.reservation = result
                     if result.headers:
@@ -168,10 +176,14 @@ class AdmitStage(Stage):
             if not prices and call.fallback_target is not None:
                 target = call.fallback_target
                 prices = ((target.prices, target.max_output_tokens),)
+        requested = _requested_output_tokens(body)
         worst = 0
         for price, model_limit in prices:
-            output = _max_output_tokens(body, model_limit, self._default_max_output)
-            worst = max(worst, worst_case_nano(price, prompt_tokens, output))
+            output = requested or model_limit or self._default_max_output
+            usd = (price.per_request + prompt_tokens * price.input_per_mtok / 1e6
+                   + output * price.output_per_mtok / 1e6)
+            nano = math.ceil(usd * 1e9 - 1e-6)  # as worst_case_nano, inlined: every call
+            worst = max(worst, nano)
         return worst, prompt_tokens
 
 

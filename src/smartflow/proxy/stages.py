@@ -74,6 +74,11 @@ class AuthenticateStage(Stage):
             call.identity = _MASTER
             return None
         keys = self._keys
+        if keys is not None:
+            entry = keys.cache.cached(key)  # the common case: no await at all
+            if entry is not None and not _refused(entry):
+                call.identity = principal_for(entry)
+                return None
         if keys is not None and looks_like_virtual_key(key):
             try:
                 entry = await keys.cache.get(key)
