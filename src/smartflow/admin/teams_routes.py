@@ -70,7 +70,6 @@ def register_team_routes(router: Router, admin: AdminContext) -> None:
     async def with_spend(team: Team) -> dict[str, Any]:
         view = team_view(team)
         view.update(await store.spend(SCOPE_TEAM, team.team_id, team.limits))
-        view["max_budget"] = team.limits.max_budget
         return view
 
     async def create(request: Request) -> Response:
@@ -170,7 +169,6 @@ def register_user_routes(router: Router, admin: AdminContext) -> None:
     async def with_spend(user: User) -> dict[str, Any]:
         view = user_view(user)
         view.update(await store.spend(SCOPE_USER, user.user_id, user.limits))
-        view["max_budget"] = user.limits.max_budget
         return view
 
     def apply(user: User, body: dict[str, Any]) -> User:

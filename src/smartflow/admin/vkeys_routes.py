@@ -54,7 +54,6 @@ def register_vkey_routes(router: Router, admin: AdminContext) -> None:
     async def with_spend(key: VirtualKey) -> dict[str, Any]:
         view = key_view(key)
         view.update(await store.spend(SCOPE_KEY, key.id, key.limits))
-        view["max_budget"] = key.limits.max_budget
         return view
 
     async def load(request: Request, principal: AdminPrincipal, *, write: bool) -> VirtualKey:

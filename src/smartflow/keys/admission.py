@@ -422,7 +422,6 @@ class Admission:
         self._hold_s = str(math.ceil(hold_s))
         self._asks: list[_Ask] = []
         self._settlements: dict[tuple[str, str], tuple[Scope, _Settlement]] = {}
-        self._day = ""
         self._flush_scheduled = False
         self._settle_scheduled = False
         # One batch of each kind in flight at a time: what arrives meanwhile
@@ -446,6 +445,11 @@ class Admission:
         grant = self.from_leases(scopes, amount_nano, estimated_tokens)
         if grant is not None:
             return grant
+        return await self.ask(scopes, amount_nano, estimated_tokens, check_blocked)
+
+    async def ask(self, scopes: Sequence[Scope], amount_nano: int, estimated_tokens: int,
+                  check_blocked: Scope | None = None) -> Grant | Refusal:
+        """Admission by Redis (in this turn's batch), without trying leases."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Grant | Refusal] = loop.create_future()
         self._asks.append(_Ask(scopes, amount_nano, estimated_tokens, check_blocked, future))
@@ -659,32 +663,26 @@ class Admission:
                     or (tokens_left is not None and tokens_left < tokens)):
                 return None  # used up: this call goes to Redis, and renews it
             found.append(lease)
-        if len(found) == 1:
-            lease = found[0]
-            lease.nano_left -= amount
-            lease.outstanding += 1
-            if lease.calls_left is not None:
-                lease.calls_left -= 1
-            if lease.tokens_left is not None:
-                lease.tokens_left -= tokens
-            # The remaining-counts a leased call reports are estimates anyway
-            # (other workers' use is unseen): refreshed every few calls.
-            lease.served += 1
-            headers = lease.headers
-            if headers is None or lease.served % HEADER_REFRESH_CALLS == 0:
-                headers = lease.headers = self._lease_headers(found)
-            return Grant(tuple(scopes), amount, tokens, ((lease.minute, lease.second),),
-                         headers, leases=(lease,))
         for lease in found:
             lease.nano_left -= amount
             lease.outstanding += 1
+            lease.served += 1
             if lease.calls_left is not None:
                 lease.calls_left -= 1
             if lease.tokens_left is not None:
                 lease.tokens_left -= tokens
+        if len(found) == 1:
+            # The remaining-counts a leased call reports are estimates anyway
+            # (other workers' use is unseen): refreshed every few calls.
+            lease = found[0]
+            headers = lease.headers
+            if headers is None or lease.served % HEADER_REFRESH_CALLS == 0:
+                headers = lease.headers = self._lease_headers(found)
+        else:
+            headers = self._lease_headers(found)
         return Grant(tuple(scopes), amount, tokens,
-                     tuple((lease.minute, lease.second) for lease in found),
-                     self._lease_headers(found), leases=tuple(found))
+                     tuple((lease.minute, lease.second) for lease in found), headers,
+                     leases=tuple(found))
 
     def _lease_headers(self, found: Sequence[Lease]) -> list[tuple[str, str]]:
         headers: list[tuple[str, str]] = []

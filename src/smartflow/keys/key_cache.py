@@ -62,21 +62,16 @@ class KeyCache:
         self._entries: OrderedDict[str, KeyEntry] = OrderedDict()
 
     def cached(self, plaintext: str) -> KeyEntry | None:
-        """The entry if this worker holds a fresh one: no I/O, no await."""
+        """The entry if this worker holds a fresh one: no I/O, no await. (The
+        oldest fetch goes first when the cache is full: no reordering per call.)"""
         entry = self._entries.get(hash_key(plaintext))
         if entry is not None and time.monotonic() - entry.fetched_s < self._ttl_s:
             return entry
         return None
 
-    async def get(self, plaintext: str) -> KeyEntry | None:
-        """The key's entry, or None for a key that does not exist."""
-        key_hash = hash_key(plaintext)
-        entry = self._entries.get(key_hash)
-        if entry is not None and time.monotonic() - entry.fetched_s < self._ttl_s:
-            return entry  # oldest-fetched goes first when full: no reordering per call
-        return await self.refresh(key_hash)
-
     async def refresh(self, key_hash: str) -> KeyEntry | None:
+        """The key's entry read from Redis (and kept), or None for a key that
+        does not exist."""
         key = await self._store.key_for_hash(key_hash)
         if key is None:
             self._entries.pop(key_hash, None)

@@ -39,10 +39,8 @@ class RevocationListener:
         self._retry_s = retry_s
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.subscribed: asyncio.Event | None = None  # made in start(), on the loop
 
     def start(self) -> None:
-        self.subscribed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def aclose(self) -> None:
@@ -78,8 +76,6 @@ class RevocationListener:
                     kind = message.get("type")
                     if kind == "subscribe":
                         self._admission.set_leasing(True)
-                        if self.subscribed is not None:
-                            self.subscribed.set()
                     elif kind == "message":
                         self.on_message(message["data"])
             except asyncio.CancelledError:
@@ -89,8 +85,6 @@ class RevocationListener:
                                "back", type(exc).__name__, exc)
             finally:
                 self._admission.set_leasing(False)
-                if self.subscribed is not None:
-                    self.subscribed.clear()
                 with contextlib.suppress(Exception):
                     await client.aclose()
             await asyncio.sleep(self._retry_s)

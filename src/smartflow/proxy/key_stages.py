@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -23,6 +22,7 @@ from smartflow.keys.admission import (
     Refusal,
     Scope,
     refusal_headers,
+    worst_case_nano,
 )
 from smartflow.keys.key_cache import KeyEntry
 from smartflow.keys.records import model_allowed
@@ -106,8 +106,8 @@ class AdmitStage(Stage):
                 admission = self._keys.admission
                 result: Grant | Refusal | None = admission.from_leases(scopes, amount, tokens)
                 if result is None:
-                    result = await admission.reserve(scopes, amount, tokens,
-                                                     check_blocked=scopes[0])
+                    result = await admission.ask(scopes, amount, tokens,
+                                                 check_blocked=scopes[0])
                 if isinstance(result, Grant):
                     call.reservation = result
                     if result.headers:
@@ -176,14 +176,10 @@ class AdmitStage(Stage):
             if not prices and call.fallback_target is not None:
                 target = call.fallback_target
                 prices = ((target.prices, target.max_output_tokens),)
-        requested = _requested_output_tokens(body)
         worst = 0
         for price, model_limit in prices:
-            output = requested or model_limit or self._default_max_output
-            usd = (price.per_request + prompt_tokens * price.input_per_mtok / 1e6
-                   + output * price.output_per_mtok / 1e6)
-            nano = math.ceil(usd * 1e9 - 1e-6)  # as worst_case_nano, inlined: every call
-            worst = max(worst, nano)
+            output = _max_output_tokens(body, model_limit, self._default_max_output)
+            worst = max(worst, worst_case_nano(price, prompt_tokens, output))
         return worst, prompt_tokens
 
 

@@ -23,7 +23,7 @@ from smartflow.gateway_error import GatewayError, Phase, Reason
 from smartflow.keys.capture import VIRTUAL_KEY_HEADER, capture
 from smartflow.keys.key_cache import KeyEntry
 from smartflow.keys.runtime import KeysRuntime
-from smartflow.keys.store import looks_like_virtual_key
+from smartflow.keys.store import hash_key, looks_like_virtual_key
 from smartflow.keys.vault import VAULT_PREFIX
 from smartflow.proxy.auth import Authenticator, presented_key
 from smartflow.proxy.call import Call, Principal
@@ -79,19 +79,17 @@ class AuthenticateStage(Stage):
             if entry is not None and not _refused(entry):
                 call.identity = principal_for(entry)
                 return None
-        if keys is not None and looks_like_virtual_key(key):
-            try:
-                entry = await keys.cache.get(key)
-                if entry is not None and _refused(entry):
-                    # A cached refusal may be out of date (unblocked, expiry
-                    # extended): check the record itself before saying no.
-                    entry = await keys.cache.refresh(entry.key.key_hash)
-            except StoreUnavailable:
-                raise state_unavailable_error() from None
-            if entry is None or _refused(entry):
-                raise invalid_key_error()
-            call.identity = principal_for(entry)
-            return None
+            # Not cached, or a cached refusal that may be out of date
+            # (unblocked, expiry extended): read the record itself.
+            if entry is not None or looks_like_virtual_key(key):
+                try:
+                    entry = await keys.cache.refresh(hash_key(key))
+                except StoreUnavailable:
+                    raise state_unavailable_error() from None
+                if entry is None or _refused(entry):
+                    raise invalid_key_error()
+                call.identity = principal_for(entry)
+                return None
         if self._capture:
             assert keys is not None
             try:
