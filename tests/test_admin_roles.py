@@ -96,6 +96,8 @@ TEAMS_URL = "/api/enterprise/teams"
 USERS_URL = "/api/enterprise/users"
 SPEND = "/api/enterprise/spend"
 VAULT = "/api/keys/providers"
+CHAINS = "/api/routing/fallback-chains"
+GROUPS = "/api/routing/groups"
 
 VIRTUAL_KEY_RE = re.compile(rb"sk-sf-[0-9a-f]{48}")
 NOTHING: Any = object()
@@ -167,6 +169,10 @@ FRESH: dict[str, tuple[str, dict[str, Any], str]] = {
     "user": (USERS_URL, {"user_id": "u-{uid}", "role": "internal_user",
                          "password": PASSWORD}, "user_id"),
     "vault": (VAULT, {"name": "p-{uid}", "value": PROVIDER_SECRET, "provider": "openai"},
+              "name"),
+    "chain": (CHAINS, {"name": "c-{uid}", "model": "m-{uid}", "targets": ["gpt-4o"]}, "name"),
+    "group": (GROUPS, {"name": "g-{uid}", "deployments": [
+        {"id": "d1", "provider": "openai", "model": "gpt-4o", "api_key": "vault:openai-main"}]},
               "name"),
 }
 
@@ -374,6 +380,52 @@ def _vault_cases() -> list[Case]:
     ]
 
 
+def _routing_cases() -> list[Case]:
+    read, write = expect(200, 200, 200, 403, 403), expect(200, 200, 403, 403, 403)
+    create, bad = expect(201, 201, 403, 403, 403), expect(400, 400, 403, 403, 403)
+    exists, missing = expect(409, 409, 403, 403, 403), expect(404, 404, 403, 403, 403)
+    chain, group = CHAINS + "/{name}", GROUPS + "/{name:path}"
+    deployment = {"id": "d1", "provider": "openai", "model": "gpt-4o"}
+    return [
+        Case("GET", CHAINS, "list", read),
+        Case("POST", CHAINS, "new chain", create,
+             body={"name": "c-{uid}", "model": "m-{uid}", "targets": ["gpt-4o", "gpt-4o-mini"]}),
+        Case("POST", CHAINS, "exists", exists, body={"name": "chain-main", "targets": ["x"]}),
+        Case("POST", CHAINS, "no targets", bad, body={"name": "c-{uid}", "targets": []}),
+        Case("GET", chain, "chain-main", read, path=CHAINS + "/chain-main"),
+        Case("GET", chain, "missing", expect(404, 404, 404, 403, 403),
+             path=CHAINS + "/c-missing"),
+        Case("PUT", chain, "chain-main", write, path=CHAINS + "/chain-main",
+             body={"model": "chain-model", "targets": ["gpt-4o", "gpt-4o-mini"]}),
+        Case("PUT", chain, "a new chain", create, path=CHAINS + "/c-{uid}",
+             body={"targets": ["gpt-4o"]}),
+        Case("PUT", chain, "bad field", bad, path=CHAINS + "/chain-main",
+             body={"targets": ["gpt-4o"], "colour": "red"}),
+        Case("DELETE", chain, "a chain", write, path=CHAINS + "/{fresh}", fresh="chain"),
+        Case("DELETE", chain, "missing", missing, path=CHAINS + "/c-missing"),
+        Case("GET", GROUPS, "list", read),
+        Case("POST", GROUPS, "new group", create,
+             body={"name": "g-{uid}", "deployments": [deployment]}),
+        Case("POST", GROUPS, "exists", exists,
+             body={"name": "team/group-main", "deployments": [deployment]}),
+        Case("POST", GROUPS, "a plaintext key", bad,
+             body={"name": "g-{uid}", "deployments": [{**deployment,
+                                                        "api_key": PROVIDER_SECRET}]}),
+        Case("GET", group, "team/group-main", read, path=GROUPS + "/team/group-main"),
+        Case("GET", group, "missing", expect(404, 404, 404, 403, 403),
+             path=GROUPS + "/g-missing"),
+        Case("PUT", group, "team/group-main", write, path=GROUPS + "/team/group-main",
+             body={"strategy": "weighted", "deployments": [
+                 {**deployment, "api_key": "vault:openai-main", "weight": 2}]}),
+        Case("PUT", group, "a new group", create, path=GROUPS + "/g-{uid}",
+             body={"deployments": [deployment]}),
+        Case("PUT", group, "bad strategy", bad, path=GROUPS + "/team/group-main",
+             body={"strategy": "best", "deployments": [deployment]}),
+        Case("DELETE", group, "a group", write, path=GROUPS + "/{fresh}", fresh="group"),
+        Case("DELETE", group, "missing", missing, path=GROUPS + "/g-missing"),
+    ]
+
+
 def _sso_signin_body(values: Mapping[str, str]) -> dict[str, Any]:
     now = int(time.time())
     oid = "sso-" + values["uid"]
@@ -419,7 +471,7 @@ def _auth_cases() -> list[Case]:
 
 
 CASES = _vkey_cases() + _team_cases() + _user_cases() + _spend_cases() + _vault_cases() \
-    + _auth_cases()
+    + _auth_cases() + _routing_cases()
 
 
 # -- the server -----------------------------------------------------------------------
@@ -582,6 +634,11 @@ def build_world(world: World) -> None:
         world.ids[f"plaintext_{kind}"] = made["key"]
     world.master("POST", VAULT, {"name": "openai-main", "value": PROVIDER_SECRET,
                                  "provider": "openai"}, 201)
+    world.master("POST", CHAINS, {"name": "chain-main", "model": "chain-model",
+                                  "targets": ["gpt-4o", "gpt-4o-mini"]}, 201)
+    world.master("POST", GROUPS, {"name": "team/group-main", "deployments": [
+        {"id": "d1", "provider": "openai", "model": "gpt-4o",
+         "api_key": "vault:openai-main"}]}, 201)
     world.master("POST", "/api/auth/sso/config", {
         "tenant_id": TENANT, "client_id": CLIENT_ID, "jwks_uri": world.ids["jwks_uri"]})
     for caller, user_id in SIGNED_IN.items():
@@ -625,10 +682,13 @@ def _creates_key(case: Case) -> bool:
 
 def _made_by(case: Case, answer: httpx.Response) -> str | None:
     """The path that deletes what a successful call created, if it created anything."""
+    if case.method == "PUT" and answer.status_code == 201:  # created at its own path
+        return urlsplit(str(answer.request.url)).path
     if case.method != "POST" or answer.status_code not in (200, 201):
         return None
     made = answer.json()
     id_field = {VKEYS: "id", TEAMS_URL: "team_id", USERS_URL: "user_id", VAULT: "name",
+                CHAINS: "name", GROUPS: "name",
                 "/api/auth/sso/signin": "user_id"}.get(case.route)
     if id_field is None:
         return None

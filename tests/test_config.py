@@ -114,7 +114,8 @@ def test_the_repository_config_file_shows_and_comments_every_key() -> None:
     for section, cls in (("server", "ServerSettings"), ("supervisor", "SupervisorSettings"),
                          ("state", "StateSettings"), ("proxy", "ProxySettings"),
                          ("auth", "AuthSettings"), ("budgets", "BudgetSettings"),
-                         ("vault", "VaultSettings")):
+                         ("vault", "VaultSettings"), ("routing", "RoutingSettings"),
+                         ("alerts", "AlertSettings")):
         default = Settings.__dataclass_fields__[section].default_factory()  # type: ignore[misc]
         names = {f.name for f in dataclasses.fields(default)}
         assert set(document[section]) == names, f"[{section}] keys differ from {cls}"

@@ -96,12 +96,22 @@ def build_app(
         keys.start()
     proxy_context = build_proxy_context(settings, provider_environ=settings.provider_env,
                                         redis=redis, keys=keys)
+    if store_client is not None and store_url:
+        from smartflow.routing.runtime import build_routing_runtime
+        from smartflow.telemetry.alerts import build_alerter
+
+        alerter = build_alerter(settings.alerts, pool=proxy_context.pool, client=store_client)
+        proxy_context.routing = build_routing_runtime(
+            settings, proxy_context.catalog, store_client, redis_url=store_url, alerter=alerter)
+        proxy_context.routing.start()
     register_proxy_routes(router, proxy_context)
     if keys is not None:
         from smartflow.admin import register_admin_routes
         from smartflow.admin.context import build_admin_context
 
-        register_admin_routes(router, build_admin_context(settings, keys, proxy_context.pool))
+        config_chains = proxy_context.routing.config_chains if proxy_context.routing else ()
+        register_admin_routes(router, build_admin_context(settings, keys, proxy_context.pool,
+                                                          config_chains=config_chains))
     if on_shutdown is not None:
         on_shutdown.append(proxy_context.aclose)
         if store_client is not None:

@@ -101,9 +101,65 @@ class VaultSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackChainConfig:
+    """One ``[[routing.fallback_chains]]`` entry (chains made through the admin API
+    live in Redis and override a config chain of the same name)."""
+
+    name: str
+    targets: tuple[str, ...]
+    model: str = ""  # the public model name the chain serves ("": chosen by header only)
+    context_window_fallback: str = ""
+    retries: int | None = None  # this chain's per-step retry budget (None: [routing] retries)
+
+
+STRATEGIES = ("round_robin", "weighted", "least_connections", "random", "priority",
+              "latency", "cost", "tag")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingSettings:
+    strategy: str = "round_robin"  # SMARTFLOW_ROUTING_STRATEGY overrides
+    strategy_by_model: Mapping[str, str] = field(default_factory=dict)
+    # Extra attempts, after a backoff, on deployments a step already tried (a model
+    # alone is a one-step chain). Moving on to an untried deployment of the group,
+    # or to the next target of a chain, needs none: it happens at once.
+    retries: int = 0
+    retry_backoff: float = 0.1  # seconds before the first retry; doubles, with jitter
+    retry_backoff_max: float = 5.0
+    max_retry_after: float = 10.0  # a longer Retry-After moves to the next target at once
+    max_attempts: int = 8  # upstream calls per request, all steps together
+    attempt_timeout: float = 0.0  # first-byte timeout per attempt (0: proxy.first_byte_timeout)
+    cooldown_failures: int = 5  # failures within cooldown_window that take a deployment out
+    cooldown_window: float = 30.0
+    cooldown_time: float = 30.0  # seconds out, then one probe call decides
+    latency_exploration: float = 0.05  # share of latency-routed calls sent to another deployment
+    tag_default: str = ""  # tag strategy: deployments with this tag take unmatched requests
+    context_window_fallbacks: Mapping[str, str] = field(default_factory=dict)
+    provider_daily_budgets: Mapping[str, float] = field(default_factory=dict)  # USD per day
+    fallback_chains: tuple[FallbackChainConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSettings:
+    slack_webhook_url: str = ""  # also SLACK_WEBHOOK_URL
+    teams_webhook_url: str = ""  # also TEAMS_WEBHOOK_URL
+    discord_webhook_url: str = ""  # also DISCORD_WEBHOOK_URL
+    budget_thresholds: tuple[float, ...] = (0.8, 1.0)  # shares of a provider's daily budget
+    failure_spike_count: int = 20  # failures of one provider within failure_spike_window
+    failure_spike_window: float = 60.0
+    slow_call_seconds: float = 60.0  # a call (or a first byte) slower than this alerts
+    dedupe_window: float = 300.0  # one alert per subject per window, across all workers
+    max_per_minute: int = 10  # per destination
+    timeout: float = 5.0  # per webhook delivery
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     provider: str
+    id: str = ""  # the deployment's id (default: derived from provider, model and api_base)
+    weight: float = 1.0
+    priority: int = 0  # lower is tried first
     model: str = ""
     api_base: str = ""
     api_key: str = ""
@@ -131,6 +187,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     vault: VaultSettings = field(default_factory=VaultSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
     models: tuple[ModelConfig, ...] = ()
     # The provider SDKs' own variables (OPENAI_API_KEY, ...), read here once so
     # a model resolved by name prefix can use them; nothing else reads the env.
@@ -146,6 +204,8 @@ _SECTIONS: dict[str, type] = {
     "auth": AuthSettings,
     "budgets": BudgetSettings,
     "vault": VaultSettings,
+    "routing": RoutingSettings,
+    "alerts": AlertSettings,
 }
 
 # Built-in models when no config file names any: the mock provider answers
@@ -195,6 +255,8 @@ def _coerce(path: str, value: object, annotation: Any) -> object:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected array, got {_type_name(value)}")
         item_type = typing.get_args(annotation)[0]
+        if dataclasses.is_dataclass(item_type):  # an array of tables
+            return tuple(_build(item_type, f"{path}[{i}]", v, {}) for i, v in enumerate(value))
         return tuple(_coerce(f"{path}[{i}]", v, item_type) for i, v in enumerate(value))
     if origin in (Mapping, dict):
         if not isinstance(value, dict):
@@ -262,6 +324,53 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, object]]:
     return found
 
 
+# Variables the product documents name outside the SMARTFLOW_<SECTION>__<KEY> scheme.
+WEBHOOK_ENV_VARS = {"SLACK_WEBHOOK_URL": "slack_webhook_url",
+                    "TEAMS_WEBHOOK_URL": "teams_webhook_url",
+                    "DISCORD_WEBHOOK_URL": "discord_webhook_url"}
+ROUTING_STRATEGY_ENV = "SMARTFLOW_ROUTING_STRATEGY"
+PROVIDER_BUDGETS_ENV = "SMARTFLOW_PROVIDER_BUDGETS"
+
+
+def _named_env_overrides(environ: Mapping[str, str], merged: Mapping[str, Any]
+                         ) -> dict[str, dict[str, object]]:
+    found: dict[str, dict[str, object]] = {}
+    strategy = environ.get(ROUTING_STRATEGY_ENV, "").strip()
+    if strategy:
+        found.setdefault("routing", {})["strategy"] = strategy
+    budgets = environ.get(PROVIDER_BUDGETS_ENV, "").strip()
+    if budgets:
+        # Merged over the file's table: the variable sets the providers it names.
+        routing = merged.get("routing")
+        table = dict(routing.get("provider_daily_budgets", {})) if isinstance(routing, dict) else {}
+        table.update(parse_provider_budgets(budgets))
+        found.setdefault("routing", {})["provider_daily_budgets"] = table
+    for var, key in WEBHOOK_ENV_VARS.items():
+        url = environ.get(var, "").strip()
+        if url:
+            found.setdefault("alerts", {})[key] = url
+    return found
+
+
+def parse_provider_budgets(text: str) -> dict[str, float]:
+    """``openai:100,anthropic:50`` -> {"openai": 100.0, "anthropic": 50.0}."""
+    budgets: dict[str, float] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        provider, sep, amount = item.partition(":")
+        try:
+            if not sep:
+                raise ValueError
+            value = float(amount)
+        except ValueError:
+            raise ConfigError(f"{PROVIDER_BUDGETS_ENV}: expected provider:usd[,provider:usd], "
+                              f"got {item!r}") from None
+        budgets[provider.strip()] = value
+    return budgets
+
+
 def default_config_path() -> str | None:
     """./config.toml when present, else None (built-in defaults)."""
     return "config.toml" if Path("config.toml").is_file() else None
@@ -291,7 +400,7 @@ def load_settings(
         else document[name]
         for name in _SECTIONS
     }
-    for layer in (_env_overrides(env), overrides or {}):
+    for layer in (_named_env_overrides(env, merged), _env_overrides(env), overrides or {}):
         for section, values in layer.items():
             if section not in _SECTIONS:
                 raise ConfigError(f"{section}: unknown section")
@@ -343,6 +452,8 @@ def _check_values(settings: Settings) -> None:
         raise ConfigError("budgets.default_max_output_tokens: must be >= 1")
     if not settings.state.redis_timeout > 0:
         raise ConfigError("state.redis_timeout: must be > 0")
+    _check_routing(settings)
+    _check_alerts(settings.alerts)
     worker_timeout = settings.supervisor.worker_timeout
     if not worker_timeout >= 0:  # also refuses nan
         raise ConfigError(
@@ -358,6 +469,61 @@ def _check_values(settings: Settings) -> None:
                 f"models[{i}].provider: unknown provider {model.provider!r} "
                 f"(one of: {', '.join(PROVIDERS)})"
             )
+
+
+def _check_routing(settings: Settings) -> None:
+    routing = settings.routing
+    for where, name in [("routing.strategy", routing.strategy)] + [
+            (f"routing.strategy_by_model.{model}", strategy)
+            for model, strategy in routing.strategy_by_model.items()]:
+        if name not in STRATEGIES:
+            raise ConfigError(f"{where}: unknown strategy {name!r} (one of: {', '.join(STRATEGIES)})")
+    if not 0 <= routing.retries <= 10:
+        raise ConfigError("routing.retries: must be 0-10")
+    if routing.max_attempts < 1:
+        raise ConfigError("routing.max_attempts: must be >= 1")
+    for name in ("retry_backoff", "retry_backoff_max", "max_retry_after", "attempt_timeout",
+                 "cooldown_window", "cooldown_time"):
+        if not getattr(routing, name) >= 0:
+            raise ConfigError(f"routing.{name}: must be >= 0")
+    if routing.cooldown_failures < 1:
+        raise ConfigError("routing.cooldown_failures: must be >= 1")
+    if not 0 <= routing.latency_exploration <= 1:
+        raise ConfigError("routing.latency_exploration: must be between 0 and 1")
+    for provider, usd in routing.provider_daily_budgets.items():
+        if provider not in PROVIDERS:
+            raise ConfigError(f"routing.provider_daily_budgets.{provider}: unknown provider")
+        if not usd >= 0:
+            raise ConfigError(f"routing.provider_daily_budgets.{provider}: must be >= 0")
+    names: set[str] = set()
+    for i, chain in enumerate(routing.fallback_chains):
+        where = f"routing.fallback_chains[{i}]"
+        if not chain.name or chain.name in names:
+            raise ConfigError(f"{where}.name: must be non-empty and unique")
+        names.add(chain.name)
+        if not chain.targets or any(not t for t in chain.targets):
+            raise ConfigError(f"{where}.targets: must list at least one target")
+        if chain.retries is not None and not 0 <= chain.retries <= 10:
+            raise ConfigError(f"{where}.retries: must be 0-10")
+    ids: set[str] = set()
+    for i, model in enumerate(settings.models):
+        if not model.weight > 0:
+            raise ConfigError(f"models[{i}].weight: must be > 0")
+        if model.id:
+            if model.id in ids:
+                raise ConfigError(f"models[{i}].id: {model.id!r} is used twice")
+            ids.add(model.id)
+
+
+def _check_alerts(alerts: AlertSettings) -> None:
+    for threshold in alerts.budget_thresholds:
+        if not 0 < threshold <= 10:
+            raise ConfigError("alerts.budget_thresholds: shares between 0 and 10 (0.8 = 80%)")
+    for name in ("failure_spike_window", "slow_call_seconds", "dedupe_window", "timeout"):
+        if not getattr(alerts, name) > 0:
+            raise ConfigError(f"alerts.{name}: must be > 0")
+    if alerts.failure_spike_count < 1 or alerts.max_per_minute < 1:
+        raise ConfigError("alerts: failure_spike_count and max_per_minute must be >= 1")
 
 
 def _check_timezone(name: str) -> None:

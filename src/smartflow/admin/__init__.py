@@ -1,4 +1,5 @@
-"""The admin API (``/api/...``): virtual keys, teams, users, spend, the key vault, sign-in.
+"""The admin API (``/api/...``): virtual keys, teams, users, spend, the key vault, sign-in,
+routing (fallback chains and model groups).
 
 ``register_admin_routes(router, admin)`` adds every admin route; the worker
 builds the ``AdminContext`` (``admin.context``) once, sharing the proxy's
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 
 def register_admin_routes(router: Router, admin: AdminContext) -> None:
     from smartflow.admin.auth_routes import register_auth_routes
+    from smartflow.admin.routing_routes import register_routing_routes
     from smartflow.admin.spend_routes import register_spend_routes
     from smartflow.admin.teams_routes import register_team_routes, register_user_routes
     from smartflow.admin.vault_routes import register_vault_routes
@@ -27,3 +29,5 @@ def register_admin_routes(router: Router, admin: AdminContext) -> None:
     register_spend_routes(router, admin)
     register_vault_routes(router, admin)
     register_auth_routes(router, admin)
+    if admin.routes is not None:
+        register_routing_routes(router, admin, admin.routes, admin.config_chains)

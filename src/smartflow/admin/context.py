@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from smartflow.keys.runtime import KeysRuntime
     from smartflow.keys.store import IdentityStore
     from smartflow.keys.vault import Vault
+    from smartflow.routing.records import FallbackChain
+    from smartflow.routing.route_store import RouteStore
     from smartflow.store.fast_client import StoreClient
 
 AdminHandler = Callable[[Request], Awaitable[Response]]
@@ -45,6 +47,8 @@ class AdminContext:
     key_cache: KeyCache
     pool: UpstreamPool  # outbound HTTPS (Entra ID's JWKS)
     master_key: bytes = field(default=b"")
+    routes: RouteStore | None = None  # fallback chains and model groups (None: no routes)
+    config_chains: tuple[FallbackChain, ...] = ()  # [[routing.fallback_chains]]
 
     @property
     def is_development_mode(self) -> bool:
@@ -122,9 +126,10 @@ def json_answer(value: Any, status: int = 200) -> Response:
     return Response(status, orjson.dumps(value), [("cache-control", "no-store")])
 
 
-def build_admin_context(settings: Settings, keys: KeysRuntime, pool: UpstreamPool
-                        ) -> AdminContext:
+def build_admin_context(settings: Settings, keys: KeysRuntime, pool: UpstreamPool, *,
+                        config_chains: tuple[FallbackChain, ...] = ()) -> AdminContext:
     from smartflow.identity.session_tokens import SessionTokens
+    from smartflow.routing.route_store import RouteStore
 
     auth = settings.auth
     return AdminContext(
@@ -137,4 +142,6 @@ def build_admin_context(settings: Settings, keys: KeysRuntime, pool: UpstreamPoo
         key_cache=keys.cache,
         pool=pool,
         master_key=auth.master_key.encode(),
+        routes=RouteStore(keys.client),
+        config_chains=tuple(config_chains),
     )

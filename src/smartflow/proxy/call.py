@@ -76,6 +76,8 @@ class Call:
     candidates: tuple[Target, ...] = ()
     target: Target | None = None
     fallback_target: Target | None = None  # where a model the catalog does not know goes
+    route_plan: Any = None  # routing.planner.RoutePlan when the call may fail over
+    deployment_id: str = ""
     attempts: int = 0
     cache_outcome: str = "off"
     # how it ended

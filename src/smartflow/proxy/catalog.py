@@ -75,6 +75,7 @@ class Catalog:
 
     __slots__ = (
         "_configured",
+        "_entries",
         "_environ",
         "_first_by_provider",
         "_listed",
@@ -89,8 +90,10 @@ class Catalog:
         self._configured: dict[str, tuple[Target, ...]] = {}
         self._first_by_provider: dict[str, ModelConfig] = {}
         listed: dict[str, ListedModel] = {}
+        self._entries: tuple[tuple[ModelConfig, Target], ...] = ()
         for model in models:
             target = self._target_from_config(model)
+            self._entries += ((model, target),)
             self._configured[model.name] = self._configured.get(model.name, ()) + (target,)
             self._first_by_provider.setdefault(model.provider, model)
             listed.setdefault(model.name, ListedModel(model.name, model.provider))
@@ -105,6 +108,14 @@ class Catalog:
     def deployments(self, name: str) -> tuple[Target, ...]:
         """Every configured deployment of a public name (empty when not configured)."""
         return self._configured.get(name, ())
+
+    def configured_entries(self) -> tuple[tuple[ModelConfig, Target], ...]:
+        """Every ``[[models]]`` entry with its target, in config order."""
+        return self._entries
+
+    def target_for(self, config: ModelConfig) -> Target:
+        """The target of a deployment described like a ``[[models]]`` entry."""
+        return self._target_from_config(config)
 
     def first_config_of(self, provider: str) -> ModelConfig | None:
         return self._first_by_provider.get(provider)

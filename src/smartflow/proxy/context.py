@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from smartflow.keys.runtime import KeysRuntime
+    from smartflow.routing.runtime import RoutingRuntime
 
 logger = logging.getLogger("smartflow.proxy")
 
@@ -40,6 +41,7 @@ class ProxyContext:
     capture_stream_text: bool = False  # the tap collects streamed text (for caching later)
     keys: KeysRuntime | None = None  # virtual keys, budgets, vault (None: master key only)
     adapters: dict[str, ProviderAdapter] = field(default_factory=dict)  # provider -> adapter
+    routing: RoutingRuntime | None = None  # groups, chains, failover (None: first deployment)
 
     def adapter_for(self, provider: str) -> ProviderAdapter:
         """The provider's adapter, imported on first use and kept."""
@@ -55,6 +57,8 @@ class ProxyContext:
         return adapter
 
     async def aclose(self) -> None:
+        if self.routing is not None:
+            await self.routing.aclose()
         if self.keys is not None:
             await self.keys.aclose()
         await self.pool.aclose()

@@ -27,7 +27,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from smartflow.dialects.base import Dialect, StreamOutcome
 from smartflow.gateway_error import GatewayError, Phase, Reason, reason_for_status
@@ -40,14 +40,22 @@ from smartflow.proxy.call import Call, Principal, trace_id_of
 from smartflow.proxy.context import ProxyContext
 from smartflow.proxy.cost import Cost, estimate_prompt_tokens
 from smartflow.proxy.headers import (
+    ATTEMPTS_HEADER,
     COST_HEADER,
+    DEPLOYMENT_HEADER,
+    FALLBACK_CHAIN_HEADER,
     format_usd,
     passthrough_headers,
     smartflow_headers,
 )
 from smartflow.proxy.pipeline import Pipeline, Reply
 from smartflow.proxy.relay import PassthroughTransform, StreamTransform, relay
-from smartflow.proxy.upstream import Upstream, read_body, send
+from smartflow.proxy.upstream import Upstream, peek, read_body, send
+from smartflow.proxy.vault_stage import provider_key_target
+
+if TYPE_CHECKING:
+    from smartflow.routing.deployments import Deployment
+    from smartflow.routing.planner import RoutePlan
 
 logger = logging.getLogger("smartflow.proxy")
 
@@ -144,26 +152,45 @@ class CallRunner:
                 await self._finish(call)
                 reply.headers[:0] = self._headers(call, None)
                 return reply
-            adapter = self._context.adapter_for(call.provider)
-            try:
-                plan = operation.exchange_for(call, adapter)
-            except HTTPError as exc:
-                raise _from_http_error(exc).at(Phase.BEFORE_SEND) from None
-            except GatewayError as exc:
-                if exc.status < 500:
-                    exc.reason = Reason.CLIENT
-                raise exc.at(Phase.BEFORE_SEND) from None
-            if isinstance(plan, Response):
-                call.status = plan.status
-                await self._finish(call)
-                plan.headers[:0] = self._headers(call, None)
-                return plan
-            target = call.target
-            assert target is not None  # the route stage set it
-            call.attempts += 1
-            upstream = await send(self._context, target, plan.upstream_call)
-            call.first_byte_s = time.perf_counter()
-            return await self._answer(call, adapter, plan, upstream)
+            route = call.route_plan
+            while True:
+                adapter = self._context.adapter_for(call.provider)
+                try:
+                    plan = operation.exchange_for(call, adapter)
+                except HTTPError as exc:
+                    raise _from_http_error(exc).at(Phase.BEFORE_SEND) from None
+                except GatewayError as exc:
+                    if exc.status < 500:
+                        exc.reason = Reason.CLIENT
+                    raise exc.at(Phase.BEFORE_SEND) from None
+                if isinstance(plan, Response):
+                    call.status = plan.status
+                    await self._finish(call)
+                    plan.headers[:0] = self._headers(call, None)
+                    return plan
+                target = call.target
+                assert target is not None  # the route stage set it
+                call.attempts += 1
+                if route is None:
+                    upstream = await send(self._context, target, plan.upstream_call)
+                    call.first_byte_s = time.perf_counter()
+                    return await self._answer(call, adapter, plan, upstream)
+                upstream = None
+                try:
+                    upstream, reply = await self._attempt(call, route, adapter, plan)
+                    if reply is not None:
+                        return reply
+                except GatewayError as exc:
+                    if exc.phase is Phase.MID_STREAM:
+                        raise
+                    upstream = None
+                    following = await route.after_failure(exc)
+                    if following is None:
+                        if isinstance(exc, NativeFailure):
+                            return await self._native_failure(call, exc)
+                        upstream = getattr(exc, "upstream", None)  # its headers go along
+                        raise
+                    await self._fail_over(call, route, *following)
         except GatewayError as exc:
             return await self._fail(call, exc, upstream)
         except HTTPError as exc:  # a malformed request (validation, a body too large)
@@ -186,6 +213,70 @@ class CallRunner:
                 500, "The gateway failed while handling this call.", code="internal_error",
                 reason=Reason.INTERNAL, phase=Phase.BEFORE_SEND
                 if upstream is None else Phase.BEFORE_FIRST_BYTE), None)
+
+    async def _attempt(self, call: Call, route: RoutePlan, adapter: ProviderAdapter,
+                       plan: Exchange) -> tuple[Upstream | None, Reply | None]:
+        """One attempt of a call that may fail over: a failure before the caller got
+        a byte is raised (a native error answer as ``NativeFailure``)."""
+        context = self._context
+        routing = context.routing
+        assert routing is not None and call.target is not None
+        deployment = route.current
+        started = time.perf_counter()
+        try:
+            upstream = await send(context, call.target, plan.upstream_call,
+                                  routing.attempt_timeout)
+        except GatewayError as exc:
+            if deployment is not None and exc.reason is Reason.TIMEOUT:
+                routing.on_timeout_latency(deployment, time.perf_counter() - started)
+            raise
+        status = upstream.status
+        if 200 <= status < 300:
+            content_type = upstream.header("content-type") or ""
+            if route.can_fail_over and (call.is_stream or (
+                    plan.is_native and content_type.startswith("text/event-stream"))):
+                upstream = await peek(upstream)
+            call.first_byte_s = time.perf_counter()
+            if deployment is not None:
+                routing.on_attempt_ok(deployment, call.first_byte_s - started,
+                                      observe_latency=route.step_group.strategy == "latency")
+        elif plan.is_native:
+            body = await read_body(upstream)
+            call.first_byte_s = time.perf_counter()
+            raise NativeFailure(status, upstream, body)
+        else:
+            call.first_byte_s = time.perf_counter()
+        try:
+            return upstream, await self._answer(call, adapter, plan, upstream)
+        except GatewayError as exc:
+            exc.upstream = upstream  # type: ignore[attr-defined]
+            raise
+
+    async def _fail_over(self, call: Call, route: RoutePlan, deployment: Deployment,
+                         delay_s: float) -> None:
+        """Make ``deployment`` the call's target, after ``delay_s``."""
+        routing = self._context.routing
+        assert routing is not None
+        routing.on_failover(call.model)
+        call.first_byte_s = None
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        target = deployment.target
+        keys = self._context.keys
+        if keys is not None:
+            target = await provider_key_target(call, target, keys.vault)
+        call.target = target
+        call.deployment_id = deployment.id
+
+    async def _native_failure(self, call: Call, failure: NativeFailure) -> Reply:
+        """The last attempt's native error answer, relayed as it came."""
+        upstream = failure.upstream
+        call.error = failure
+        call.status = failure.status
+        await self._finish(call)
+        content_type = upstream.header("content-type") or "application/json"
+        headers = self._headers(call, None) + _native_headers(upstream)
+        return Response(failure.status, failure.body, headers, content_type)
 
     async def _answer(self, call: Call, adapter: ProviderAdapter, plan: Exchange,
                       upstream: Upstream) -> Reply:
@@ -304,6 +395,12 @@ class CallRunner:
         usd = None if is_stream else (cost.usd if cost is not None else 0.0)
         headers = smartflow_headers(call.call_id, call.provider, call.elapsed_ms(), usd,
                                     cache_hit=call.cache_outcome == "hit")
+        headers.append((ATTEMPTS_HEADER, str(call.attempts)))
+        if call.deployment_id:
+            headers.append((DEPLOYMENT_HEADER, call.deployment_id))
+        route = call.route_plan
+        if route is not None and route.chain:
+            headers.append((FALLBACK_CHAIN_HEADER, route.chain))
         own = call.response_headers
         if upstream is not None:
             relayed = passthrough_headers(upstream.headers)
@@ -314,6 +411,26 @@ class CallRunner:
         if own:
             headers.extend(own)
         return headers
+
+
+class NativeFailure(GatewayError):
+    """A native upstream's error answer: failed over when the plan allows, else
+    relayed exactly as it came."""
+
+    def __init__(self, status: int, upstream: Upstream, body: bytes) -> None:
+        super().__init__(status, f"The upstream answered HTTP {status}.",
+                         retry_after=upstream.header("retry-after"),
+                         code=_native_error_code(body),
+                         reason=Reason.UPSTREAM_STATUS, phase=Phase.BEFORE_FIRST_BYTE)
+        self.upstream = upstream
+        self.body = body
+
+
+def _native_error_code(body: bytes) -> str | None:
+    """OpenAI's and Anthropic's context-length errors, recognised in a native error body."""
+    if b"context_length_exceeded" in body or b"prompt is too long" in body:
+        return "context_length_exceeded"
+    return None
 
 
 def _native_headers(upstream: Upstream) -> list[tuple[str, str]]:

@@ -7,6 +7,10 @@ PASSTHROUGH_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-")
 
 
 COST_HEADER = "x-smartflow-response-cost"
+ATTEMPTS_HEADER = "x-smartflow-attempts"  # upstream calls made for this answer
+DEPLOYMENT_HEADER = "x-smartflow-deployment"  # the deployment id that answered
+FALLBACK_CHAIN_HEADER = "x-smartflow-fallback-chain"  # also a request header: pick a chain
+TAGS_HEADER = "x-smartflow-tags"  # request: the tag strategy's tags
 
 
 def format_usd(usd: float) -> str:

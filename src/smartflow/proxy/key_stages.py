@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smartflow.gateway_error import GatewayError, Reason
 from smartflow.keys.admission import (
@@ -33,6 +33,9 @@ from smartflow.proxy.cost import estimate_prompt_tokens
 from smartflow.proxy.pipeline import Reply, Stage
 from smartflow.store.fast_client import StoreUnavailable
 from smartflow.store.keyspace import SCOPE_KEY
+
+if TYPE_CHECKING:
+    from smartflow.routing.runtime import RoutingRuntime
 
 # A refusal for a stale record is retried with fresh records; more than this
 # many changes during one call means something is rewriting the key in a loop.
@@ -84,9 +87,12 @@ def _max_output_tokens(body: dict[str, Any] | None, model_limit: int, default: i
 class AdmitStage(Stage):
     slot = "admit"
 
-    def __init__(self, keys: KeysRuntime, catalog: Catalog, default_max_output: int) -> None:
+    def __init__(self, keys: KeysRuntime, catalog: Catalog, default_max_output: int,
+                 routing: RoutingRuntime | None = None) -> None:
         self._keys = keys
         self._catalog = catalog
+        self._routing = routing
+        self._generation = 0
         self._default_max_output = default_max_output
         # model name -> its deployments' prices and output limits: the catalog
         # is fixed for a worker's life
@@ -161,9 +167,16 @@ class AdmitStage(Stage):
             prices: tuple[tuple[Any, int], ...] = (
                 (call.target.prices, call.target.max_output_tokens),)
         else:
+            routing = self._routing
+            if routing is not None and routing.generation != self._generation:
+                self._prices = {}  # groups or chains changed: worst cases may have too
+                self._generation = routing.generation
             found = self._prices.get(call.model)
             if found is None:
-                targets = self._catalog.deployments(call.model)
+                # Every deployment the call may reach (a chain's, a larger-context
+                # fallback's): failover must not take it past what it held.
+                targets = (routing.possible_targets(call.model) if routing is not None
+                           else self._catalog.deployments(call.model))
                 if not targets:
                     try:
                         targets = (self._catalog.resolve(call.model),)

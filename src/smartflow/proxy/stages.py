@@ -17,7 +17,7 @@ add their stages there (see docs/pipeline.md).
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from smartflow.gateway_error import GatewayError, Phase, Reason
 from smartflow.keys.capture import VIRTUAL_KEY_HEADER, capture
@@ -36,9 +36,15 @@ from smartflow.proxy.key_stages import (
     principal_for,
     state_unavailable_error,
 )
+from smartflow.proxy.cost import estimate_prompt_tokens
+from smartflow.proxy.headers import FALLBACK_CHAIN_HEADER, TAGS_HEADER
 from smartflow.proxy.pipeline import Reply, Stage
 from smartflow.proxy.vault_stage import VaultStage
+from smartflow.routing.strategies import RouteRequest, expected_output_tokens, parse_tags
 from smartflow.store.fast_client import StoreUnavailable
+
+if TYPE_CHECKING:
+    from smartflow.routing.runtime import RoutingRuntime
 
 _MASTER = Principal(kind="master", is_admin=True)
 _ANONYMOUS = Principal(kind="anonymous")
@@ -112,14 +118,48 @@ def _refused(entry: KeyEntry) -> bool:
 
 
 class RouteStage(Stage):
+    """The deployment a call goes to first, and its plan should that one fail.
+
+    Without routing (no store) or for a model with one deployment and nothing
+    to fail over to, the target is a dict lookup. Otherwise the routing
+    runtime makes a ``RoutePlan`` (its group's strategy, a fallback chain,
+    retries, cooldowns, provider caps) and the exchange walks it.
+    """
+
     slot = "route"
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, routing: RoutingRuntime | None = None) -> None:
         self._catalog = catalog
+        self._routing = routing
 
     async def on_enter(self, call: Call) -> Reply | None:
         if call.target is not None:  # the operation fixed it (native passthrough)
             return None
+        routing = self._routing
+        if routing is not None:
+            chain_name = call.request.header(FALLBACK_CHAIN_HEADER)
+            chain = None
+            if chain_name:
+                chain = routing.chain_named(chain_name.strip())
+                if chain is None:
+                    raise GatewayError(400, f"There is no fallback chain named "
+                                            f"{chain_name.strip()[:100]!r}.",
+                                       "invalid_request_error", "unknown_fallback_chain",
+                                       reason=Reason.CLIENT)
+            else:
+                target = routing.simple_target(call.model)
+                if target is not None:
+                    call.candidates = (target,)
+                    call.target = target
+                    return None
+            plan = routing.plan(call.model, chain, _route_request(call))
+            if plan is not None:
+                deployment = await plan.first()
+                call.route_plan = plan
+                call.candidates = tuple(d.target for d in plan.step_group.deployments)
+                call.target = deployment.target
+                call.deployment_id = deployment.id
+                return None
         catalog = self._catalog
         deployments = catalog.deployments(call.model)
         if deployments:
@@ -136,6 +176,40 @@ class RouteStage(Stage):
                                    "model", reason=Reason.CLIENT) from None
         call.target = call.candidates[0]
         return None
+
+
+def _route_request(call: Call) -> RouteRequest:
+    body = call.body
+    return RouteRequest(
+        tags=parse_tags(call.request.header(TAGS_HEADER)),
+        prompt_tokens=(lambda: estimate_prompt_tokens(body)) if body is not None else _zero,
+        output_tokens=expected_output_tokens(body))
+
+
+def _zero() -> int:
+    return 0
+
+
+class RoutingExitStage(Stage):
+    """After the call: give back a least-connections slot, add the cost to its
+    provider's day, alert on a slow call."""
+
+    slot = "post_call"
+
+    def __init__(self, routing: RoutingRuntime) -> None:
+        self._routing = routing
+
+    async def on_exit(self, call: Call) -> None:
+        plan = call.route_plan
+        if plan is not None:
+            plan.finish()
+        target = call.target
+        if target is None:
+            return
+        cost = call.cost
+        self._routing.on_call_end(target.provider, call.deployment_id,
+                                  cost.usd if cost is not None else 0.0,
+                                  call.elapsed_ms() / 1000, call.call_id)
 
 
 class AccessLogStage(Stage):
@@ -196,17 +270,22 @@ def default_stages(context: ProxyContext) -> list[Stage]:
     capture_keys = settings.vault.capture_provider_keys
     stages: list[Stage] = [
         AuthenticateStage(context.authenticator, keys, capture_provider_keys=capture_keys),
-        RouteStage(context.catalog),
+        RouteStage(context.catalog, context.routing),
         AccessLogStage(),
     ]
+    if context.routing is not None:
+        stages.append(RoutingExitStage(context.routing))
     if keys is not None:
         stages += [
-            AdmitStage(keys, context.catalog, settings.budgets.default_max_output_tokens),
+            AdmitStage(keys, context.catalog, settings.budgets.default_max_output_tokens,
+                       context.routing),
             SettleStage(keys),
         ]
         # Only when some provider key can come from the vault: otherwise the
         # route slot keeps one stage and calls pay nothing for the vault.
-        if capture_keys or any(model.api_key.startswith(VAULT_PREFIX)
-                               for model in settings.models):
+        # (Groups made through the admin API may name vault keys: with routing on,
+        # the stage is always there.)
+        if capture_keys or context.routing is not None or any(
+                model.api_key.startswith(VAULT_PREFIX) for model in settings.models):
             stages.append(VaultStage(keys.vault))
     return stages

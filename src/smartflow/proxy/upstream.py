@@ -66,15 +66,63 @@ def tls_for(target: Target) -> TLSConfig | None:
     return None
 
 
-async def send(context: ProxyContext, target: Target, call: UpstreamCall) -> Upstream:
+async def send(context: ProxyContext, target: Target, call: UpstreamCall,
+               first_byte_timeout_s: float | None = None) -> Upstream:
     """The upstream's answer (head in, body on demand); GatewayError on transport failure."""
     if call.url.startswith(MOCK_SCHEME):
         return MockUpstream(serve_mock(call))
     try:
         return await context.pool.request(call.method, call.url, call.headers, call.body,
-                                          tls=tls_for(target))
+                                          tls=tls_for(target),
+                                          first_byte_timeout_s=first_byte_timeout_s)
     except UpstreamError as exc:
         raise error_from_upstream_failure(exc, Phase.BEFORE_FIRST_BYTE) from None
+
+
+class PeekedUpstream:
+    """An upstream whose first body chunk was read ahead (so a stream that breaks
+    before its first byte can still fail over); the chunk is replayed first."""
+
+    __slots__ = ("_first", "_inner", "_source", "headers", "status")
+
+    def __init__(self, inner: Upstream, first: bytes | None,
+                 source: AsyncIterator[bytes]) -> None:
+        self._inner = inner
+        self._first = first  # None: the body was empty
+        self._source = source
+        self.status = inner.status
+        self.headers = inner.headers
+
+    def header(self, name: str) -> str | None:
+        return self._inner.header(name)
+
+    async def read(self) -> bytes:
+        return b"".join([chunk async for chunk in self.iter_bytes()])
+
+    async def iter_bytes(self) -> AsyncIterator[bytes]:
+        first, self._first = self._first, None
+        if first is None:
+            return
+        if first:
+            yield first
+        async for chunk in self._source:
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+async def peek(upstream: Upstream) -> Upstream:
+    """Read the first body chunk now; a transport failure is still before the first byte."""
+    source = upstream.iter_bytes()
+    try:
+        first: bytes | None = await anext(source)
+    except StopAsyncIteration:
+        first = None
+    except UpstreamError as exc:
+        await upstream.aclose()
+        raise error_from_upstream_failure(exc, Phase.BEFORE_FIRST_BYTE) from None
+    return PeekedUpstream(upstream, first, source)
 
 
 async def read_body(upstream: Upstream) -> bytes:

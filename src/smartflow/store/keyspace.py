@@ -23,7 +23,8 @@ Per scope (a key, a team or a user):
 ========================  =====================================================
 
 Global (single-key, any slot): ``sf:vkh:<sha256>`` (key hash -> id), the
-sets ``sf:vkeys``, ``sf:teams``, ``sf:users``, the vault and the auth keys.
+sets ``sf:vkeys``, ``sf:teams``, ``sf:users``, the vault, the auth keys, and
+routing's chains, groups and revision (``sf:routing:*``).
 """
 
 from __future__ import annotations
@@ -85,3 +86,45 @@ class ScopeKeys:
     def counters(self) -> tuple[str, ...]:
         """The counter keys (not the record or the ledger): deleted with the scope."""
         return (self.st, self.rpm, self.tpm)
+
+
+# Routing (``routing.route_store``): fallback chains and model groups made
+# through the admin API. Each is one key (any slot); a change bumps the
+# revision and is announced on the channel ("chain:<name>" / "group:<name>").
+ROUTING_CHAINS = PREFIX + "routing:chains"  # hash: chain name -> JSON
+ROUTING_GROUPS = PREFIX + "routing:groups"  # hash: public model name -> JSON
+ROUTING_REVISION = PREFIX + "routing:rev"  # counter
+ROUTING_CHANNEL = PREFIX + "routing"  # pub/sub
+
+# Routing health (``routing.health``). A deployment's failure counter and its
+# cooldown share a hash tag (one script touches both); a least-connections
+# group's counts and the workers' last-seen times share another.
+
+
+def deployment_failures(deployment_id: str) -> str:
+    return f"{PREFIX}{{rt:{deployment_id}}}:fails"  # counter, expires after the window
+
+
+def deployment_cooldown(deployment_id: str) -> str:
+    return f"{PREFIX}{{rt:{deployment_id}}}:cool"  # until (epoch ms), expires with it
+
+
+def least_connections_counts(group: str) -> str:
+    return f"{PREFIX}{{lc:{group}}}:n"  # hash: "<deployment>|<worker>" -> calls in flight
+
+
+def least_connections_seen(group: str) -> str:
+    return f"{PREFIX}{{lc:{group}}}:seen"  # hash: worker -> last seen (epoch ms)
+
+
+def routing_latency() -> str:
+    # hash: "<deployment>:m" / ":v" / ":t" (EMA mean and variance, seconds; when)
+    return PREFIX + "routing:latency"
+
+
+def provider_spend(provider: str, day: str) -> str:
+    return f"{PREFIX}routing:pspend:{provider}:{day}"  # nano-USD spent that day
+
+
+def failure_spike(provider: str, bucket: int) -> str:
+    return f"{PREFIX}routing:spike:{provider}:{bucket}"  # failures in one window

@@ -1,0 +1,1 @@
+"""Routing: fallback chains and model groups (records, their Redis store)."""
