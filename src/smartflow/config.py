@@ -255,7 +255,7 @@ def _coerce(path: str, value: object, annotation: Any) -> object:
         if not isinstance(value, list):
             raise ConfigError(f"{path}: expected array, got {_type_name(value)}")
         item_type = typing.get_args(annotation)[0]
-        if dataclasses.is_dataclass(item_type):  # an array of tables
+        if isinstance(item_type, type) and dataclasses.is_dataclass(item_type):  # tables
             return tuple(_build(item_type, f"{path}[{i}]", v, {}) for i, v in enumerate(value))
         return tuple(_coerce(f"{path}[{i}]", v, item_type) for i, v in enumerate(value))
     if origin in (Mapping, dict):

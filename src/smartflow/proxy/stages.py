@@ -29,6 +29,8 @@ from smartflow.proxy.auth import Authenticator, presented_key
 from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.catalog import Catalog, ModelNotFound
 from smartflow.proxy.context import ProxyContext
+from smartflow.proxy.cost import estimate_prompt_tokens
+from smartflow.proxy.headers import FALLBACK_CHAIN_HEADER, TAGS_HEADER
 from smartflow.proxy.key_stages import (
     AdmitStage,
     SettleStage,
@@ -36,8 +38,6 @@ from smartflow.proxy.key_stages import (
     principal_for,
     state_unavailable_error,
 )
-from smartflow.proxy.cost import estimate_prompt_tokens
-from smartflow.proxy.headers import FALLBACK_CHAIN_HEADER, TAGS_HEADER
 from smartflow.proxy.pipeline import Reply, Stage
 from smartflow.proxy.vault_stage import VaultStage
 from smartflow.routing.strategies import RouteRequest, expected_output_tokens, parse_tags

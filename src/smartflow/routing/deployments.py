@@ -49,9 +49,9 @@ class Group:
 
 def derived_id(config: ModelConfig) -> str:
     upstream = config.model or config.name
-    digest = hashlib.sha256("\0".join(
-        (config.name, config.provider, upstream, config.api_base, config.api_version)
-    ).encode()).hexdigest()[:10]
+    identity = f"{config.name}\0{config.provider}\0{upstream}\0{config.api_base}\0" \
+        f"{config.api_version}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:10]
     readable = f"{config.provider}-{upstream}"[:40]
     return f"{readable}-{digest}"
 

@@ -151,7 +151,8 @@ class RoutePlan:
             if wait is None or wait <= runtime.max_retry_after:
                 delay = max(self._backoff(step.retries_used), wait or 0.0)
                 step.retries_used += 1
-                picked = await self._pick(self._index, untried_only=False, allow_cooling=True)
+                picked = await self._pick(self._index, untried_only=False, allow_cooling=True,
+                                          avoid=deployment.id if deployment else "")
                 if picked is not None:
                     return self._take(picked), delay
         return await self._next_step()
@@ -186,8 +187,10 @@ class RoutePlan:
         if held is not None:
             self._runtime.health.release(*held)
 
-    async def _pick(self, index: int, *, untried_only: bool,
-                    allow_cooling: bool) -> Deployment | None:
+    async def _pick(self, index: int, *, untried_only: bool, allow_cooling: bool,
+                    avoid: str = "") -> Deployment | None:
+        """The step's next deployment by its strategy; ``avoid`` (the one that just
+        failed) goes last, so a retry goes elsewhere when there is anywhere else."""
         step = self._steps[index]
         group = step.group
         runtime = self._runtime
@@ -206,6 +209,8 @@ class RoutePlan:
                      f"{str(exc)!r} asked for in x-smartflow-tags.",
                 "invalid_request_error", "no_deployment_for_tags", reason=Reason.CLIENT
             ) from None
+        if avoid and len(ordered) > 1 and ordered[0].id == avoid:
+            ordered.append(ordered.pop(0))
         if group.strategy == "least_connections" and len(ordered) > 1:
             chosen = await runtime.health.pick_least_loaded(group.name, [d.id for d in ordered])
             self.held_least_connections = (group.name, chosen)
