@@ -137,7 +137,7 @@ class RouteStage(Stage):
             return None
         routing = self._routing
         if routing is not None:
-            chain_name = call.request.header(FALLBACK_CHAIN_HEADER)
+            chain_name = _header(call.request.headers, _CHAIN_HEADER)
             chain = None
             if chain_name:
                 chain = routing.chain_named(chain_name.strip())
@@ -176,6 +176,16 @@ class RouteStage(Stage):
                                    "model", reason=Reason.CLIENT) from None
         call.target = call.candidates[0]
         return None
+
+
+_CHAIN_HEADER = FALLBACK_CHAIN_HEADER.encode()
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _route_request(call: Call) -> RouteRequest:
@@ -229,6 +239,13 @@ class AccessLogStage(Stage):
         if target is not None:
             fields["upstream_model"] = target.model
             fields["provider"] = target.provider
+        if call.attempts != 1:
+            fields["attempts"] = call.attempts
+        if call.deployment_id:
+            fields["deployment"] = call.deployment_id
+            route = call.route_plan
+            if route is not None and route.chain:
+                fields["fallback_chain"] = route.chain
         principal = call.identity
         if principal is not None:
             fields["auth"] = principal.kind
