@@ -50,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import REPO_PYTHON  # noqa: E402
+from _common import REPO_PYTHON
 
 try:
     import httpx
@@ -62,16 +62,16 @@ except ImportError:  # the load client needs httpx: the repo venv has it
                                     *sys.argv[1:]])
     raise SystemExit("bench: routing_bench needs httpx (the repo venv .venv has it)") from None
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import collections  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
+import argparse
+import asyncio
+import collections
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
 
-from _common import (  # noqa: E402
+from _common import (
     REPO_DIR,
     RESULTS_DIR,
     WORK_DIR,
@@ -84,7 +84,7 @@ from _common import (  # noqa: E402
     percentile,
     run_cli,
 )
-from http_bench import smartflow_argv, smartflow_available  # noqa: E402
+from http_bench import smartflow_argv, smartflow_available
 
 API_KEY = "sk-bench-" + "5f0c2a9e" * 8
 UPSTREAM_API_KEY = "sk-upstream-bench"
@@ -442,8 +442,8 @@ def render(results: list[ScenarioResult], args: argparse.Namespace) -> tuple[str
             rows.append([r.name, *(f"{pct(f, q) - pct(h, q):+.2f}" for q in (0.50, 0.90, 0.99)),
                          f"{rps / healthy_rps:.2f}x" if rps and healthy_rps else "n/a"])
         if rows:
-            out += ["", "latency failover adds (scenario - healthy, same load, ms) and "
-                        "throughput relative to healthy:",
+            out += ["", ("latency failover adds (scenario - healthy, same load, ms) and "
+                        "throughput relative to healthy:"),
                     format_table(["scenario", "p50 added", "p90 added", "p99 added",
                                   "req/s vs healthy"], rows)]
 
@@ -460,8 +460,8 @@ def render(results: list[ScenarioResult], args: argparse.Namespace) -> tuple[str
         else:
             row += ["", ""]
         rows.append(row)
-    out += ["", "time inside the gateway (x-smartflow-duration-ms, from the request head to the "
-                "answer; without the client's own queueing), ms:",
+    out += ["", ("time inside the gateway (x-smartflow-duration-ms, from the request head to the "
+                "answer; without the client's own queueing), ms:"),
             format_table(["scenario", "with header", "p50", "p90", "p99", "max",
                           "p50 added", "p99 added"], rows)]
 
@@ -481,10 +481,10 @@ def render(results: list[ScenarioResult], args: argparse.Namespace) -> tuple[str
                        and x.attempts == 1) for r in done}
     odd_note = [f"  {name}: {n} requests took >= attempt_timeout with 1 attempt (a slow "
                 f"answer, not a failover)" for name, n in odd.items() if n]
-    out += ["", f"latency by attempts made (ms); 'no hang' = >1 attempts and answered in "
+    out += ["", (f"latency by attempts made (ms); 'no hang' = >1 attempts and answered in "
                 f"< attempt_timeout (failed over from a 5xx: what a fast failure costs);\n"
                 f"'waited out a hang' = answered after >= attempt_timeout "
-                f"({args.attempt_timeout:g} s):",
+                f"({args.attempt_timeout:g} s):"),
             format_table(["scenario", "1 attempt", "p50", "p99", ">1 attempts", "p50", "p99",
                           "no hang", "p50", "p99", "waited out a hang"], rows), *odd_note]
 
@@ -501,8 +501,8 @@ def render(results: list[ScenarioResult], args: argparse.Namespace) -> tuple[str
         total_attempts = sum(x.attempts or 0 for x in r.records)
         row.append(f"{total_attempts / n:.3f}" if n else "n/a")
         rows.append(row)
-    out += ["", "attempts per request (x-smartflow-attempts: upstream calls made), count "
-                "(share):",
+    out += ["", ("attempts per request (x-smartflow-attempts: upstream calls made), count "
+                "(share):"),
             format_table(["scenario", *[str(k) for k in range(1, max_attempts + 1)],
                           "no header", "mean"], rows)]
 
@@ -540,8 +540,8 @@ def render(results: list[ScenarioResult], args: argparse.Namespace) -> tuple[str
                          share(more, len(bucket)), fmt_ms(pct(lat, 0.99)),
                          share(len(bucket) - len(ok), len(bucket))])
     if rows:
-        out += ["", "over time (s from the first measured request, by send time): who answered, "
-                    "share of requests that needed >1 attempts, p99, failed:",
+        out += ["", ("over time (s from the first measured request, by send time): who answered, "
+                    "share of requests that needed >1 attempts, p99, failed:"),
                 format_table(["scenario", "sent s", "requests", *DEPLOYMENTS, ">1 attempts",
                               "p99 ms", "failed"], rows)]
 
@@ -560,10 +560,10 @@ def render(results: list[ScenarioResult], args: argparse.Namespace) -> tuple[str
             faults = ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items()) if k != "ok")
             rows.append([r.name, d, f"{calls:,}", f"{counts.get('ok', 0):,}", faults or "-"])
         rows.append([r.name, "all", f"{seen:,}", "",
-                     f"gateway reported {attempts_sent:,} attempts "
-                     f"({'equal' if attempts_sent == seen else 'DIFFERENT'})"])
-    out += ["", "upstream chat calls (each upstream's SIGTERM counts; the check call and the "
-                f"{args.warmup} warm-up requests included):",
+                     (f"gateway reported {attempts_sent:,} attempts "
+                     f"({'equal' if attempts_sent == seen else 'DIFFERENT'})")])
+    out += ["", ("upstream chat calls (each upstream's SIGTERM counts; the check call and the "
+                f"{args.warmup} warm-up requests included):"),
             format_table(["scenario", "upstream", "calls", "ok", "faults"], rows)]
 
     # -- cooldowns, gateway log
@@ -589,8 +589,8 @@ def render(results: list[ScenarioResult], args: argparse.Namespace) -> tuple[str
             for x in failed)
         rows = [[str(s), str(a), d, f"{n:,}", e] for (s, a, d, e), n in groups.most_common(12)]
         lat = latencies_ms(failed)
-        out += ["", f"{r.name}: {len(failed):,} failed requests (latency p50 "
-                    f"{fmt_ms(pct(lat, 0.5))} ms, max {fmt_ms(lat[-1])} ms), grouped:",
+        out += ["", (f"{r.name}: {len(failed):,} failed requests (latency p50 "
+                    f"{fmt_ms(pct(lat, 0.5))} ms, max {fmt_ms(lat[-1])} ms), grouped:"),
                 format_table(["status", "attempts", "deployment", "n", "error"], rows)]
 
     # -- verdict

@@ -404,9 +404,9 @@ def profile_worker(servers: dict[str, ServerProcess], scripts: dict[tuple[str, s
     if done.returncode != 0:
         errors.append(f"py-spy: {done.stderr.strip()[-300:]}")
     loader.join(timeout=seconds + 60)
-    header = [f"py-spy of one Smartflow worker (pid {pid}), c={RATIO_CONCURRENCY} "
+    header = [(f"py-spy of one Smartflow worker (pid {pid}), c={RATIO_CONCURRENCY} "
               f"non-streaming chat completions with the {target} key, {seconds} s at 200 Hz "
-              f"(folded stacks: {raw.relative_to(REPO_DIR)})"]
+              f"(folded stacks: {raw.relative_to(REPO_DIR)})")]
     header += [f"error: {e}" for e in errors]
     return header + summarise_folded(raw.read_text() if raw.exists() else "", top=25)
 
@@ -486,8 +486,8 @@ def render(measurements: list[Measurement], checks: list[Check], scenarios: list
         d, mk, vk = direct.result.p50_ms, master.result.p50_ms, vkey.result.p50_ms
         added.append([scenario, fmt_ms(mk - d), fmt_ms(vk - d), f"{vk - mk:+.3f}"])
     if added:
-        out += ["", f"latency added over direct, p50 at c={LATENCY_CONCURRENCY} (ms; wrk "
-                    "reports in 0.01 ms steps):",
+        out += ["", (f"latency added over direct, p50 at c={LATENCY_CONCURRENCY} (ms; wrk "
+                    "reports in 0.01 ms steps):"),
                 format_table(["scenario", "master added", "vkey added", "vkey - master"],
                              added)]
     if checks:
