@@ -18,6 +18,7 @@ Fixtures (all start real processes on 127.0.0.1, on free ports):
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
@@ -152,3 +153,14 @@ async def loop_guard() -> AsyncIterator[LoopExceptionRecorder]:
     finally:
         recorder.uninstall()
     recorder.assert_clean()
+
+
+@pytest.fixture
+def refusing_port() -> Iterator[int]:
+    """A port that refuses connections: bound (so nobody else takes it), never listening."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()

@@ -12,10 +12,9 @@ yields exactly one outcome per destination), not after a fixed sleep.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -131,17 +130,6 @@ async def hanging_server() -> AsyncIterator[HangingServer]:
         yield server
     finally:
         await server.close()
-
-
-@pytest.fixture
-def refusing_port() -> Iterator[int]:
-    """A port that refuses connections: bound (so nobody else takes it), never listening."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        sock.close()
 
 
 @pytest.fixture

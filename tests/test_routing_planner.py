@@ -86,13 +86,28 @@ def test_tags_filter_and_fall_back_to_the_default_tag() -> None:
     group = Group("m", (_deployment("eu", tags=("eu", "gdpr")), _deployment("us", tags=("us",)),
                         _deployment("any", tags=("default",))), "tag")
     balancer = _balancer()
-    eu = RouteRequest(tags=parse_tags("eu, gdpr"))
-    assert _firsts(balancer, group, 5, eu) == {"eu": 5}
+    assert [d.id for d in balancer.tagged(group, parse_tags("eu, gdpr"))] == ["eu"]
+    assert len(balancer.tagged(group, frozenset())) == 3  # no tags asked: the whole group
     with pytest.raises(NoTaggedDeployment):
-        balancer.order(group, list(group.deployments), RouteRequest(tags=frozenset({"apac"})))
+        balancer.tagged(group, frozenset({"apac"}))
     defaulted = _balancer(tag_default="default")
-    assert _firsts(defaulted, group, 3, RouteRequest(tags=frozenset({"apac"}))) == {"any": 3}
+    assert [d.id for d in defaulted.tagged(group, frozenset({"apac"}))] == ["any"]
     assert parse_tags(" a, ,b ") == frozenset({"a", "b"})
+
+
+def test_a_failing_tagged_deployment_is_a_failure_not_a_missing_tag() -> None:
+    group = Group("m", (_deployment("eu", tags=("eu",)), _deployment("us", tags=("us",))), "tag")
+    runtime = _Runtime({})
+    request = RouteRequest(tags=frozenset({"eu"}))
+    plan = RoutePlan(runtime, [group], request)  # type: ignore[arg-type]
+    assert _walk(plan, [ProviderError(500, "x")]) == [("eu", 0.0)]  # nowhere else: the 500
+    runtime.health.cooling = {"eu"}
+    plan = RoutePlan(runtime, [group], request)  # type: ignore[arg-type]
+    assert _walk(plan, [])[0][0] == "eu"  # cooling, but the only match: tried anyway
+    plan = RoutePlan(runtime, [group], RouteRequest(tags=frozenset({"apac"})))  # type: ignore[arg-type]
+    with pytest.raises(GatewayError) as refused:
+        _walk(plan, [])
+    assert refused.value.status == 400 and refused.value.code == "no_deployment_for_tags"
 
 
 @pytest.mark.parametrize(("error", "kind"), [

@@ -172,9 +172,15 @@ class CallRunner:
                 assert target is not None  # the route stage set it
                 call.attempts += 1
                 if route is None:
-                    upstream = await send(self._context, target, plan.upstream_call)
-                    call.first_byte_s = time.perf_counter()
-                    return await self._answer(call, adapter, plan, upstream)
+                    try:
+                        upstream = await send(self._context, target, plan.upstream_call)
+                        call.first_byte_s = time.perf_counter()
+                        return await self._answer(call, adapter, plan, upstream)
+                    except GatewayError as exc:
+                        routing = self._context.routing
+                        if routing is not None and exc.phase is not Phase.BEFORE_SEND:
+                            routing.on_upstream_failure(target.provider, target.provider, exc)
+                        raise
                 upstream = None
                 try:
                     upstream, reply = await self._attempt(call, route, adapter, plan)

@@ -211,13 +211,18 @@ class RoutingExitStage(Stage):
 
     async def on_exit(self, call: Call) -> None:
         plan = call.route_plan
-        if plan is not None:
-            plan.finish()
         target = call.target
         if target is None:
             return
+        routing = self._routing
+        if plan is not None:
+            plan.finish()
+        elif call.attempts == 1:
+            error = call.error
+            routing.count_unrouted_attempt(target.provider, error is None or (
+                error.phase is Phase.MID_STREAM or error.reason is Reason.CLIENT))
         cost = call.cost
-        self._routing.on_call_end(target.provider, call.deployment_id,
+        routing.on_call_end(target.provider, call.deployment_id,
                                   cost.usd if cost is not None else 0.0,
                                   call.elapsed_ms() / 1000, call.call_id)
 
@@ -239,7 +244,7 @@ class AccessLogStage(Stage):
         if target is not None:
             fields["upstream_model"] = target.model
             fields["provider"] = target.provider
-        if call.attempts != 1:
+        if call.attempts > 1:
             fields["attempts"] = call.attempts
         if call.deployment_id:
             fields["deployment"] = call.deployment_id

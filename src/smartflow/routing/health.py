@@ -95,10 +95,12 @@ local now = tonumber(ARGV[1])
 local stale = tonumber(ARGV[2])
 local me = ARGV[3]
 local alive = {}
+local known = {}
 local seen = redis.call('HGETALL', KEYS[2])
 for i = 1, #seen, 2 do
-  if now - tonumber(seen[i + 1]) <= stale then alive[seen[i]] = true
-  elseif now - tonumber(seen[i + 1]) > 4 * stale then redis.call('HDEL', KEYS[2], seen[i]) end
+  local age = now - tonumber(seen[i + 1])
+  if age <= stale then alive[seen[i]] = true end
+  if age > 4 * stale then redis.call('HDEL', KEYS[2], seen[i]) else known[seen[i]] = true end
 end
 alive[me] = true
 local load = {}
@@ -111,7 +113,7 @@ for i = 1, #counts, 2 do
     if alive[worker] then
       local id = string.sub(field, 1, bar - 1)
       load[id] = (load[id] or 0) + tonumber(counts[i + 1])
-    elseif not seen[worker] then
+    elseif not known[worker] then
       redis.call('HDEL', KEYS[1], field)
     end
   end

@@ -195,20 +195,23 @@ class RoutePlan:
         group = step.group
         runtime = self._runtime
         now = time.time()
-        available = [d for d in group.deployments
+        members = group.deployments
+        if group.strategy == "tag":
+            try:
+                members = runtime.balancer.tagged(group, self._request.tags)
+            except NoTaggedDeployment as exc:
+                raise GatewayError(
+                    400, f"No deployment of model {group.name!r} carries the tags "
+                         f"{str(exc)!r} asked for in x-smartflow-tags.",
+                    "invalid_request_error", "no_deployment_for_tags", reason=Reason.CLIENT
+                ) from None
+        available = [d for d in members
                      if not runtime.is_capped(d.provider)
                      and (allow_cooling or runtime.health.is_available(d.id, now))
                      and not (untried_only and d.id in step.tried)]
         if not available:
             return None
-        try:
-            ordered = runtime.balancer.order(group, available, self._request)
-        except NoTaggedDeployment as exc:
-            raise GatewayError(
-                400, f"No deployment of model {group.name!r} carries the tags "
-                     f"{str(exc)!r} asked for in x-smartflow-tags.",
-                "invalid_request_error", "no_deployment_for_tags", reason=Reason.CLIENT
-            ) from None
+        ordered = runtime.balancer.order(group, available, self._request)
         if avoid and len(ordered) > 1 and ordered[0].id == avoid:
             ordered.append(ordered.pop(0))
         if group.strategy == "least_connections" and len(ordered) > 1:

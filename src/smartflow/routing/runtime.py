@@ -35,6 +35,8 @@ from smartflow.routing.route_store import RouteStore
 from smartflow.routing.strategies import Balancer, RouteRequest
 from smartflow.store.keyspace import ROUTING_CHANNEL, failure_spike
 from smartflow.telemetry.alerts import (
+    KIND_SLOW_CALL,
+    SEVERITY_WARNING,
     Alert,
     Alerter,
     failure_spike_alert,
@@ -196,13 +198,22 @@ class RoutingRuntime:
         provider = deployment.provider
         key = (provider, "failure")
         self.counts.attempts[key] = self.counts.attempts.get(key, 0) + 1
-        if error.reason is Reason.TIMEOUT and error.code == "upstream_timeout":
-            self._alert(slow_call_alert(deployment.id, self.attempt_timeout
-                                        or self._settings.proxy.first_byte_timeout,
-                                        self._settings.alerts.slow_call_seconds,
-                                        "upstream did not answer (timed out)"))
-        if self.alerter is not None and self.alerter.enabled:
+        self.on_upstream_failure(deployment.id, provider, error)
+
+    def on_upstream_failure(self, subject: str, provider: str, error: GatewayError) -> None:
+        """Alerts for any failed upstream call (routed or not): a spike, a hang."""
+        if self.alerter is None or not self.alerter.enabled:
+            return
+        if error.reason is Reason.TIMEOUT:
+            self._alert(hanging_call_alert(subject, self.attempt_timeout
+                                           or self._settings.proxy.first_byte_timeout))
+        if error.may_fail_over:
             self.health.spawn(self._count_spike(provider, error))
+
+    def count_unrouted_attempt(self, provider: str, ok: bool) -> None:
+        """A call with one deployment and no plan made exactly one attempt."""
+        key = (provider, "success" if ok else "failure")
+        self.counts.attempts[key] = self.counts.attempts.get(key, 0) + 1
 
     def on_attempt_ok(self, deployment: Deployment, first_byte_s: float,
                       *, observe_latency: bool) -> None:
@@ -419,6 +430,15 @@ class RoutingRuntime:
                     await client.aclose()
             await asyncio.sleep(1.0)
 
+
+
+def hanging_call_alert(subject: str, timeout_s: float) -> Alert:
+    return Alert(kind=KIND_SLOW_CALL, subject=subject, severity=SEVERITY_WARNING,
+                 title=f"Hanging calls to {subject}",
+                 text=f"{subject} sent no response head within {timeout_s:g} s; the call "
+                      f"was failed over or answered with a timeout.",
+                 fields=(("Subject", subject), ("Timeout", f"{timeout_s:g} s")),
+                 dedupe_key=f"{KIND_SLOW_CALL}:hang:{subject}")
 
 
 def build_routing_runtime(settings: Settings, catalog: Catalog, client: StoreClient, *,

@@ -69,7 +69,7 @@ class Balancer:
 
     def order(self, group: Group, available: list[Deployment],
               request: RouteRequest) -> list[Deployment]:
-        if len(available) <= 1 and group.strategy != "tag":
+        if len(available) <= 1:
             return available
         strategy = group.strategy
         if strategy == "weighted":
@@ -84,8 +84,8 @@ class Balancer:
             return self._latency(available)
         if strategy == "cost":
             return self._cost(group, available, request)
-        if strategy == "tag":
-            return self._rotate(group, self._tagged(available, request.tags))
+        # tag: ``tagged()`` already narrowed the group (before cooldowns and tries
+        # were filtered out, so a failing tagged deployment is a failure, not a 400)
         # round_robin, and least_connections' tie-break order
         return self._rotate(group, available)
 
@@ -155,6 +155,12 @@ class Balancer:
 
         rotated = self._rotate(group, available)  # equal prices take turns
         return sorted(rotated, key=expected_usd)
+
+    def tagged(self, group: Group, tags: frozenset[str]) -> tuple[Deployment, ...]:
+        """The tag strategy's share of a group; NoTaggedDeployment when none matches."""
+        if group.strategy != "tag":
+            return group.deployments
+        return tuple(self._tagged(list(group.deployments), tags))
 
     def _tagged(self, available: list[Deployment], tags: frozenset[str]) -> list[Deployment]:
         if tags:
