@@ -24,7 +24,7 @@ from smartflow.keys.capture import VIRTUAL_KEY_HEADER, capture
 from smartflow.keys.key_cache import KeyEntry
 from smartflow.keys.runtime import KeysRuntime
 from smartflow.keys.store import hash_key, looks_like_virtual_key
-from smartflow.keys.vault import VAULT_PREFIX
+from smartflow.keys.vault import VAULT_PREFIX, Vault
 from smartflow.proxy.auth import Authenticator, presented_key
 from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.catalog import Catalog, ModelNotFound
@@ -39,7 +39,7 @@ from smartflow.proxy.key_stages import (
     state_unavailable_error,
 )
 from smartflow.proxy.pipeline import Reply, Stage
-from smartflow.proxy.vault_stage import VaultStage
+from smartflow.proxy.vault_stage import VaultStage, provider_key_target
 from smartflow.routing.strategies import RouteRequest, expected_output_tokens, parse_tags
 from smartflow.store.fast_client import StoreUnavailable
 
@@ -128,9 +128,11 @@ class RouteStage(Stage):
 
     slot = "route"
 
-    def __init__(self, catalog: Catalog, routing: RoutingRuntime | None = None) -> None:
+    def __init__(self, catalog: Catalog, routing: RoutingRuntime | None = None,
+                 vault: Vault | None = None) -> None:
         self._catalog = catalog
         self._routing = routing
+        self._vault = vault
 
     async def on_enter(self, call: Call) -> Reply | None:
         if call.target is not None:  # the operation fixed it (native passthrough)
@@ -157,7 +159,10 @@ class RouteStage(Stage):
                 deployment = await plan.first()
                 call.route_plan = plan
                 call.candidates = tuple(d.target for d in plan.step_group.deployments)
-                call.target = deployment.target
+                target = deployment.target
+                if self._vault is not None and target.api_key.startswith(VAULT_PREFIX):
+                    target = await provider_key_target(call, target, self._vault)
+                call.target = target
                 call.deployment_id = deployment.id
                 return None
         catalog = self._catalog
@@ -214,13 +219,11 @@ class RoutingExitStage(Stage):
         target = call.target
         if target is None:
             return
-        routing = self._routing
         if plan is not None:
             plan.finish()
-        elif call.attempts == 1:
-            error = call.error
-            routing.count_unrouted_attempt(target.provider, error is None or (
-                error.phase is Phase.MID_STREAM or error.reason is Reason.CLIENT))
+        routing = self._routing
+        if not routing.watches_calls:
+            return
         cost = call.cost
         routing.on_call_end(target.provider, call.deployment_id,
                                   cost.usd if cost is not None else 0.0,
@@ -292,7 +295,8 @@ def default_stages(context: ProxyContext) -> list[Stage]:
     capture_keys = settings.vault.capture_provider_keys
     stages: list[Stage] = [
         AuthenticateStage(context.authenticator, keys, capture_provider_keys=capture_keys),
-        RouteStage(context.catalog, context.routing),
+        RouteStage(context.catalog, context.routing,
+                   keys.vault if keys is not None else None),
         AccessLogStage(),
     ]
     if context.routing is not None:
@@ -305,9 +309,9 @@ def default_stages(context: ProxyContext) -> list[Stage]:
         ]
         # Only when some provider key can come from the vault: otherwise the
         # route slot keeps one stage and calls pay nothing for the vault.
-        # (Groups made through the admin API may name vault keys: with routing on,
-        # the stage is always there.)
-        if capture_keys or context.routing is not None or any(
-                model.api_key.startswith(VAULT_PREFIX) for model in settings.models):
+        # (A deployment of a group made through the admin API is resolved by the
+        # route stage itself when it is picked.)
+        if capture_keys or any(model.api_key.startswith(VAULT_PREFIX)
+                               for model in settings.models):
             stages.append(VaultStage(keys.vault))
     return stages

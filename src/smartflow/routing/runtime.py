@@ -115,6 +115,9 @@ class RoutingRuntime:
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_pending = False
         self._metrics: RoutingMetrics | None = None
+        # Whether a finished call has anything to tell: its cost to a provider's
+        # day, or a slow-call alert. Otherwise the exit stage stops at once.
+        self.watches_calls = self.budgets.enabled or (alerter is not None and alerter.enabled)
         self._apply({}, {})
 
     # -- what the route stage asks ---------------------------------------------
@@ -209,11 +212,6 @@ class RoutingRuntime:
                                            or self._settings.proxy.first_byte_timeout))
         if error.may_fail_over:
             self.health.spawn(self._count_spike(provider, error))
-
-    def count_unrouted_attempt(self, provider: str, ok: bool) -> None:
-        """A call with one deployment and no plan made exactly one attempt."""
-        key = (provider, "success" if ok else "failure")
-        self.counts.attempts[key] = self.counts.attempts.get(key, 0) + 1
 
     def on_attempt_ok(self, deployment: Deployment, first_byte_s: float,
                       *, observe_latency: bool) -> None:
