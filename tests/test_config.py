@@ -128,3 +128,50 @@ def test_the_repository_config_file_shows_and_comments_every_key() -> None:
         assert name in text, f"models key {name} is not documented"
     assert document["models"][0]["name"] == "mock-gpt"
     assert "# api_key = \"env:OPENAI_API_KEY\"" in text
+
+
+def test_routing_and_alerts_from_the_seed_variables(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[routing]\nstrategy = "weighted"\n'
+                    '[routing.provider_daily_budgets]\nopenai = 5.0\ngemini = 1.0\n'
+                    '[[routing.fallback_chains]]\nname = "c1"\nmodel = "gpt"\n'
+                    'targets = ["a", "b"]\nretries = 2\n')
+    settings = load_settings(str(path), environ={
+        "SMARTFLOW_ROUTING_STRATEGY": "latency",
+        "SMARTFLOW_PROVIDER_BUDGETS": "openai:100, anthropic:50",
+        "SLACK_WEBHOOK_URL": "https://hooks.example/slack",
+        "DISCORD_WEBHOOK_URL": "https://hooks.example/discord"})
+    routing = settings.routing
+    assert routing.strategy == "latency"
+    # The variable sets the providers it names; the file's others stay.
+    assert dict(routing.provider_daily_budgets) == {"openai": 100.0, "anthropic": 50.0,
+                                                    "gemini": 1.0}
+    assert routing.fallback_chains[0].targets == ("a", "b")
+    assert routing.fallback_chains[0].retries == 2
+    assert settings.alerts.slack_webhook_url == "https://hooks.example/slack"
+    assert settings.alerts.discord_webhook_url == "https://hooks.example/discord"
+    assert settings.alerts.teams_webhook_url == ""
+
+
+@pytest.mark.parametrize(("toml", "environ", "message"), [
+    ('[routing]\nstrategy = "fastest"\n', {}, "routing.strategy: unknown strategy"),
+    ("", {"SMARTFLOW_ROUTING_STRATEGY": "nope"}, "routing.strategy: unknown strategy"),
+    ("", {"SMARTFLOW_PROVIDER_BUDGETS": "openai=100"}, "SMARTFLOW_PROVIDER_BUDGETS"),
+    ("", {"SMARTFLOW_PROVIDER_BUDGETS": "nosuch:1"}, "provider_daily_budgets.nosuch"),
+    ('[routing.strategy_by_model]\ngpt = "x"\n', {}, "routing.strategy_by_model.gpt"),
+    ("[[routing.fallback_chains]]\nname = \"c\"\ntargets = []\n", {},
+     "routing.fallback_chains[0].targets"),
+    ("[[routing.fallback_chains]]\nname = \"c\"\n", {},
+     "routing.fallback_chains[0].targets: required key is missing"),
+    ('[[models]]\nname = "m"\nprovider = "mock"\nweight = 0\n', {}, "models[0].weight"),
+    ('[[models]]\nname = "m"\nprovider = "mock"\nid = "x"\n'
+     '[[models]]\nname = "n"\nprovider = "mock"\nid = "x"\n', {}, "models[1].id"),
+    ("[alerts]\nbudget_thresholds = [0.0]\n", {}, "alerts.budget_thresholds"),
+])
+def test_bad_routing_settings_are_refused(tmp_path: Path, toml: str, environ: dict[str, str],
+                                          message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as refused:
+        load_settings(str(path), environ=environ)
+    assert message in str(refused.value)
