@@ -344,3 +344,17 @@ def test_a_native_anthropic_passthrough_fails_over_and_relays_the_last_error_as_
     assert refused.json()["type"] == "error"  # Anthropic's own error body
     assert refused.json()["error"]["message"] == "messages: bad request"
     assert len(second.requests) == 1
+
+
+def test_the_routing_status_shows_deployments_chains_and_cooldowns(
+        gateway: GatewayProcess, upstreams: dict[str, FaultyUpstream]) -> None:
+    answer = httpx.get(gateway.url + "/api/routing/status", timeout=30)
+    assert answer.status_code == 200, answer.text
+    status = answer.json()
+    by_id = {d["id"]: d for d in status["deployments"]}
+    assert by_id["a"]["model"] == "grp" and by_id["a"]["strategy"] == "priority"
+    assert by_id["b"]["priority"] == 1 and by_id["a"]["cooling_down"] is False
+    assert {"name": "c1", "model": "chained", "targets": ["a-solo", "b-only"],
+            "source": "config"} in status["fallback_chains"]
+    assert status["provider_budgets"] == []
+    assert "sk-test" not in answer.text  # never a provider key

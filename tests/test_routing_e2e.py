@@ -920,6 +920,15 @@ def test_a_provider_over_its_daily_budget_is_skipped_and_alerts_reach_each_chann
     assert statuses(only) == {429: 10}
     assert {a.error_code for a in only} == {"provider_budget_exceeded"}
     assert capped.counts()["ok"] == capped_calls
+    # The admin view says so too, with today's spend (to an admin only).
+    assert httpx.get(gateway.url + "/api/routing/status", timeout=30).status_code == 401
+    status = httpx.get(gateway.url + "/api/routing/status", timeout=30,
+                       headers={"authorization": f"Bearer {MASTER}"}).json()
+    (openai,) = status["provider_budgets"]
+    assert openai["provider"] == "openai" and openai["capped"] is True
+    assert openai["daily_budget_usd"] == 0.05
+    assert openai["spend_today_usd"] == pytest.approx(0.01 * capped_calls)
+    assert {d["id"]: d["provider_capped"] for d in status["deployments"]}["openai-first"]
 
     def budget_alerts_arrived() -> bool:
         return all(receiver.titled(channel, f"at {percent}%")

@@ -110,8 +110,13 @@ def build_app(
         from smartflow.admin.context import build_admin_context
 
         config_chains = proxy_context.routing.config_chains if proxy_context.routing else ()
-        register_admin_routes(router, build_admin_context(settings, keys, proxy_context.pool,
-                                                          config_chains=config_chains))
+        admin = build_admin_context(settings, keys, proxy_context.pool,
+                                    config_chains=config_chains)
+        register_admin_routes(router, admin)
+        if proxy_context.routing is not None:
+            from smartflow.admin.routing_status_routes import register_routing_status_route
+
+            register_routing_status_route(router, admin, proxy_context.routing)
     if on_shutdown is not None:
         on_shutdown.append(proxy_context.aclose)
         if store_client is not None:

@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from smartflow.config import FallbackChainConfig, ModelConfig, RoutingSettings, Settings
@@ -240,6 +241,35 @@ class RoutingRuntime:
     def uses_latency(self, group: Group) -> bool:
         return group.strategy == "latency"
 
+    async def status(self) -> dict[str, object]:
+        """For ``GET /api/routing/status``: deployments and provider caps."""
+        now = time.time()
+        deployments = []
+        for name in sorted(self._groups):
+            group = self._groups[name]
+            for deployment in group.deployments:
+                until = self.health.cooling_until(deployment.id)
+                p95 = self.health.p95(deployment.id)
+                deployments.append({
+                    "id": deployment.id, "model": name, "provider": deployment.provider,
+                    "upstream_model": deployment.target.model, "strategy": group.strategy,
+                    "weight": deployment.weight, "priority": deployment.priority,
+                    "tags": sorted(deployment.tags),
+                    "cooling_down": until is not None,
+                    "cooling_until": _iso(until) if until is not None else None,
+                    "p95_first_byte_ms": round(p95 * 1000, 1) if p95 is not None else None,
+                    "provider_capped": self.is_capped(deployment.provider)})
+        spend = await self.budgets.spend_today() if self.budgets.enabled else {}
+        caps = self.budgets.caps()
+        budgets = [{"provider": provider, "daily_budget_usd": cap,
+                    "spend_today_usd": round(spend.get(provider, 0.0), 9),
+                    "capped": self.is_capped(provider)} for provider, cap in sorted(caps.items())]
+        chains = [{"name": c.name, "model": c.model, "targets": list(c.targets),
+                   "source": c.source} for _, c in sorted(self._chains.items())]
+        return {"strategy": self.routing.strategy, "deployments": deployments,
+                "fallback_chains": chains, "provider_budgets": budgets,
+                "checked_at": _iso(now)}
+
     # -- alerts ----------------------------------------------------------------
 
     def _alert(self, alert: Alert) -> None:
@@ -428,6 +458,11 @@ class RoutingRuntime:
                     await client.aclose()
             await asyncio.sleep(1.0)
 
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds").replace(
+        "+00:00", "Z")
 
 
 def hanging_call_alert(subject: str, timeout_s: float) -> Alert:
