@@ -181,15 +181,11 @@ class CallRunner:
                         if routing is not None and exc.phase is not Phase.BEFORE_SEND:
                             routing.on_upstream_failure(target.provider, target.provider, exc)
                         raise
-                upstream = None
                 try:
-                    upstream, reply = await self._attempt(call, route, adapter, plan)
-                    if reply is not None:
-                        return reply
+                    return await self._attempt(call, route, adapter, plan)
                 except GatewayError as exc:
                     if exc.phase is Phase.MID_STREAM:
                         raise
-                    upstream = None
                     following = await route.after_failure(exc)
                     if following is None:
                         if isinstance(exc, NativeFailure):
@@ -207,7 +203,7 @@ class CallRunner:
             if call.ended_s is None:
                 call.error = GatewayError(499, "The client closed the connection.",
                                           reason=Reason.CLIENT, phase=Phase.BEFORE_FIRST_BYTE
-                                          if upstream is not None else Phase.BEFORE_SEND)
+                                          if call.attempts else Phase.BEFORE_SEND)
                 call.status = 499
                 await asyncio.shield(self._finish(call))
             raise
@@ -221,7 +217,7 @@ class CallRunner:
                 if upstream is None else Phase.BEFORE_FIRST_BYTE), None)
 
     async def _attempt(self, call: Call, route: RoutePlan, adapter: ProviderAdapter,
-                       plan: Exchange) -> tuple[Upstream | None, Reply | None]:
+                       plan: Exchange) -> Reply:
         """One attempt of a call that may fail over: a failure before the caller got
         a byte is raised (a native error answer as ``NativeFailure``)."""
         context = self._context
@@ -253,7 +249,7 @@ class CallRunner:
         else:
             call.first_byte_s = time.perf_counter()
         try:
-            return upstream, await self._answer(call, adapter, plan, upstream)
+            return await self._answer(call, adapter, plan, upstream)
         except GatewayError as exc:
             exc.upstream = upstream  # type: ignore[attr-defined]
             raise

@@ -112,7 +112,6 @@ class RoutingRuntime:
         self._by_id: dict[str, Deployment] = {}
         self._simple: dict[str, Target] = {}
         self._memo: dict[str, Group | None] = {}
-        self._spikes: dict[str, int] = {}  # provider -> window bucket already counted locally
         self._tasks: list[asyncio.Task[None]] = []
         self._reload_pending = False
         self._metrics: RoutingMetrics | None = None
@@ -237,9 +236,6 @@ class RoutingRuntime:
         if elapsed_s > threshold:
             self._alert(slow_call_alert(deployment_id or provider, elapsed_s, threshold,
                                         call_id))
-
-    def uses_latency(self, group: Group) -> bool:
-        return group.strategy == "latency"
 
     async def status(self) -> dict[str, object]:
         """For ``GET /api/routing/status``: deployments and provider caps."""

@@ -128,3 +128,6 @@ def provider_spend(provider: str, day: str) -> str:
 
 def failure_spike(provider: str, bucket: int) -> str:
     return f"{PREFIX}routing:spike:{provider}:{bucket}"  # failures in one window
+
+
+ALERT_CLAIM_PREFIX = PREFIX + "alert:"  # + dedupe key: SET NX PX, one sender per window

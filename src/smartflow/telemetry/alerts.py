@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from smartflow.store.keyspace import PREFIX
+from smartflow.store.keyspace import ALERT_CLAIM_PREFIX
 
 if TYPE_CHECKING:
     from smartflow.config import AlertSettings
@@ -64,7 +64,7 @@ OUTCOMES: Final = ("sent", "failed", "deduplicated", "rate_limited", "dropped")
 # the metrics still show that alerts were lost.
 NO_CHANNEL: Final = "none"
 
-CLAIM_KEY_PREFIX: Final = PREFIX + "alert:"
+CLAIM_KEY_PREFIX: Final = ALERT_CLAIM_PREFIX
 
 # Bounds of what a receiver accepts (Slack header 150, section 3000, 10
 # fields a section; Discord title 256, description 4096, 25 fields of
