@@ -63,7 +63,7 @@ def gateway(upstreams: dict[str, FaultyUpstream], claude_states: Any,
     config = {
         "routing": {
             "strategy": "priority",
-            "retries": 1,
+            "retries": 1,  # a model without a chain: one retry (chains: 1 by default)
             "retry_backoff": BACKOFF_S,
             "max_retry_after": 2.0,
             "attempt_timeout": 1.0,
@@ -226,6 +226,21 @@ def test_a_chain_retries_a_step_before_moving_on(
     assert _faults(a) == ["502", "502"] and _faults(b) == ["ok"]
     assert a.requests[1].t - a.requests[0].t >= BACKOFF_S * 0.5 - 0.02
     assert b.requests[0].t >= a.requests[1].t
+
+
+def test_a_chain_step_waits_for_retry_after_before_its_retry(
+        gateway: GatewayProcess, upstreams: dict[str, FaultyUpstream]) -> None:
+    a, b = upstreams["A"], upstreams["B"]
+    a.retry_after_s = 1.0
+    a.script("429-retry-after", "429-retry-after")
+    answer = _chat(gateway, {**CHAT, "model": "chained"})
+    assert answer.status_code == 200, answer.text
+    # The step's one retry (the chains' default budget) waits for Retry-After,
+    # then the chain moves on at once.
+    assert answer.headers["x-smartflow-attempts"] == "3"
+    assert _faults(a) == ["429-retry-after", "429-retry-after"] and _faults(b) == ["ok"]
+    assert a.requests[1].t - a.requests[0].t >= 0.95
+    assert b.requests[0].t - a.requests[1].t < 0.9
 
 
 def test_a_chain_chosen_by_header_and_an_unknown_one(

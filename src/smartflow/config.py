@@ -109,7 +109,7 @@ class FallbackChainConfig:
     targets: tuple[str, ...]
     model: str = ""  # the public model name the chain serves ("": chosen by header only)
     context_window_fallback: str = ""
-    retries: int | None = None  # this chain's per-step retry budget (None: [routing] retries)
+    retries: int | None = None  # this chain's per-step retry budget (None: chain_retries)
 
 
 STRATEGIES = ("round_robin", "weighted", "least_connections", "random", "priority",
@@ -124,6 +124,7 @@ class RoutingSettings:
     # alone is a one-step chain). Moving on to an untried deployment of the group,
     # or to the next target of a chain, needs none: it happens at once.
     retries: int = 0
+    chain_retries: int = 1  # the same, for each step of a fallback chain (a chain may set its own)
     retry_backoff: float = 0.1  # seconds before the first retry; doubles, with jitter
     retry_backoff_max: float = 5.0
     max_retry_after: float = 10.0  # a longer Retry-After moves to the next target at once
@@ -478,8 +479,9 @@ def _check_routing(settings: Settings) -> None:
             for model, strategy in routing.strategy_by_model.items()]:
         if name not in STRATEGIES:
             raise ConfigError(f"{where}: unknown strategy {name!r} (one of: {', '.join(STRATEGIES)})")
-    if not 0 <= routing.retries <= 10:
-        raise ConfigError("routing.retries: must be 0-10")
+    for name in ("retries", "chain_retries"):
+        if not 0 <= getattr(routing, name) <= 10:
+            raise ConfigError(f"routing.{name}: must be 0-10")
     if routing.max_attempts < 1:
         raise ConfigError("routing.max_attempts: must be >= 1")
     for name in ("retry_backoff", "retry_backoff_max", "max_retry_after", "attempt_timeout",

@@ -144,7 +144,7 @@ class RoutingRuntime:
                                    code="no_deployment_available", reason=Reason.INTERNAL)
             fallback = chain.context_window_fallback or routing.context_window_fallbacks.get(
                 model, "")
-            retries = chain.retries if chain.retries is not None else routing.retries
+            retries = chain.retries if chain.retries is not None else routing.chain_retries
             return RoutePlan(self, steps, request, chain=chain.name, retries=retries,
                              context_fallback=fallback)
         group = self.group_for_target(model)
