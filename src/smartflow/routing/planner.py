@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from smartflow.gateway_error import GatewayError, Reason
 from smartflow.routing.deployments import Deployment, Group
 from smartflow.routing.strategies import NoTaggedDeployment, RouteRequest
+from smartflow.store.fast_client import ReplyError, StoreUnavailable
 
 if TYPE_CHECKING:
     from smartflow.routing.runtime import RoutingRuntime
@@ -215,7 +216,13 @@ class RoutePlan:
         if avoid and len(ordered) > 1 and ordered[0].id == avoid:
             ordered.append(ordered.pop(0))
         if group.strategy == "least_connections" and len(ordered) > 1:
-            chosen = await runtime.health.pick_least_loaded(group.name, [d.id for d in ordered])
+            try:
+                chosen = await runtime.health.pick_least_loaded(group.name,
+                                                                [d.id for d in ordered])
+            except (StoreUnavailable, ReplyError):
+                # Redis is away: the shared counts are too; the call still goes out
+                # (in rotation) rather than failing for want of a balancing hint.
+                return ordered[0]
             self.held_least_connections = (group.name, chosen)
             for deployment in ordered:
                 if deployment.id == chosen:
