@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from smartflow.store.fast_client import StoreClient, create_store_client
+
 # Make `harness` importable under any pytest import mode (and whether or not
 # tests/ becomes a package later): test modules do `from harness.x import Y`.
 _TESTS_DIR = str(Path(__file__).resolve().parent)
@@ -164,3 +166,13 @@ def refusing_port() -> Iterator[int]:
         yield sock.getsockname()[1]
     finally:
         sock.close()
+
+
+@pytest.fixture
+async def store_client(redis_url: str) -> AsyncIterator[StoreClient]:
+    """Smartflow's own Redis client on the session's Redis, closed after the test."""
+    client = create_store_client(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -164,8 +164,8 @@ def test_routing_and_alerts_from_the_seed_variables(tmp_path: Path) -> None:
     ("[[routing.fallback_chains]]\nname = \"c\"\n", {},
      "routing.fallback_chains[0].targets: required key is missing"),
     ('[[models]]\nname = "m"\nprovider = "mock"\nweight = 0\n', {}, "models[0].weight"),
-    ('[[models]]\nname = "m"\nprovider = "mock"\nid = "x"\n'
-     '[[models]]\nname = "n"\nprovider = "mock"\nid = "x"\n', {}, "models[1].id"),
+    (('[[models]]\nname = "m"\nprovider = "mock"\nid = "x"\n'
+      '[[models]]\nname = "n"\nprovider = "mock"\nid = "x"\n'), {}, "models[1].id"),
     ("[alerts]\nbudget_thresholds = [0.0]\n", {}, "alerts.budget_thresholds"),
 ])
 def test_bad_routing_settings_are_refused(tmp_path: Path, toml: str, environ: dict[str, str],

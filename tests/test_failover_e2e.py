@@ -373,3 +373,34 @@ def test_the_routing_status_shows_deployments_chains_and_cooldowns(
             "source": "config"} in status["fallback_chains"]
     assert status["provider_budgets"] == []
     assert "sk-test" not in answer.text  # never a provider key
+
+
+def test_models_lists_groups_and_chains_made_through_the_admin_api(
+        gateway: GatewayProcess, upstreams: dict[str, FaultyUpstream]) -> None:
+    def listed() -> set[str]:
+        answer = httpx.get(gateway.url + "/v1/models", timeout=30)
+        assert answer.status_code == 200
+        return {model["id"] for model in answer.json()["data"]}
+
+    assert {"grp", "solo", "chained", "claude-grp"} <= listed()  # config groups and chains
+    group = {"name": "managed-grp", "strategy": "round_robin", "deployments": [
+        {"id": "m1", "provider": "openai", "model": "gpt-4o-mini",
+         "api_base": upstreams["C"].url + "/v1"}]}
+    created = httpx.post(gateway.url + "/api/routing/groups", json=group, timeout=30)
+    assert created.status_code == 201, created.text
+    try:
+        deadline = time.monotonic() + 10
+        while "managed-grp" not in listed():
+            assert time.monotonic() < deadline, "the new group never showed in /v1/models"
+            time.sleep(0.05)
+        one = httpx.get(gateway.url + "/v1/models/managed-grp", timeout=30)
+        assert one.status_code == 200 and one.json()["owned_by"] == "openai"
+        answer = _chat(gateway, {**CHAT, "model": "managed-grp"})
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-smartflow-deployment"] == "managed-grp:m1"
+    finally:
+        httpx.delete(gateway.url + "/api/routing/groups/managed-grp", timeout=30)
+    deadline = time.monotonic() + 10
+    while "managed-grp" in listed():
+        assert time.monotonic() < deadline, "the deleted group stayed in /v1/models"
+        time.sleep(0.05)

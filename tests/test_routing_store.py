@@ -81,12 +81,8 @@ def _group_body(name: str = "gpt-4o", **fields: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[StoreClient]:
-    store_client = create_store_client(redis_url)
-    try:
-        yield store_client
-    finally:
-        await store_client.aclose()
+def client(store_client: StoreClient) -> StoreClient:
+    return store_client
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from smartflow.keys.vault import (
     vault_key_from_settings,
 )
 from smartflow.store import keyspace
-from smartflow.store.fast_client import StoreClient, create_store_client
+from smartflow.store.fast_client import StoreClient
 
 SECRET = "sk-proj-ThisIsTheSecretValue0123456789abcdefXYZ"
 OTHER_SECRET = "sk-ant-api03-AnotherSecretValue9876543210zyxw"
@@ -49,12 +49,8 @@ KEY = vault_key_from_settings("test-encryption-key", "")
 
 
 @pytest.fixture
-async def client(redis_url: str) -> AsyncIterator[StoreClient]:
-    store_client = create_store_client(redis_url)
-    try:
-        yield store_client
-    finally:
-        await store_client.aclose()
+def client(store_client: StoreClient) -> StoreClient:
+    return store_client
 
 
 @pytest.fixture

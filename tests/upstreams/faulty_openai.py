@@ -69,7 +69,7 @@ from typing import Any, Self
 
 import orjson
 
-from smartflow.providers.mock import estimate_prompt_tokens, split_reply
+from smartflow.providers.mock import estimate_prompt_tokens, openai_usage, split_reply
 
 FAULTS: tuple[str, ...] = (
     "ok", "429", "429-retry-after", "500", "502", "503", "400", "401", "context",
@@ -152,18 +152,6 @@ def _error_body(message: str, type_: str | None, param: str | None = None,
 
 def _chunked(frame: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(frame), frame)
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0,
-                                      "rejected_prediction_tokens": 0},
-    }
 
 
 class _Request:
@@ -593,7 +581,7 @@ class FaultyUpstream:
             "choices": [{"index": 0,
                          "message": {"role": "assistant", "content": text, "refusal": None},
                          "logprobs": None, "finish_reason": "stop"}],
-            "usage": _usage(estimate_prompt_tokens(body.get("messages")), completion_tokens),
+            "usage": openai_usage(estimate_prompt_tokens(body.get("messages")), completion_tokens),
             "system_fingerprint": "fp_faulty",
         }
 
@@ -620,7 +608,7 @@ class FaultyUpstream:
         if include_usage:
             usage = dict(base)
             usage["choices"] = []
-            usage["usage"] = _usage(estimate_prompt_tokens(body.get("messages")),
+            usage["usage"] = openai_usage(estimate_prompt_tokens(body.get("messages")),
                                     len(text.split()))
             frames.append(orjson.dumps(usage))
         return frames

@@ -215,7 +215,8 @@ def _new_id(prefix: str) -> str:
     return prefix + f"{random.getrandbits(96):024x}"
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def openai_usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """OpenAI's ``usage`` object, with the detail fields a real answer carries."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
@@ -262,7 +263,7 @@ def chat_completion(request: dict[str, Any], options: MockOptions = MockOptions(
         "created": int(time.time()),
         "model": _model_of(request),
         "choices": choices,
-        "usage": _usage(prompt_tokens, completion_tokens),
+        "usage": openai_usage(prompt_tokens, completion_tokens),
         "system_fingerprint": _SYSTEM_FINGERPRINT,
     }
 
@@ -335,7 +336,7 @@ def chat_chunks(request: dict[str, Any],
         chunks.append({"id": completion_id, "object": "chat.completion.chunk",
                        "created": created, "model": model,
                        "system_fingerprint": _SYSTEM_FINGERPRINT, "choices": [],
-                       "usage": _usage(estimate_prompt_tokens(messages), completion_tokens)})
+                       "usage": openai_usage(estimate_prompt_tokens(messages), completion_tokens)})
     return chunks
 
 

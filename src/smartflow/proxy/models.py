@@ -33,14 +33,27 @@ def _visible(principal: Principal, name: str) -> bool:
 
 def make_models_handlers(context: ProxyContext,
                          runner: CallRunner) -> tuple[Handler, Handler]:
-    models = [(m.name, m.provider) for m in context.catalog.listed_models()]
-    listing = orjson.dumps({"object": "list", "data": [
-        _model_object(name, provider) for name, provider in models]})
+    routing = context.routing
+    cached: dict[str, object] = {"generation": None}
+
+    def current() -> tuple[list[tuple[str, str]], bytes]:
+        """Config models, plus (with routing) groups and chains made through the
+        admin API; rebuilt only when those change."""
+        generation = routing.generation if routing is not None else 0
+        if cached["generation"] != generation:
+            models = (routing.listed_models() if routing is not None else
+                      [(m.name, m.provider) for m in context.catalog.listed_models()])
+            cached["models"] = models
+            cached["listing"] = orjson.dumps({"object": "list", "data": [
+                _model_object(name, provider) for name, provider in models]})
+            cached["generation"] = generation
+        return cached["models"], cached["listing"]  # type: ignore[return-value]
 
     async def list_models(request: Request) -> Response:
         principal = await runner.authenticate_only(request, openai_dialect.DIALECT)
         if isinstance(principal, Response):
             return principal
+        models, listing = current()
         if principal.entry is None:
             return Response(200, listing)
         return Response(200, orjson.dumps({"object": "list", "data": [
@@ -52,6 +65,13 @@ def make_models_handlers(context: ProxyContext,
         if isinstance(principal, Response):
             return principal
         name = request.path_params.get("model_id", "")
+        listed = dict(current()[0])
+        if name in listed:
+            if not _visible(principal, name):
+                raise HTTPError(404, f"The model {name!r} does not exist or you do not have "
+                                     "access to it.", "invalid_request_error", "model",
+                                "model_not_found")
+            return Response(200, orjson.dumps(_model_object(name, listed[name])))
         try:
             target = context.catalog.resolve(name)
         except ModelNotFound as exc:

@@ -191,6 +191,16 @@ class RoutingRuntime:
                 targets += [d.target for d in group.deployments]
         return tuple(targets)
 
+    def listed_models(self) -> list[tuple[str, str]]:
+        """(name, provider) for GET /v1/models: every group, then every model a
+        chain serves that is not a group itself, in config order first."""
+        listed = {name: group.deployments[0].provider for name, group in self._groups.items()}
+        for chain in self._chains.values():
+            if chain.model and chain.model not in listed:
+                first = self.group_for_target(chain.targets[0]) if chain.targets else None
+                listed[chain.model] = first.deployments[0].provider if first else "smartflow"
+        return list(listed.items())
+
     def is_capped(self, provider: str) -> bool:
         return self.budgets.is_capped(provider)
 
