@@ -70,7 +70,8 @@ def gateway(upstreams: dict[str, FaultyUpstream], claude_states: Any,
             "cooldown_failures": 1000,  # these tests look at single calls, not cooldowns
             "context_window_fallbacks": {"grp": "big"},
             "fallback_chains": [{"name": "c1", "model": "chained",
-                                 "targets": ["a-solo", "b-only"]}],
+                                 "targets": ["a-solo", "b-only"]},
+                                {"name": "dear-chain", "targets": ["dear"]}],
         },
         "models": [
             _model("grp", a, "a", priority=0),
@@ -78,6 +79,8 @@ def gateway(upstreams: dict[str, FaultyUpstream], claude_states: Any,
             _model("solo", a, "a-solo"),
             _model("only-b", b, "b-only"),
             _model("big", c, "big"),
+            _model("dear", c, "dear", input_price_per_mtok=0.0,
+                   output_price_per_mtok=1000.0),  # $0.016 for 16 tokens out
             {"name": "claude-grp", "provider": "anthropic", "model": "claude-sonnet-4-5",
              "api_base": claude_one, "api_key": "sk-ant-test", "id": "claude-1",
              "priority": 0},
@@ -404,3 +407,22 @@ def test_models_lists_groups_and_chains_made_through_the_admin_api(
     while "managed-grp" in listed():
         assert time.monotonic() < deadline, "the deleted group stayed in /v1/models"
         time.sleep(0.05)
+
+
+def test_a_budget_holds_the_worst_case_of_the_chain_a_call_names(
+        gateway: GatewayProcess, upstreams: dict[str, FaultyUpstream]) -> None:
+    created = httpx.post(gateway.url + "/api/enterprise/vkeys", timeout=30,
+                         json={"alias": "chain-budget", "max_budget": 0.01})
+    assert created.status_code == 201, created.text
+    key = created.json()["key"]
+    headers = {"authorization": f"Bearer {key}"}
+    cheap = _chat(gateway, {**CHAT, "model": "solo"}, headers=headers)
+    assert cheap.status_code == 200, cheap.text
+    # The chain it names may end on a deployment whose worst case ($0.016) does
+    # not fit in the key's $0.01: refused before any provider is called.
+    calls_before = len(upstreams["A"].requests) + len(upstreams["C"].requests)
+    refused = _chat(gateway, {**CHAT, "model": "solo"},
+                    headers={**headers, "x-smartflow-fallback-chain": "dear-chain"})
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "budget_exceeded"
+    assert len(upstreams["A"].requests) + len(upstreams["C"].requests) == calls_before

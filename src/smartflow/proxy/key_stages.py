@@ -30,6 +30,7 @@ from smartflow.keys.runtime import KeysRuntime
 from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.catalog import Catalog, ModelNotFound
 from smartflow.proxy.cost import estimate_prompt_tokens
+from smartflow.proxy.headers import FALLBACK_CHAIN_HEADER_BYTES, raw_header
 from smartflow.proxy.pipeline import Reply, Stage
 from smartflow.store.fast_client import StoreUnavailable
 from smartflow.store.keyspace import SCOPE_KEY
@@ -171,11 +172,15 @@ class AdmitStage(Stage):
             if routing is not None and routing.generation != self._generation:
                 self._prices = {}  # groups or chains changed: worst cases may have too
                 self._generation = routing.generation
-            found = self._prices.get(call.model)
+            chain = None
+            if routing is not None and routing.has_chains:
+                chain = raw_header(call.request.headers, FALLBACK_CHAIN_HEADER_BYTES)
+            cache_key = call.model if chain is None else f"{call.model}\0{chain}"
+            found = self._prices.get(cache_key)
             if found is None:
                 # Every deployment the call may reach (a chain's, a larger-context
                 # fallback's): failover must not take it past what it held.
-                targets = (routing.possible_targets(call.model) if routing is not None
+                targets = (routing.possible_targets(call.model, chain) if routing is not None
                            else self._catalog.deployments(call.model))
                 if not targets:
                     try:
@@ -184,7 +189,7 @@ class AdmitStage(Stage):
                         targets = ()
                 found = tuple((t.prices, t.max_output_tokens) for t in targets)
                 if len(self._prices) < MAX_CACHED_MODELS:
-                    self._prices[call.model] = found
+                    self._prices[cache_key] = found
             prices = found
             if not prices and call.fallback_target is not None:
                 target = call.fallback_target

@@ -30,7 +30,11 @@ from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.catalog import Catalog, ModelNotFound
 from smartflow.proxy.context import ProxyContext
 from smartflow.proxy.cost import estimate_prompt_tokens
-from smartflow.proxy.headers import FALLBACK_CHAIN_HEADER, TAGS_HEADER
+from smartflow.proxy.headers import (
+    FALLBACK_CHAIN_HEADER_BYTES,
+    TAGS_HEADER,
+    raw_header,
+)
 from smartflow.proxy.key_stages import (
     AdmitStage,
     SettleStage,
@@ -139,7 +143,7 @@ class RouteStage(Stage):
             return None
         routing = self._routing
         if routing is not None:
-            chain_name = _header(call.request.headers, _CHAIN_HEADER)
+            chain_name = raw_header(call.request.headers, FALLBACK_CHAIN_HEADER_BYTES)
             chain = None
             if chain_name:
                 chain = routing.chain_named(chain_name.strip())
@@ -181,16 +185,6 @@ class RouteStage(Stage):
                                    "model", reason=Reason.CLIENT) from None
         call.target = call.candidates[0]
         return None
-
-
-_CHAIN_HEADER = FALLBACK_CHAIN_HEADER.encode()
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def _route_request(call: Call) -> RouteRequest:

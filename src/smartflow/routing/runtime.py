@@ -175,9 +175,16 @@ class RoutingRuntime:
         self._memo[name] = found
         return found
 
-    def possible_targets(self, model: str) -> tuple[Target, ...]:
-        """Every deployment a call for ``model`` might reach (for its worst-case cost)."""
-        chain = self._chain_by_model.get(model)
+    @property
+    def has_chains(self) -> bool:
+        return bool(self._chains)
+
+    def possible_targets(self, model: str, chain_name: str | None = None
+                         ) -> tuple[Target, ...]:
+        """Every deployment a call for ``model`` (through the chain it names, if
+        any) might reach: for its worst-case cost."""
+        chain = (self._chains.get(chain_name.strip()) if chain_name
+                 else self._chain_by_model.get(model))
         names = chain.targets if chain is not None else (model,)
         if chain is not None and chain.context_window_fallback:
             names += (chain.context_window_fallback,)
