@@ -10,6 +10,7 @@ slows the client instead of growing a buffer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections import deque
 from collections.abc import AsyncIterator
@@ -34,6 +35,13 @@ class BodyConsumer(Protocol):
     def on_body_consumed(
         self, stream_id: int, nbytes: int, flow_controlled_length: int
     ) -> None: ...
+
+
+@functools.lru_cache(maxsize=512)
+def _header_key(name: str) -> bytes:
+    # Handlers ask for the same few names on every request: lower-case and
+    # encode each once, not per lookup.
+    return name.lower().encode("latin-1")
 
 
 class RequestBody:
@@ -170,7 +178,7 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
-        key = name.lower().encode("latin-1")
+        key = _header_key(name)
         for header_name, value in self.headers:
             if header_name == key:
                 return value.decode("latin-1")

@@ -11,15 +11,6 @@ ATTEMPTS_HEADER = "x-smartflow-attempts"  # upstream calls made for this answer
 DEPLOYMENT_HEADER = "x-smartflow-deployment"  # the deployment id that answered
 FALLBACK_CHAIN_HEADER = "x-smartflow-fallback-chain"  # also a request header: pick a chain
 TAGS_HEADER = "x-smartflow-tags"  # request: the tag strategy's tags
-FALLBACK_CHAIN_HEADER_BYTES = FALLBACK_CHAIN_HEADER.encode()
-
-
-def raw_header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    """The first value of a request header given its lower-case bytes name."""
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 def format_usd(usd: float) -> str:

@@ -30,7 +30,7 @@ from smartflow.keys.runtime import KeysRuntime
 from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.catalog import Catalog, ModelNotFound
 from smartflow.proxy.cost import estimate_prompt_tokens
-from smartflow.proxy.headers import FALLBACK_CHAIN_HEADER_BYTES, raw_header
+from smartflow.proxy.headers import FALLBACK_CHAIN_HEADER
 from smartflow.proxy.pipeline import Reply, Stage
 from smartflow.store.fast_client import StoreUnavailable
 from smartflow.store.keyspace import SCOPE_KEY
@@ -174,7 +174,7 @@ class AdmitStage(Stage):
                 self._generation = routing.generation
             chain = None
             if routing is not None and routing.has_chains:
-                chain = raw_header(call.request.headers, FALLBACK_CHAIN_HEADER_BYTES)
+                chain = call.request.header(FALLBACK_CHAIN_HEADER)
             cache_key = call.model if chain is None else f"{call.model}\0{chain}"
             found = self._prices.get(cache_key)
             if found is None:

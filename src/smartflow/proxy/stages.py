@@ -30,11 +30,7 @@ from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.catalog import Catalog, ModelNotFound
 from smartflow.proxy.context import ProxyContext
 from smartflow.proxy.cost import estimate_prompt_tokens
-from smartflow.proxy.headers import (
-    FALLBACK_CHAIN_HEADER_BYTES,
-    TAGS_HEADER,
-    raw_header,
-)
+from smartflow.proxy.headers import FALLBACK_CHAIN_HEADER, TAGS_HEADER
 from smartflow.proxy.key_stages import (
     AdmitStage,
     SettleStage,
@@ -143,7 +139,7 @@ class RouteStage(Stage):
             return None
         routing = self._routing
         if routing is not None:
-            chain_name = raw_header(call.request.headers, FALLBACK_CHAIN_HEADER_BYTES)
+            chain_name = call.request.header(FALLBACK_CHAIN_HEADER)
             chain = None
             if chain_name:
                 chain = routing.chain_named(chain_name.strip())
@@ -220,8 +216,8 @@ class RoutingExitStage(Stage):
             return
         cost = call.cost
         routing.on_call_end(target.provider, call.deployment_id,
-                                  cost.usd if cost is not None else 0.0,
-                                  call.elapsed_ms() / 1000, call.call_id)
+                            cost.usd if cost is not None else 0.0,
+                            call.elapsed_ms() / 1000, call.call_id)
 
 
 class AccessLogStage(Stage):
