@@ -14,19 +14,15 @@ the worker is listening again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from typing import TYPE_CHECKING
 
 from smartflow.store.keyspace import REVOCATIONS_CHANNEL
+from smartflow.store.subscription import RETRY_S, listen_forever
 
 if TYPE_CHECKING:
     from smartflow.keys.admission import Admission
     from smartflow.keys.key_cache import KeyCache
 
-logger = logging.getLogger("smartflow.keys")
-
-RETRY_S = 1.0
 CLOSE_TIMEOUT_S = 1.0
 
 
@@ -62,30 +58,15 @@ class RevocationListener:
         self._cache.forget_scope(kind, scope_id)
 
     async def _run(self) -> None:
-        from redis.asyncio import Redis
+        await listen_forever(self._url, REVOCATIONS_CHANNEL, self.on_message,
+                             on_subscribed=self._leasing_on, on_lost=self._leasing_off,
+                             is_closing=self._is_closing, retry_s=self._retry_s)
 
-        while not self._closing:
-            client: Redis = Redis.from_url(self._url, socket_connect_timeout=1.0,
-                                           health_check_interval=10)
-            try:
-                pubsub = client.pubsub()
-                await pubsub.subscribe(REVOCATIONS_CHANNEL)
-                async for message in pubsub.listen():
-                    if self._closing:
-                        return
-                    kind = message.get("type")
-                    if kind == "subscribe":
-                        self._admission.set_leasing(True)
-                    elif kind == "message":
-                        self.on_message(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnect, leasing off meanwhile
-                logger.warning("revocation channel lost (%s: %s); leasing off until it is "
-                               "back", type(exc).__name__, exc)
-            finally:
-                self._admission.set_leasing(False)
-                with contextlib.suppress(Exception):
-                    await client.aclose()
-            await asyncio.sleep(self._retry_s)
+    def _leasing_on(self) -> None:
+        self._admission.set_leasing(True)
 
+    def _leasing_off(self) -> None:
+        self._admission.set_leasing(False)
+
+    def _is_closing(self) -> bool:
+        return self._closing

@@ -35,6 +35,7 @@ from smartflow.routing.records import FallbackChain, ManagedGroup
 from smartflow.routing.route_store import RouteStore
 from smartflow.routing.strategies import Balancer, RouteRequest
 from smartflow.store.keyspace import ROUTING_CHANNEL, failure_spike
+from smartflow.store.subscription import listen_forever
 from smartflow.telemetry.alerts import (
     KIND_SLOW_CALL,
     SEVERITY_WARNING,
@@ -447,29 +448,9 @@ class RoutingRuntime:
                 logger.debug("routing revision check failed: %s", exc)
 
     async def _listen(self) -> None:
-        from redis.asyncio import Redis
-
-        url = self._redis_url
-        if not url:
-            return
-        while True:
-            client: Redis = Redis.from_url(url, socket_connect_timeout=1.0,
-                                           health_check_interval=10)
-            try:
-                pubsub = client.pubsub()
-                await pubsub.subscribe(ROUTING_CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        data = message["data"]
-                        self.on_message(data.decode() if isinstance(data, bytes) else data)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnect; the revision check covers
-                logger.warning("routing channel lost (%s: %s)", type(exc).__name__, exc)
-            finally:
-                with contextlib.suppress(Exception):
-                    await client.aclose()
-            await asyncio.sleep(1.0)
+        # A lost message is caught up by the revision check in ``_watch``.
+        if self._redis_url:
+            await listen_forever(self._redis_url, ROUTING_CHANNEL, self.on_message)
 
 
 
