@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
 import pytest
 
-from smartflow.config import ModelConfig, load_settings
+from smartflow.config import ModelConfig, RoutingSettings, load_settings
 from smartflow.gateway_error import GatewayError, Phase, Reason
 from smartflow.providers.base import Prices, ProviderError, Target
 from smartflow.routing.deployments import Deployment, Group, config_groups, deployment_ids
@@ -162,10 +163,8 @@ class _Runtime:
         self.health = _Health()
         self.balancer = _balancer()
         self.capped: set[str] = set()
-        self.max_attempts = 8
-        self.retry_backoff = 0.2
-        self.retry_backoff_max = 5.0
-        self.max_retry_after = 10.0
+        self.routing = RoutingSettings(max_attempts=8, retry_backoff=0.2,
+                                       retry_backoff_max=5.0, max_retry_after=10.0)
         self._groups = groups
 
     def is_capped(self, provider: str) -> bool:
@@ -239,7 +238,7 @@ def test_non_retryable_errors_move_on_only_in_a_chain_and_attempts_are_capped() 
     assert _walk(plan, [ProviderError(400, "bad")]) == [("a", 0.0)]
     plan = RoutePlan(runtime, [GROUP, OTHER], RouteRequest(), chain="c")  # type: ignore[arg-type]
     assert [s[0] for s in _walk(plan, [ProviderError(401, "key")])] == ["b", "x"]
-    runtime.max_attempts = 2
+    runtime.routing = replace(runtime.routing, max_attempts=2)
     plan = RoutePlan(runtime, [GROUP], RouteRequest(), retries=5)  # type: ignore[arg-type]
     assert len(_walk(plan, [ProviderError(500, "x")] * 5)) == 2
 

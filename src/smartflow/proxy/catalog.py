@@ -90,10 +90,8 @@ class Catalog:
         self._configured: dict[str, tuple[Target, ...]] = {}
         self._first_by_provider: dict[str, ModelConfig] = {}
         listed: dict[str, ListedModel] = {}
-        self._entries: tuple[tuple[ModelConfig, Target], ...] = ()
-        for model in models:
-            target = self._target_from_config(model)
-            self._entries += ((model, target),)
+        self._entries = tuple((model, self._target_from_config(model)) for model in models)
+        for model, target in self._entries:
             self._configured[model.name] = self._configured.get(model.name, ()) + (target,)
             self._first_by_provider.setdefault(model.provider, model)
             listed.setdefault(model.name, ListedModel(model.name, model.provider))

@@ -34,20 +34,22 @@ def _visible(principal: Principal, name: str) -> bool:
 def make_models_handlers(context: ProxyContext,
                          runner: CallRunner) -> tuple[Handler, Handler]:
     routing = context.routing
-    cached: dict[str, object] = {"generation": None}
+    generation: int | None = None
+    models: list[tuple[str, str]] = []
+    listing = b""
 
     def current() -> tuple[list[tuple[str, str]], bytes]:
         """Config models, plus (with routing) groups and chains made through the
         admin API; rebuilt only when those change."""
-        generation = routing.generation if routing is not None else 0
-        if cached["generation"] != generation:
+        nonlocal generation, models, listing
+        now = routing.generation if routing is not None else 0
+        if generation != now:
             models = (routing.listed_models() if routing is not None else
                       [(m.name, m.provider) for m in context.catalog.listed_models()])
-            cached["models"] = models
-            cached["listing"] = orjson.dumps({"object": "list", "data": [
+            listing = orjson.dumps({"object": "list", "data": [
                 _model_object(name, provider) for name, provider in models]})
-            cached["generation"] = generation
-        return cached["models"], cached["listing"]  # type: ignore[return-value]
+            generation = now
+        return models, listing
 
     async def list_models(request: Request) -> Response:
         principal = await runner.authenticate_only(request, openai_dialect.DIALECT)

@@ -129,7 +129,7 @@ class RoutePlan:
             self._release()
             if kind == "retryable":
                 runtime.on_attempt_failed(deployment, error)
-        if self.attempts >= runtime.max_attempts:
+        if self.attempts >= runtime.routing.max_attempts:
             return None
         if kind == "context":
             if self._context_fallback and not self._context_used:
@@ -149,7 +149,7 @@ class RoutePlan:
             return self._take(picked), 0.0
         if step.retries_used < self._retries:
             wait = retry_after_seconds(error.retry_after)
-            if wait is None or wait <= runtime.max_retry_after:
+            if wait is None or wait <= runtime.routing.max_retry_after:
                 delay = max(self._backoff(step.retries_used), wait or 0.0)
                 step.retries_used += 1
                 picked = await self._pick(self._index, untried_only=False, allow_cooling=True,
@@ -165,8 +165,8 @@ class RoutePlan:
     # -- internals ---------------------------------------------------------------
 
     def _backoff(self, retry: int) -> float:
-        runtime = self._runtime
-        ceiling = min(runtime.retry_backoff * (2 ** retry), runtime.retry_backoff_max)
+        routing = self._runtime.routing
+        ceiling = min(routing.retry_backoff * (2 ** retry), routing.retry_backoff_max)
         return ceiling * (0.5 + 0.5 * self._rng.random())  # jitter: callers do not retry in step
 
     async def _next_step(self) -> tuple[Deployment, float] | None:

@@ -97,10 +97,6 @@ class RoutingRuntime:
             client, self.routing.provider_daily_budgets, PeriodClock(settings.budgets.timezone),
             settings.alerts.budget_thresholds, spawn=self.health.spawn,
             on_threshold=self._budget_threshold)
-        self.max_attempts = self.routing.max_attempts
-        self.retry_backoff = self.routing.retry_backoff
-        self.retry_backoff_max = self.routing.retry_backoff_max
-        self.max_retry_after = self.routing.max_retry_after
         self.attempt_timeout = self.routing.attempt_timeout or None
         self.config_chains = tuple(chain_from_config(c) for c in self.routing.fallback_chains)
         self._config_groups = config_groups(catalog.configured_entries(), self.routing.strategy,
@@ -133,26 +129,29 @@ class RoutingRuntime:
     def plan(self, model: str, chain: FallbackChain | None,
              request: RouteRequest) -> RoutePlan | None:
         """The call's plan; None when the model is unknown and no chain serves it."""
-        routing = self.routing
+        chain, names, fallback = self._walk(model, chain)
+        steps = [group for group in map(self.group_for_target, names) if group is not None]
+        if chain is None:
+            return RoutePlan(self, steps, request, retries=self.routing.retries,
+                             context_fallback=fallback) if steps else None
+        if not steps:
+            raise GatewayError(503, f"No target of fallback chain {chain.name!r} is a "
+                                    f"known model or deployment.",
+                               code="no_deployment_available", reason=Reason.INTERNAL)
+        retries = chain.retries if chain.retries is not None else self.routing.chain_retries
+        return RoutePlan(self, steps, request, chain=chain.name, retries=retries,
+                         context_fallback=fallback)
+
+    def _walk(self, model: str, chain: FallbackChain | None
+              ) -> tuple[FallbackChain | None, tuple[str, ...], str]:
+        """What a call for ``model`` walks: its chain (the one it named, else the
+        model's own, else none), the step names, and its larger-context fallback."""
         if chain is None:
             chain = self._chain_by_model.get(model)
-        if chain is not None:
-            steps = [group for group in map(self.group_for_target, chain.targets)
-                     if group is not None]
-            if not steps:
-                raise GatewayError(503, f"No target of fallback chain {chain.name!r} is a "
-                                        f"known model or deployment.",
-                                   code="no_deployment_available", reason=Reason.INTERNAL)
-            fallback = chain.context_window_fallback or routing.context_window_fallbacks.get(
-                model, "")
-            retries = chain.retries if chain.retries is not None else routing.chain_retries
-            return RoutePlan(self, steps, request, chain=chain.name, retries=retries,
-                             context_fallback=fallback)
-        group = self.group_for_target(model)
-        if group is None:
-            return None
-        return RoutePlan(self, [group], request, retries=routing.retries,
-                         context_fallback=routing.context_window_fallbacks.get(model, ""))
+        fallback = self.routing.context_window_fallbacks.get(model, "")
+        if chain is None:
+            return None, (model,), fallback
+        return chain, chain.targets, chain.context_window_fallback or fallback
 
     def group_for_target(self, name: str) -> Group | None:
         """A chain target: a deployment id, a group, or a model the catalog resolves."""
@@ -184,16 +183,10 @@ class RoutingRuntime:
                          ) -> tuple[Target, ...]:
         """Every deployment a call for ``model`` (through the chain it names, if
         any) might reach: for its worst-case cost."""
-        chain = (self._chains.get(chain_name.strip()) if chain_name
-                 else self._chain_by_model.get(model))
-        names = chain.targets if chain is not None else (model,)
-        if chain is not None and chain.context_window_fallback:
-            names += (chain.context_window_fallback,)
-        fallback = self.routing.context_window_fallbacks.get(model)
-        if fallback:
-            names += (fallback,)
+        named = self._chains.get(chain_name.strip()) if chain_name else None
+        _, names, fallback = self._walk(model, named)
         targets: list[Target] = []
-        for name in names:
+        for name in (*names, fallback) if fallback else names:
             group = self.group_for_target(name)
             if group is not None:
                 targets += [d.target for d in group.deployments]
