@@ -20,11 +20,10 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from _admin_helpers import HeaderRoleAdmin
 
-from smartflow.admin.context import AdminContext
 from smartflow.admin.routing_routes import register_routing_routes
 from smartflow.config import ServerSettings, Settings
-from smartflow.http.request import Request
 from smartflow.http.router import Router
 from smartflow.http.transport import HTTPServer
 from smartflow.identity.roles import (
@@ -32,7 +31,6 @@ from smartflow.identity.roles import (
     ORG_ADMIN,
     PROXY_ADMIN,
     VIEWER,
-    AdminPrincipal,
 )
 from smartflow.keys.periods import PeriodClock
 from smartflow.keys.records import InputError
@@ -384,14 +382,6 @@ async def test_the_store_works_on_a_cluster(redis_cluster_url: str) -> None:
 # -- the admin routes ----------------------------------------------------------------
 
 @dataclass
-class _TestAdmin(AdminContext):
-    """The caller's role is whatever the ``x-test-role`` header says."""
-
-    async def principal(self, request: Request) -> AdminPrincipal:
-        return AdminPrincipal(subject="tester", role=request.header("x-test-role") or PROXY_ADMIN)
-
-
-@dataclass
 class Api:
     http: httpx.AsyncClient
     store: RouteStore
@@ -408,7 +398,7 @@ class Api:
 @pytest.fixture
 async def api(client: StoreClient) -> AsyncIterator[Api]:
     store = RouteStore(client)
-    admin = _TestAdmin(settings=Settings(), client=client,
+    admin = HeaderRoleAdmin(settings=Settings(), client=client,
                        store=IdentityStore(client, PeriodClock("UTC")),
                        tokens=None,  # type: ignore[arg-type]
                        vault=None,  # type: ignore[arg-type]

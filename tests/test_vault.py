@@ -16,11 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from _admin_helpers import HeaderRoleAdmin
 
-from smartflow.admin.context import AdminContext
 from smartflow.admin.vault_routes import register_vault_routes
 from smartflow.config import ServerSettings, Settings
-from smartflow.http.request import Request
 from smartflow.http.router import Router
 from smartflow.http.transport import HTTPServer
 from smartflow.identity.roles import (
@@ -28,7 +27,6 @@ from smartflow.identity.roles import (
     ORG_ADMIN,
     PROXY_ADMIN,
     VIEWER,
-    AdminPrincipal,
 )
 from smartflow.keys.periods import PeriodClock
 from smartflow.keys.provider_keys import captured_entry_name, provider_of_key
@@ -312,14 +310,6 @@ def test_captured_entry_names_are_stable_and_reveal_nothing() -> None:
 # -- the admin routes --------------------------------------------------------------
 
 @dataclass
-class _TestAdmin(AdminContext):
-    """The caller's role is whatever the ``x-test-role`` header says."""
-
-    async def principal(self, request: Request) -> AdminPrincipal:
-        return AdminPrincipal(subject="tester", role=request.header("x-test-role") or PROXY_ADMIN)
-
-
-@dataclass
 class Api:
     http: httpx.AsyncClient
     vault: Vault  # the one the routes use (another instance would cache its own reads)
@@ -334,7 +324,7 @@ class Api:
 
 
 async def _serve(client: StoreClient, vault: Vault) -> AsyncIterator[Api]:
-    admin = _TestAdmin(settings=Settings(), client=client,
+    admin = HeaderRoleAdmin(settings=Settings(), client=client,
                        store=IdentityStore(client, PeriodClock("UTC")),
                        tokens=None,  # type: ignore[arg-type]
                        vault=vault, key_cache=None,  # type: ignore[arg-type]
