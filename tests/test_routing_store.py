@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,21 +19,17 @@ import httpx
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from _admin_helpers import HeaderRoleAdmin
+from _admin_helpers import header_role_admin, serving
 
 from smartflow.admin.routing_routes import register_routing_routes
-from smartflow.config import ServerSettings, Settings
 from smartflow.http.router import Router
-from smartflow.http.transport import HTTPServer
 from smartflow.identity.roles import (
     INTERNAL_USER,
     ORG_ADMIN,
     PROXY_ADMIN,
     VIEWER,
 )
-from smartflow.keys.periods import PeriodClock
 from smartflow.keys.records import InputError
-from smartflow.keys.store import IdentityStore
 from smartflow.routing.records import (
     STRATEGIES,
     FallbackChain,
@@ -398,29 +393,14 @@ class Api:
 @pytest.fixture
 async def api(client: StoreClient) -> AsyncIterator[Api]:
     store = RouteStore(client)
-    admin = HeaderRoleAdmin(settings=Settings(), client=client,
-                       store=IdentityStore(client, PeriodClock("UTC")),
-                       tokens=None,  # type: ignore[arg-type]
-                       vault=None,  # type: ignore[arg-type]
-                       key_cache=None,  # type: ignore[arg-type]
-                       pool=None,  # type: ignore[arg-type]
-                       master_key=b"master-test", routes=store, config_chains=CONFIG_CHAINS)
+    admin = header_role_admin(client, routes=store, config_chains=CONFIG_CHAINS)
     router = Router()
     register_routing_routes(router, admin, store, admin.config_chains)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = HTTPServer(router, ServerSettings(port=0, access_log=False))
-    await server.start(sock)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
-                                     timeout=30) as http:
-            served = Api(http, store, [])
-            yield served
-            for text in served.seen:
-                assert PLAINTEXT_KEY not in text
-    finally:
-        await server.drain(1.0)
+    async with serving(router) as http:
+        served = Api(http, store, [])
+        yield served
+        for text in served.seen:
+            assert PLAINTEXT_KEY not in text
 
 
 def _error(response: httpx.Response) -> dict[str, Any]:

@@ -8,7 +8,6 @@ of the admin API; here the caller's role comes from a test header.
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,22 +15,18 @@ from typing import Any
 
 import httpx
 import pytest
-from _admin_helpers import HeaderRoleAdmin
+from _admin_helpers import header_role_admin, serving
 
 from smartflow.admin.vault_routes import register_vault_routes
-from smartflow.config import ServerSettings, Settings
 from smartflow.http.router import Router
-from smartflow.http.transport import HTTPServer
 from smartflow.identity.roles import (
     INTERNAL_USER,
     ORG_ADMIN,
     PROXY_ADMIN,
     VIEWER,
 )
-from smartflow.keys.periods import PeriodClock
 from smartflow.keys.provider_keys import captured_entry_name, provider_of_key
 from smartflow.keys.records import InputError
-from smartflow.keys.store import IdentityStore
 from smartflow.keys.vault import (
     Vault,
     VaultEntryNotFound,
@@ -324,28 +319,14 @@ class Api:
 
 
 async def _serve(client: StoreClient, vault: Vault) -> AsyncIterator[Api]:
-    admin = HeaderRoleAdmin(settings=Settings(), client=client,
-                       store=IdentityStore(client, PeriodClock("UTC")),
-                       tokens=None,  # type: ignore[arg-type]
-                       vault=vault, key_cache=None,  # type: ignore[arg-type]
-                       pool=None,  # type: ignore[arg-type]
-                       master_key=b"master-test")
+    admin = header_role_admin(client, vault=vault)
     router = Router()
     register_vault_routes(router, admin)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    server = HTTPServer(router, ServerSettings(port=0, access_log=False))
-    await server.start(sock)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}",
-                                     timeout=10) as http:
-            api = Api(http, vault, [])
-            yield api
-            for text in api.seen:
-                assert SECRET not in text and OTHER_SECRET not in text
-    finally:
-        await server.drain(1.0)
+    async with serving(router, timeout_s=10) as http:
+        api = Api(http, vault, [])
+        yield api
+        for text in api.seen:
+            assert SECRET not in text and OTHER_SECRET not in text
 
 
 @pytest.fixture
