@@ -11,7 +11,8 @@ loop) over a private redis-server; each role signs in for real, with
     user-1    internal_user  member of team-a
     user-2    internal_user  member of team-b
 
-and one virtual key of each kind (``KEY_KINDS``). The callers are the master
+one virtual key of each kind (``KEY_KINDS``), and an audit log (a real
+PostgreSQL) holding one call of user-1 in team-a and one of user-2 in team-b. The callers are the master
 key, the sessions of admin-1, viewer-1, org-1 and user-1, no credential at
 all, and a garbage bearer token.
 
@@ -35,19 +36,25 @@ import threading
 import time
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import asyncpg
 import httpx
 import jwt
 import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from harness.postgres import PostgresServer
 from harness.redis_server import RedisServer
 from upstreams.server import start_upstream, stop_upstream
 
 from smartflow.admin import register_admin_routes
 from smartflow.admin.context import build_admin_context
+from smartflow.audit.entry import AuditEntry
+from smartflow.audit.log_query import LogReader
+from smartflow.audit.postgres_sink import PostgresSink
 from smartflow.config import AuthSettings, Settings, StateSettings, VaultSettings
 from smartflow.http.request import Request
 from smartflow.http.response import Response
@@ -98,6 +105,9 @@ SPEND = "/api/enterprise/spend"
 VAULT = "/api/keys/providers"
 CHAINS = "/api/routing/fallback-chains"
 GROUPS = "/api/routing/groups"
+LOGS = "/api/logs"
+# (call id, user, team) of the audit records the world's log holds.
+LOGGED_CALLS = (("call-user-1", USER, "team-a"), ("call-user-2", USER2, "team-b"))
 
 VIRTUAL_KEY_RE = re.compile(rb"sk-sf-[0-9a-f]{48}")
 NOTHING: Any = object()
@@ -470,8 +480,23 @@ def _auth_cases() -> list[Case]:
     ]
 
 
+def _logs_cases() -> list[Case]:
+    # The audit log holds one call of user-1 in team-a and one of user-2 in team-b.
+    item = LOGS + "/{call_id}"
+    return [
+        Case("GET", LOGS, "list", expect(200, 200, 200, 200, 200)),
+        Case("GET", LOGS, "bad filter", expect(400, 400, 400, 400, 400),
+             path=LOGS + "?status=teapot"),
+        Case("GET", item, "user-1's call in team-a", expect(200, 200, 200, 200, 200),
+             path=LOGS + "/" + LOGGED_CALLS[0][0]),
+        Case("GET", item, "user-2's call in team-b", expect(200, 200, 200, 404, 404),
+             path=LOGS + "/" + LOGGED_CALLS[1][0]),
+        Case("GET", item, "missing", MISSING, path=LOGS + "/call-missing"),
+    ]
+
+
 CASES = _vkey_cases() + _team_cases() + _user_cases() + _spend_cases() + _vault_cases() \
-    + _auth_cases() + _routing_cases()
+    + _auth_cases() + _routing_cases() + _logs_cases()
 
 
 # -- the server -----------------------------------------------------------------------
@@ -515,6 +540,7 @@ class World:
     """The admin API on its own thread and loop, and what the tests made in it."""
 
     redis: RedisServer
+    audit_dsn: str
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     ids: dict[str, str] = field(default_factory=dict)
     headers: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -539,7 +565,14 @@ class World:
         self.admin = build_admin_context(settings, build_keys_runtime(settings, self.client),
                                          self.pool)
         self.router = RecordingRouter()
-        register_admin_routes(self.router, self.admin)
+        sink = PostgresSink(self.audit_dsn)
+        await sink.open()
+        await sink.write([AuditEntry(call_id, datetime.now(UTC), {
+            "kind": "llm", "status": 200, "user_id": user, "team_id": team})
+            for call_id, user, team in LOGGED_CALLS])
+        await sink.aclose()
+        self.log_reader = LogReader(self.audit_dsn)
+        register_admin_routes(self.router, self.admin, self.log_reader)
         self.server, self.port = await start_upstream(self.router)
         self.jwks_server, jwks_port = await start_upstream(_jwks_router())
         self.ids["jwks_uri"] = f"http://127.0.0.1:{jwks_port}/keys"
@@ -555,6 +588,7 @@ class World:
         self.loop.close()
 
     async def _stop(self) -> None:
+        await self.log_reader.aclose()
         await stop_upstream(self.server, 1.0)
         await stop_upstream(self.jwks_server, 1.0)
         await self.pool.aclose()
@@ -646,10 +680,10 @@ def build_world(world: World) -> None:
 
 
 @pytest.fixture(scope="module")
-def world() -> Iterator[World]:
+def world(postgres_server: PostgresServer) -> Iterator[World]:
     redis = RedisServer()
     redis.start()
-    world = World(redis)
+    world = World(redis, _audit_database(postgres_server))
     try:
         world.start()
         build_world(world)
@@ -659,6 +693,21 @@ def world() -> Iterator[World]:
             world.close()
         finally:
             redis.close()
+
+
+def _audit_database(server: PostgresServer) -> str:
+    """A fresh database on the session's PostgreSQL for the world's audit log."""
+    name = f"admin_roles_{secrets.token_hex(4)}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(server.dsn, timeout=10)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    return server.dsn.rsplit("/", 1)[0] + "/" + name
 
 
 # -- the tests ------------------------------------------------------------------------

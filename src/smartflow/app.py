@@ -12,6 +12,7 @@ import contextlib
 import os
 from typing import TYPE_CHECKING
 
+from smartflow.config import audit_enabled
 from smartflow.http.request import Request
 from smartflow.http.response import Response, StreamingResponse, error_response, json_response
 from smartflow.http.router import Router
@@ -104,6 +105,11 @@ def build_app(
         proxy_context.routing = build_routing_runtime(
             settings, proxy_context.catalog, store_client, redis_url=store_url, alerter=alerter)
         proxy_context.routing.start()
+    if store_client is not None and audit_enabled(settings):
+        from smartflow.audit.runtime import build_audit_runtime
+
+        proxy_context.audit = build_audit_runtime(settings, store_client)
+        proxy_context.audit.start()
     register_proxy_routes(router, proxy_context)
     if keys is not None:
         from smartflow.admin import register_admin_routes
@@ -112,7 +118,12 @@ def build_app(
         config_chains = proxy_context.routing.config_chains if proxy_context.routing else ()
         admin = build_admin_context(settings, keys, proxy_context.pool,
                                     config_chains=config_chains)
-        register_admin_routes(router, admin)
+        from smartflow.audit.log_query import build_log_reader
+
+        log_reader = build_log_reader(settings.audit)  # no I/O: the pool opens on first use
+        register_admin_routes(router, admin, log_reader)
+        if log_reader is not None and on_shutdown is not None:
+            on_shutdown.append(log_reader.aclose)
         if proxy_context.routing is not None:
             from smartflow.admin.routing_status_routes import register_routing_status_route
 

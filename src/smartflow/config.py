@@ -155,6 +155,25 @@ class AlertSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditSettings:
+    # "auto": calls are recorded when a sink (postgres_dsn or mongodb_url) is
+    # set; "on": always (the stream alone keeps the last stream_max_len);
+    # "off": never.
+    mode: str = "auto"
+    capture_bodies: bool = True  # the request and the answer, for Q&A replay
+    max_body_bytes: int = 32768  # per captured body; longer ones are cut and marked
+    postgres_dsn: str = ""  # a libpq URL, or env:NAME
+    mongodb_url: str = ""  # mongodb://..., or env:NAME
+    mongodb_database: str = "smartflow"
+    retention_days: int = 30  # 0 keeps everything
+    stream_max_len: int = 200000  # hard cap of the Redis stream (approximate trim)
+    batch_size: int = 500  # records per sink write
+    claim_idle: float = 30.0  # seconds before a dead shipper's pending records are claimed
+    sink_retry_max: float = 30.0  # longest back-off between attempts at a sink that is down
+    query_timeout: float = 10.0  # seconds a /api/logs query may take
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     provider: str
@@ -190,12 +209,15 @@ class Settings:
     vault: VaultSettings = field(default_factory=VaultSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
+    audit: AuditSettings = field(default_factory=AuditSettings)
     models: tuple[ModelConfig, ...] = ()
     # The provider SDKs' own variables (OPENAI_API_KEY, ...), read here once so
     # a model resolved by name prefix can use them; nothing else reads the env.
     provider_env: Mapping[str, str] = field(default_factory=dict)
     source: str = ""  # the file the settings came from, "" for built-in defaults
 
+
+AUDIT_MODES = ("auto", "on", "off")
 
 _SECTIONS: dict[str, type] = {
     "server": ServerSettings,
@@ -207,6 +229,7 @@ _SECTIONS: dict[str, type] = {
     "vault": VaultSettings,
     "routing": RoutingSettings,
     "alerts": AlertSettings,
+    "audit": AuditSettings,
 }
 
 # Built-in models when no config file names any: the mock provider answers
@@ -455,6 +478,7 @@ def _check_values(settings: Settings) -> None:
         raise ConfigError("state.redis_timeout: must be > 0")
     _check_routing(settings)
     _check_alerts(settings.alerts)
+    _check_audit(settings.audit)
     worker_timeout = settings.supervisor.worker_timeout
     if not worker_timeout >= 0:  # also refuses nan
         raise ConfigError(
@@ -515,6 +539,35 @@ def _check_routing(settings: Settings) -> None:
             if model.id in ids:
                 raise ConfigError(f"models[{i}].id: {model.id!r} is used twice")
             ids.add(model.id)
+
+
+def _check_audit(audit: AuditSettings) -> None:
+    if audit.mode not in AUDIT_MODES:
+        raise ConfigError(f"audit.mode: expected one of {', '.join(AUDIT_MODES)}, "
+                          f"got {audit.mode!r}")
+    if audit.max_body_bytes < 0:
+        raise ConfigError("audit.max_body_bytes: must be >= 0")
+    if audit.retention_days < 0:
+        raise ConfigError("audit.retention_days: must be >= 0 (0 keeps everything)")
+    if audit.stream_max_len < 1000:
+        raise ConfigError("audit.stream_max_len: must be >= 1000")
+    if not 1 <= audit.batch_size <= 10000:
+        raise ConfigError("audit.batch_size: must be 1-10000")
+    for name in ("claim_idle", "sink_retry_max", "query_timeout"):
+        if not getattr(audit, name) > 0:
+            raise ConfigError(f"audit.{name}: must be > 0")
+    if audit.postgres_dsn and not audit.postgres_dsn.startswith(("postgres://", "postgresql://")):
+        raise ConfigError("audit.postgres_dsn: expected a postgresql:// URL (or env:NAME)")
+    if audit.mongodb_url and not audit.mongodb_url.startswith(("mongodb://", "mongodb+srv://")):
+        raise ConfigError("audit.mongodb_url: expected a mongodb:// URL (or env:NAME)")
+
+
+def audit_enabled(settings: Settings) -> bool:
+    """Whether calls are recorded (and a shipper runs)."""
+    audit = settings.audit
+    if audit.mode == "auto":
+        return bool(audit.postgres_dsn or audit.mongodb_url)
+    return audit.mode == "on"
 
 
 def _check_alerts(alerts: AlertSettings) -> None:

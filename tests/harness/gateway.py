@@ -152,6 +152,19 @@ def group_pids(pgid: int) -> list[int]:
     return sorted(members)
 
 
+def titled_child(pid: int, title: str) -> int | None:
+    """The child of `pid` whose process title is `title` (e.g. "smartflow: shipper")."""
+    wanted = title.encode()
+    for child in child_pids(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as handle:
+                if handle.read().startswith(wanted):
+                    return child
+        except OSError:
+            continue
+    return None
+
+
 def _process_name(pid: int) -> str:
     return (_read_proc(f"/proc/{pid}/comm") or "").strip()
 

@@ -163,8 +163,9 @@ class Arbiter:
 
     def _wanted_counts(self) -> dict[str, int] | int:
         counts = {name: role.count(self._settings) for name, role in self._roles.items()}
-        # One role: the plain number, as the log has always said.
-        return next(iter(counts.values())) if len(counts) == 1 else counts
+        running = {name: count for name, count in counts.items() if count} or counts
+        # Gateway workers alone: the plain number, as the log has always said.
+        return next(iter(running.values())) if len(running) == 1 else running
 
     # -- the loop -----------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from smartflow.config import Settings, worker_count
+from smartflow.config import Settings, audit_enabled, worker_count
 from smartflow.process.exit_codes import StartupError
 from smartflow.process.worker_context import WorkerEntry
 
@@ -44,9 +44,23 @@ GATEWAY_ROLE = RoleSpec(
 )
 
 
+def shipper_count(settings: Settings) -> int:
+    """One audit shipper per node, when calls are recorded into a sink."""
+    audit = settings.audit
+    return 1 if audit_enabled(settings) and (audit.postgres_dsn or audit.mongodb_url) else 0
+
+
+SHIPPER_ROLE = RoleSpec(
+    name="shipper",
+    entry_module="workers.shipper",
+    title_template="smartflow: shipper",
+    count=shipper_count,
+)
+
+
 def default_roles() -> tuple[RoleSpec, ...]:
     """The roles `smartflow serve` runs."""
-    return (GATEWAY_ROLE,)
+    return (GATEWAY_ROLE, SHIPPER_ROLE)
 
 
 def load_role_entry(role: RoleSpec) -> WorkerEntry:

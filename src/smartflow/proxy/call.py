@@ -89,6 +89,15 @@ class Call:
     cost: Cost | None = None
     finish_reason: str | None = None
     completion_chars: int = 0  # for estimating output tokens when no usage came
+    # the answer as sent, for the audit record: a whole body, or (for a stream,
+    # when bodies are captured) its chunks up to the capture cap
+    answer_body: bytes | None = None
+    answer_chunks: list[bytes] | None = None
+    # what the policy engine decided (names of matched policies, guardrail
+    # decisions, the compliance verdict): recorded with the call
+    policies: tuple[str, ...] = ()
+    guardrails: tuple[dict[str, Any], ...] = ()
+    verdict: str | None = None
     # headers stages add to the answer (rate-limit and budget state)
     response_headers: list[tuple[str, str]] = field(default_factory=list)
 

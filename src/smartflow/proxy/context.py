@@ -24,6 +24,7 @@ from smartflow.proxy.cost import PriceTable, load_price_table
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from smartflow.audit.runtime import AuditRuntime
     from smartflow.keys.runtime import KeysRuntime
     from smartflow.routing.runtime import RoutingRuntime
 
@@ -42,6 +43,7 @@ class ProxyContext:
     keys: KeysRuntime | None = None  # virtual keys, budgets, vault (None: master key only)
     adapters: dict[str, ProviderAdapter] = field(default_factory=dict)  # provider -> adapter
     routing: RoutingRuntime | None = None  # groups, chains, failover (None: first deployment)
+    audit: AuditRuntime | None = None  # the VAS record of every call (None: audit off)
 
     def adapter_for(self, provider: str) -> ProviderAdapter:
         """The provider's adapter, imported on first use and kept."""
@@ -57,6 +59,8 @@ class ProxyContext:
         return adapter
 
     async def aclose(self) -> None:
+        if self.audit is not None:  # first: the records still buffered go out
+            await self.audit.aclose()
         if self.routing is not None:
             await self.routing.aclose()
         if self.keys is not None:

@@ -275,6 +275,7 @@ class CallRunner:
         upstream = failure.upstream
         call.error = failure
         call.status = failure.status
+        call.answer_body = failure.body
         await self._finish(call)
         content_type = upstream.header("content-type") or "application/json"
         headers = self._headers(call, None) + _native_headers(upstream)
@@ -303,6 +304,7 @@ class CallRunner:
         call.status = 200
         call.usage = answer.usage
         call.completion_chars = answer.completion_chars
+        call.answer_body = answer.body
         await self._finish(call)
         headers = self._headers(call, upstream)
         return Response(200, answer.body, headers)
@@ -315,6 +317,7 @@ class CallRunner:
             data = await read_body(upstream)
         status = upstream.status
         call.status = status
+        call.answer_body = data
         if 200 <= status < 300:
             call.usage = call.dialect.usage_of_body(data)
             if call.usage is None:  # not a message (count_tokens, models, files): nothing billed
@@ -366,11 +369,12 @@ class CallRunner:
     async def _fail(self, call: Call, error: GatewayError, upstream: Upstream | None) -> Response:
         call.error = error
         call.status = error.status
+        body = call.answer_body = call.dialect.error_body(error)
         await self._finish(call)
         headers = self._headers(call, upstream)
         if error.retry_after and not any(name == "retry-after" for name, _ in headers):
             headers.append(("retry-after", error.retry_after))
-        return Response(error.status, call.dialect.error_body(error), headers)
+        return Response(error.status, body, headers)
 
     async def _finish(self, call: Call) -> None:
         """Cost from usage (or an estimate), then the pipeline's way out."""

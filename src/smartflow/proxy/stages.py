@@ -291,6 +291,10 @@ def default_stages(context: ProxyContext) -> list[Stage]:
     ]
     if context.routing is not None:
         stages.append(RoutingExitStage(context.routing))
+    if context.audit is not None:
+        from smartflow.proxy.record_stage import AuditRecordStage
+
+        stages.append(AuditRecordStage(context.audit))
     if keys is not None:
         stages += [
             AdmitStage(keys, context.catalog, settings.budgets.default_max_output_tokens,

@@ -131,3 +131,13 @@ def failure_spike(provider: str, bucket: int) -> str:
 
 
 ALERT_CLAIM_PREFIX = PREFIX + "alert:"  # + dedupe key: SET NX PX, one sender per window
+
+
+# The audit log. Each stream entry is one worker flush: fields n (records in
+# it) and b (the records, framed by audit.framing); the counter is the number
+# of records appended and not yet acknowledged (the backlog). One hash tag, so
+# the scripts that touch both run in one slot of a Redis Cluster.
+AUDIT_STREAM = PREFIX + "{audit}:stream"
+AUDIT_QUEUED = PREFIX + "{audit}:queued"
+AUDIT_DEAD_LETTER = PREFIX + "{audit}:dead"  # entries that are not records at all
+AUDIT_GROUP = "shippers"

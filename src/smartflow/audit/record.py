@@ -1,0 +1,163 @@
+"""A call's VAS record, as appended to the audit stream.
+
+Built in the record slot once the call is over, from what the Call holds.
+The record is one JSON array (``WIRE_FIELDS``); the captured bodies travel
+beside it as raw bytes, so the worker never decodes, parses or re-encodes
+them (a stream's text is picked out of its SSE bytes by
+``audit.stream_text``). The shipper turns the array into the ``vas_log``
+columns (``record_fields``) and pulls the question and the answer's text out
+of the bodies, off the request path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from smartflow.audit.energy import EnergyModel
+from smartflow.audit.redact import Redactor
+from smartflow.audit.stream_text import escaped_text
+
+if TYPE_CHECKING:
+    from smartflow.proxy.call import Call
+
+RECORD_VERSION = 2
+# A stream's SSE framing is many times its text: the chunks kept get this much
+# more room than the cap, which then applies to the text picked out of them.
+STREAM_CAPTURE_FACTOR = 8
+
+# The record on the wire is a JSON array in this order (no key names: half the
+# bytes, and the worker builds a tuple instead of a dict). ``record_fields``
+# turns it back into named fields in the shipper, where what can be derived
+# later is derived: kind, milliseconds, tags, energy and CO2e.
+WIRE_FIELDS: tuple[str, ...] = (
+    "v", "call_id", "ts", "kind", "trace_id", "method", "route", "dialect", "operation",
+    "model", "status", "stream", "cache_outcome", "latency_s", "ttfb_s", "attempts",
+    "upstream_model", "provider", "deployment", "fallback_chain", "auth", "key_id",
+    "key_alias", "user_id", "team_id", "prompt_tokens", "completion_tokens", "cached_tokens",
+    "cost_usd", "cost_estimated", "finish_reason", "error_phase", "error_code",
+    "error_reason", "error_message", "policies", "guardrails", "verdict", "tags_header",
+    "node", "bodies_truncated",
+)
+
+
+_NO_TARGET = (None, None)
+_NO_PRINCIPAL = (None,) * 5
+_NO_COST = (None,) * 5
+_NO_ERROR = (None,) * 4
+
+
+class RecordBuilder:
+    """Built once per worker; ``build(call)`` is all a call pays."""
+
+    __slots__ = ("_capture", "_max_body", "_node", "_redactor", "stream_capture_cap")
+
+    def __init__(self, *, capture_bodies: bool, max_body_bytes: int, redactor: Redactor,
+                 node: str) -> None:
+        self._capture = capture_bodies and max_body_bytes > 0
+        self._max_body = max_body_bytes
+        self._redactor = redactor
+        self._node = node
+        self.stream_capture_cap = max_body_bytes * STREAM_CAPTURE_FACTOR if self._capture else 0
+
+    @property
+    def captures_bodies(self) -> bool:
+        return self._capture
+
+    def build(self, call: Call) -> tuple[bytes, bytes, bytes]:
+        """(record JSON, request body, answer) — the bodies empty when not captured."""
+        return self.build_batch((call,))[0]
+
+    def build_batch(self, calls: Iterable[Call]) -> list[tuple[bytes, bytes, bytes]]:
+        """The records of finished calls, in one loop (the flush's): what is the
+        same for all of them is looked up once."""
+        dumps = orjson.dumps
+        node = self._node
+        capture = self._capture
+        cap = self._max_body
+        redact_pair = self._redactor.redact_pair
+        # started_s is on the monotonic clock: one offset turns it into wall time.
+        wall_offset = time.time() - time.perf_counter()
+        now = time.perf_counter()
+        built = []
+        for call in calls:
+            started = call.started_s
+            ended = call.ended_s if call.ended_s is not None else now
+            first_byte = call.first_byte_s
+            target = call.target
+            request = call.request
+            principal = call.identity
+            cost = call.cost
+            error = call.error
+            route = call.route_plan
+            question = answer = b""
+            truncated = False
+            if capture:
+                question = call.raw_body
+                if len(question) > cap:
+                    question, truncated = question[:cap], True
+                chunks = call.answer_chunks
+                if chunks is not None:
+                    answer = escaped_text(call.dialect.name, call.operation, b"".join(chunks))
+                else:
+                    answer = call.answer_body or b""
+                if len(answer) > cap:
+                    answer, truncated = answer[:cap], True
+                question, answer = redact_pair(
+                    question, answer, target.api_key if target is not None else "")
+            built.append((dumps((
+                RECORD_VERSION, call.call_id, started + wall_offset, "llm", call.trace_id,
+                request.method,
+                request.path,  # never the query string: it may carry key=
+                call.dialect.name, call.operation,
+                target.public_name if target is not None else call.model,
+                call.status, call.is_stream, call.cache_outcome, ended - started,
+                first_byte - started if first_byte is not None else None,
+                call.attempts,
+                *(_NO_TARGET if target is None else (target.model, target.provider)),
+                call.deployment_id or None,
+                (route.chain or None) if route is not None else None,
+                # ids and the alias, never the key
+                *(_NO_PRINCIPAL if principal is None else (
+                    principal.kind, principal.key_id, principal.key_alias, principal.user_id,
+                    principal.team_id)),
+                *(_NO_COST if cost is None else (
+                    cost.prompt_tokens, cost.completion_tokens, cost.cached_tokens, cost.usd,
+                    cost.is_estimated)),
+                call.finish_reason,
+                *(_NO_ERROR if error is None else (
+                    error.phase.value, error.code or call.dialect.error_type(error.status),
+                    error.reason.value, error.message[:1000])),
+                call.policies, call.guardrails, call.verdict,
+                request.header("x-smartflow-tags"), node, truncated,
+            )), question, answer))
+        return built
+
+def _tags(header: str | None) -> list[str]:
+    if not header:
+        return []
+    return [tag for tag in (t.strip() for t in header.split(",")[:32]) if tag]
+
+
+def _ms(seconds: object) -> float | None:
+    return round(seconds * 1000.0, 3) if isinstance(seconds, int | float) else None
+
+
+def record_fields(wire: list[Any], energy: EnergyModel) -> dict[str, Any]:
+    """The named fields of a record as ``build`` sent it (the shipper's side);
+    ValueError when ``wire`` is not such a record."""
+    if len(wire) != len(WIRE_FIELDS) or wire[0] != RECORD_VERSION:
+        raise ValueError(f"not a version {RECORD_VERSION} record of {len(WIRE_FIELDS)} fields")
+    fields = dict(zip(WIRE_FIELDS, wire, strict=True))
+    del fields["v"]
+    fields["latency_ms"] = _ms(fields.pop("latency_s"))
+    fields["ttfb_ms"] = _ms(fields.pop("ttfb_s"))
+    fields["tags"] = _tags(fields.pop("tags_header"))
+    prompt, completion = fields["prompt_tokens"], fields["completion_tokens"]
+    if isinstance(prompt, int) and isinstance(completion, int) and (prompt or completion):
+        model = fields["upstream_model"] or fields["model"]
+        fields["energy_wh"], fields["co2e_g"] = energy.estimate(str(model), prompt, completion)
+    return fields

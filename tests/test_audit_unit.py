@@ -1,0 +1,195 @@
+"""The audit record's pieces without I/O: energy coefficients, redaction, the
+record a call leaves, and what the shipper reads back out of a stream entry."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from smartflow.audit.energy import load_energy_model
+from smartflow.audit.framing import pack, unpack
+from smartflow.audit.record import RecordBuilder, record_fields
+from smartflow.audit.redact import REDACTED, Redactor, scrub_key_formats
+from smartflow.audit.replay import answer_of_body, question_of
+from smartflow.audit.shipper import decode_record
+from smartflow.audit.stream_text import escaped_text, unescape
+from smartflow.dialects import anthropic as anthropic_dialect
+from smartflow.dialects import openai as openai_dialect
+from smartflow.gateway_error import GatewayError, Phase
+from smartflow.http.request import Request
+from smartflow.providers.base import Target, Usage
+from smartflow.proxy.call import Call, Principal
+from smartflow.proxy.cost import Cost
+
+VKEY = "sk-sf-" + "ab" * 24
+
+
+def _call(body: bytes = b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}',
+          *, query: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None) -> Call:
+    request = Request("POST", "/v1/chat/completions", query, headers or [], None, "1.1")
+    call = Call(request, openai_dialect.DIALECT, "chat")
+    call.raw_body = body
+    call.model = "gpt-4o"
+    call.target = Target(public_name="gpt-4o", provider="openai", model="gpt-4o-2024",
+                         api_base="https://api.openai.com/v1", api_key="sk-provider-secret-123456")
+    call.status = 200
+    call.first_byte_s = call.started_s + 0.010
+    call.ended_s = call.started_s + 0.050
+    call.usage = Usage(12, 30)
+    call.cost = Cost(0.00042, 12, 30)
+    call.attempts = 1
+    call.identity = Principal(kind="virtual_key", key_id="k1", key_alias="ci-bot",
+                              user_id="u1", team_id="t1")
+    return call
+
+
+def _builder(*, capture: bool = True, cap: int = 1000, secrets: tuple[str, ...] = ()
+             ) -> RecordBuilder:
+    return RecordBuilder(capture_bodies=capture, max_body_bytes=cap,
+                         redactor=Redactor(secrets), node="node-a")
+
+
+def _fields(raw: bytes) -> dict:
+    return record_fields(orjson.loads(raw), load_energy_model())
+
+
+def test_energy_classes_and_formula_follow_the_data_file() -> None:
+    model = load_energy_model("""
+pue = 2.0
+grid_gco2e_per_kwh = 500
+[default]
+input_wh_per_1k = 1.0
+output_wh_per_1k = 10.0
+[[classes]]
+name = "tiny"
+patterns = ["*-mini"]
+input_wh_per_1k = 0.5
+output_wh_per_1k = 1.0
+""")
+    assert model.class_of("GPT-4O-MINI").name == "tiny"
+    assert model.class_of("other").name == "default"
+    # (1000 * 1.0 + 500 * 10.0) / 1000 Wh * pue 2 = 12 Wh; 12 Wh at 500 g/kWh = 6 g
+    assert model.estimate("other", 1000, 500) == (12.0, 6.0)
+    packaged = load_energy_model()
+    small, _ = packaged.estimate("gpt-4o-mini", 1000, 1000)
+    large, _ = packaged.estimate("claude-3-opus", 1000, 1000)
+    assert 0 < small < large
+
+
+def test_secrets_are_redacted_in_the_worker_and_key_formats_in_the_shipper() -> None:
+    redactor = Redactor(["provider-key-0123456789", "short"])
+    text = (f"use {VKEY} and provider-key-0123456789 and sk-ant-api03-abcdefghijklmnopqrstuv "
+            "and AKIAABCDEFGHIJKLMNOP and vault-key-abcdefgh; a short word; kill the process; "
+            "task-force")
+    out = redactor.redact(text.encode(), extra_secret="vault-key-abcdefgh")
+    for gone in (VKEY, "provider-key-0123456789", "vault-key-abcdefgh"):
+        assert gone.encode() not in out
+    assert b"a short word; kill the process; task-force" in out  # 'short' is too short a secret
+    assert b"sk-ant-api03" in out  # other issuers' formats: the shipper's job
+    scrubbed = scrub_key_formats(out)
+    assert b"sk-ant-api03" not in scrubbed and b"AKIAABCDEFGHIJKLMNOP" not in scrubbed
+    assert scrubbed.count(REDACTED) == 5
+    assert b"kill the process; task-force" in scrubbed
+    plain = b"nothing secret here"
+    assert redactor.redact(plain) is plain and scrub_key_formats(plain) is plain
+
+
+def test_record_carries_the_call_and_no_secret() -> None:
+    body = orjson.dumps({"model": "gpt-4o", "messages": [
+        {"role": "user", "content": f"my key is {VKEY} and sk-provider-secret-123456"}]})
+    call = _call(body, query=b"key=AIzaSyDUMMYDUMMYDUMMYDUMMYDUMMYDUMMY12",
+                 headers=[(b"x-smartflow-tags", b"team-a, batch")])
+    call.answer_body = b'{"choices":[{"index":0,"message":{"role":"assistant","content":"ok"}}]}'
+    raw, question, answer = _builder().build(call)
+    record = _fields(raw)
+    assert record["call_id"] == call.call_id and record["kind"] == "llm"
+    assert record["route"] == "/v1/chat/completions"  # never the query string
+    assert (record["model"], record["upstream_model"], record["provider"]) == (
+        "gpt-4o", "gpt-4o-2024", "openai")
+    assert (record["key_alias"], record["user_id"], record["team_id"]) == ("ci-bot", "u1", "t1")
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (12, 30)
+    assert record["cost_usd"] == pytest.approx(0.00042)
+    assert record["latency_ms"] == pytest.approx(50, abs=0.01)
+    assert record["ttfb_ms"] == pytest.approx(10, abs=0.01)
+    assert record["energy_wh"] > 0 and record["co2e_g"] > 0
+    assert record["tags"] == ["team-a", "batch"]
+    assert record["policies"] == [] and record["guardrails"] == []
+    assert b"key=" not in raw
+    assert VKEY.encode() not in question and b"sk-provider-secret-123456" not in question
+    assert REDACTED in question
+    assert answer == call.answer_body
+
+
+def test_bodies_are_cut_at_the_cap_and_marked_and_not_captured_when_off() -> None:
+    call = _call(b"x" * 5000)
+    call.answer_body = b"y" * 5000
+    raw, question, answer = _builder(cap=1000).build(call)
+    assert len(question) == 1000 and len(answer) == 1000
+    assert _fields(raw)["bodies_truncated"] is True
+    raw, question, answer = _builder(capture=False).build(call)
+    assert (question, answer) == (b"", b"")
+    assert _fields(raw)["bodies_truncated"] is False
+
+
+def test_a_failed_call_records_its_phase_and_code() -> None:
+    call = _call()
+    call.status = 429
+    call.cost = None
+    call.error = GatewayError(429, "Budget exceeded.", code="budget_exceeded",
+                              phase=Phase.BEFORE_SEND)
+    record = _fields(_builder().build(call)[0])
+    assert (record["status"], record["error_phase"], record["error_code"]) == (
+        429, "before_send", "budget_exceeded")
+    assert record["prompt_tokens"] is None and "energy_wh" not in record
+
+
+def test_question_and_answer_are_read_from_each_format() -> None:
+    chat = orjson.dumps({"messages": [{"role": "system", "content": "be brief"},
+                                      {"role": "user", "content": [
+                                          {"type": "text", "text": "What is 2+2?"}]}]})
+    assert question_of(chat) == "What is 2+2?"
+    assert question_of(b'{"prompt": "Say hi"}') == "Say hi"
+    assert question_of(b'{"messages": [{"role": "user", "content": "cut') is None
+    assert answer_of_body(b'{"choices":[{"message":{"content":"4"}}]}') == "4"
+    assert answer_of_body(b'{"type":"message","content":[{"type":"text","text":"Four"}]}') == \
+        "Four"
+    assert answer_of_body(b'{"error":{"message":"Budget exceeded."}}') == "Budget exceeded."
+    openai_sse = (b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}\n\n'
+                  b'data: {"choices":[{"index":0,"delta":{"content":"Hel"}}]}\n\n'
+                  b'data: {"choices":[{"index":0,"delta":{"content":"lo \\"you\\"\\n\\u00e9"}}]}'
+                  b'\n\ndata: [DONE]\n\n')
+    assert unescape(escaped_text("openai", "chat", openai_sse)) == 'Hello "you"\n\u00e9'
+    anthropic_sse = (b'event: content_block_delta\ndata: {"type":"content_block_delta",'
+                     b'"index":0,"delta":{"type":"text_delta","text":"Bon"}}\n\n'
+                     b'event: content_block_delta\ndata: {"type":"content_block_delta",'
+                     b'"index":0,"delta":{"type":"text_delta","text":"jour"}}\n\n'
+                     b'event: content_block_delta\ndata: {"type":"content_blo')  # cut
+    assert unescape(escaped_text("anthropic", "messages", anthropic_sse)) == "Bonjour"
+    assert unescape(b"cut at \\u00") == "cut at "  # a capture cut inside an escape
+    assert anthropic_dialect.DIALECT.name == "anthropic"
+
+
+def test_a_flush_is_framed_and_each_record_decoded() -> None:
+    call = _call()
+    call.is_stream = True
+    call.answer_chunks = [b'data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n',
+                          b"data: [DONE]\n\n"]
+    built = _builder().build(call)
+    other = (b'[2, "c2"]', b"", b"")
+    blob = pack([built, other])
+    assert list(unpack(blob)) == [built, other]
+    with pytest.raises(ValueError):
+        list(unpack(blob[:-3]))
+    energy = load_energy_model()
+    entry = decode_record(*built, max_text=1000, energy=energy)
+    assert entry.call_id == call.call_id
+    assert entry.ts.tzinfo is not None
+    assert entry.question == "hi" and entry.answer == "Hi"
+    assert entry.response_body is None  # a stream is kept as its text, not its SSE bytes
+    assert entry.value("status") == 200 and entry.value("key_alias") == "ci-bot"
+    with pytest.raises(ValueError):
+        decode_record(b'{"no":"id"}', b"", b"", max_text=10, energy=energy)
+    with pytest.raises(ValueError):
+        decode_record(other[0], b"", b"", max_text=10, energy=energy)
+    with pytest.raises(orjson.JSONDecodeError):
+        decode_record(b"not json", b"", b"", max_text=10, energy=energy)
