@@ -142,21 +142,33 @@ class Point:
     result: LoadResult
 
 
-def wait_drained(server: ServerProcess, timeout_s: float = 300) -> None:
-    """Until the gateway's shipper has committed everything (backlog 0)."""
+def _cpu_times() -> tuple[int, int]:
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    return sum(fields), fields[3] + fields[4]  # all, idle + iowait
+
+
+def wait_quiet(server: ServerProcess, timeout_s: float = 300) -> None:
+    """Until the audit gateway's backlog is 0 and the machine is idle: the
+    shipper, PostgreSQL (its autovacuum) and Redis have finished what the last
+    run left them, so nothing steals CPU from the next run."""
     deadline = time.monotonic() + timeout_s
+    time.sleep(2 * 1.0)  # the backlog gauge is refreshed every second
     while time.monotonic() < deadline:
-        if scrape_backlog(server.base_url) == 0:
+        total, idle = _cpu_times()
+        time.sleep(0.5)
+        total2, idle2 = _cpu_times()
+        busy = 1 - (idle2 - idle) / max(1, total2 - total)
+        if busy < 0.10 and scrape_backlog(server.base_url) == 0:
             return
-        time.sleep(0.2)
-    raise RuntimeError("the audit backlog did not drain")
+    raise RuntimeError("the machine did not quiet down (audit backlog or other load)")
 
 
 def measure_throughput(servers: dict[str, ServerProcess], rounds: int, duration_s: float,
                        *, hold_shipper: bool) -> list[Point]:
     """wrk at c=32 on both gateways, interleaved. Before every run the audit
-    gateway's backlog has drained (so its shipper is idle and steals no CPU
-    from the next run). ``hold_shipper``: the shipper is also stopped (SIGSTOP)
+    gateway's backlog has drained and the machine is idle (so the shipper and
+    PostgreSQL steal no CPU from the next run). ``hold_shipper``: the shipper is also stopped (SIGSTOP)
     while its own gateway is measured, so the figure is the request path's
     cost alone; without it the shipper and PostgreSQL run during the
     measurement, on the same two cores."""
@@ -170,7 +182,7 @@ def measure_throughput(servers: dict[str, ServerProcess], rounds: int, duration_
             order = ["audit-off", "audit-on"] if index % 2 == 0 else ["audit-on", "audit-off"]
             for target in order:
                 url = servers[target].base_url + "/v1/chat/completions"
-                wait_drained(audited)
+                wait_quiet(audited)
                 held = shipper_pid(audited) if hold_shipper and target == "audit-on" else None
                 if held is not None:
                     os.kill(held, signal.SIGSTOP)
@@ -401,7 +413,7 @@ def main() -> int:
                         help="also measure with the shipper and PostgreSQL running meanwhile")
     args = parser.parse_args()
     if not _has_modules("h11", "asyncpg") and REPO_PYTHON.exists() and \
-            Path(sys.executable).resolve() != REPO_PYTHON.resolve():
+            Path(sys.prefix).resolve() != REPO_PYTHON.parent.parent.resolve():
         # The exactly-once run talks HTTP (h11) and PostgreSQL (asyncpg): use the repo venv.
         os.execv(str(REPO_PYTHON), [str(REPO_PYTHON), __file__, *sys.argv[1:]])
     if args.quick:

@@ -226,3 +226,19 @@ async def test_the_writer_keeps_records_through_a_redis_outage(redis_server_fact
         assert int(queued) == 250  # every record appended once
     finally:
         await client.aclose()
+
+
+async def test_a_stream_that_vanished_is_made_again(clean_stream: StoreClient) -> None:
+    """Redis restarted without persistence: the stream and its group are gone."""
+    sink = MemorySink()
+    shipper = Shipper(clean_stream, [sink], SETTINGS, consumer="node:1")
+    stopping, task = await _run(shipper)
+    try:
+        await _append(clean_stream, 20)
+        await wait_until_async(lambda: len(sink.rows) == 20, timeout_s=20)
+        await clean_stream.execute("DEL", AUDIT_STREAM, AUDIT_QUEUED, key=AUDIT_STREAM)
+        await _append(clean_stream, 20, start=20)
+        await wait_until_async(lambda: len(sink.rows) == 40, timeout_s=20)
+    finally:
+        await _stop(stopping, task)
+    assert set(sink.writes.values()) == {1}

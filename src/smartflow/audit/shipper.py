@@ -137,6 +137,7 @@ class Shipper:
         self._opened: set[str] = set()
         self._quiet_until: dict[str, float] = {}  # sink -> when its next failure is logged
         self._own_pending_done = False
+        self._has_group = False
         self._claim_cursor = b"0-0"
         self._next_claim = 0.0
         self._next_status = 0.0
@@ -153,10 +154,11 @@ class Shipper:
                 await self._step(stopping)
                 delay = RETRY_FIRST_S
             except (TimeoutError, OSError, ReplyError) as exc:
-                if isinstance(exc, ReplyError) and "NOGROUP" in str(exc):
+                if isinstance(exc, ReplyError) and ("NOGROUP" in str(exc)
+                                                    or "no such key" in str(exc)):
                     # The stream or its group is gone (a Redis without persistence
-                    # restarted): make them again, at once.
-                    await self._ensure_group()
+                    # restarted): make them again on the next step.
+                    self._has_group = False
                     continue
                 logger.warning("audit shipper: Redis unavailable (%s: %s); retrying in %.1f s",
                                type(exc).__name__, exc, delay)
@@ -165,9 +167,11 @@ class Shipper:
 
     async def _step(self, stopping: asyncio.Event) -> None:
         now = time.monotonic()
+        if not self._has_group:
+            await self._ensure_group()
+            self._has_group = True
         if now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL_S
-            await self._ensure_group()
             await self._trim_and_measure()
         if now >= self._next_maintain:
             self._next_maintain = now + MAINTAIN_INTERVAL_S
