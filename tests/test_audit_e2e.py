@@ -219,3 +219,57 @@ async def test_the_record_carries_the_call_and_the_query_api_serves_it(
             assert "smartflow_audit_backlog 0.0" in metrics
     finally:
         gateway.close()
+
+
+async def test_records_survive_a_gateway_stopped_mid_load(
+        postgres_server: PostgresServer, tmp_path: Path) -> None:
+    """Stopped (SIGTERM) while calls are in flight: the workers finish them and
+    drain their audit buffers into the stream on the way out (kept by the
+    embedded Redis's append-only file); the next start ships what was left."""
+    database = f"audit_restart_{os.getpid()}_{int(time.time())}"
+    admin = await asyncpg.connect(postgres_server.dsn, timeout=5)
+    try:
+        await admin.execute(f'CREATE DATABASE "{database}"')
+    finally:
+        await admin.close()
+    dsn = postgres_server.dsn.rsplit("/", 1)[0] + f"/{database}"
+    directory = tmp_path / "gw"
+    gateway = GatewayProcess(_config(dsn), workers=2, directory=directory)
+    gateway.start()
+    answered: list[str] = []
+    stopping = asyncio.Event()
+    try:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=30) as client:
+            async def caller() -> None:
+                n = 0
+                while not stopping.is_set() or n == 0:
+                    n += 1
+                    try:
+                        response = await client.post("/v1/chat/completions", json={
+                            "model": "mock-gpt", "messages": [{"role": "user", "content": "q"}]})
+                    except httpx.HTTPError:
+                        return  # the gateway is gone
+                    if response.status_code != 200:
+                        return
+                    answered.append(response.headers["x-smartflow-call-id"])
+
+            async def stop_midway() -> None:
+                while len(answered) < 200:
+                    await asyncio.sleep(0.005)
+                stopping.set()
+                await asyncio.get_running_loop().run_in_executor(None, gateway.close)
+
+            await asyncio.gather(stop_midway(), *(caller() for _ in range(16)))
+    finally:
+        gateway.close()
+    restarted = GatewayProcess(_config(dsn), workers=2, directory=directory)
+    restarted.start()
+    try:
+        await _wait_count(dsn, len(answered), timeout_s=60)
+        rows = await _rows(dsn, "SELECT count(*) AS n, count(DISTINCT call_id) AS d, "
+                                "array_agg(call_id) AS ids FROM vas_log")
+        assert rows[0]["n"] == rows[0]["d"]  # no duplicates
+        assert set(answered) <= set(rows[0]["ids"])  # every answered call is there
+        assert "Traceback" not in gateway.output_text() + restarted.output_text()
+    finally:
+        restarted.close()
