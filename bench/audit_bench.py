@@ -200,6 +200,23 @@ def measure_throughput(servers: dict[str, ServerProcess], rounds: int, duration_
     return points
 
 
+def measure_latency(servers: dict[str, ServerProcess], rounds: int, duration_s: float
+                    ) -> dict[str, float]:
+    """p50 at c=1 (non-stream) on both gateways, interleaved; the shipper runs
+    (at one call at a time it has the CPU to spare)."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    script = wrk_post_script(WORK_DIR / "audit-latency.lua", chat_body(False), headers)
+    runs: dict[str, list[LoadResult]] = {"audit-off": [], "audit-on": []}
+    for index in range(rounds):
+        order = ["audit-off", "audit-on"] if index % 2 == 0 else ["audit-on", "audit-off"]
+        for target in order:
+            wait_quiet(servers["audit-on"])
+            url = servers[target].base_url + "/v1/chat/completions"
+            run_wrk(url, 1, 1, script=script)
+            runs[target].append(run_wrk(url, 1, duration_s, script=script))
+    return {target: median_result(results).p50_ms for target, results in runs.items()}
+
+
 def throughput_table(points: list[Point], title: str, results: dict[str, object],
                      key: str) -> list[str]:
     by = {(p.mode, p.target): p.result for p in points}
@@ -440,6 +457,7 @@ def main() -> int:
                     server.start()
                 for server in servers.values():
                     server.wait_ready(60)
+                latency = measure_latency(servers, args.rounds, args.duration)
                 hot = measure_throughput(servers, args.rounds, args.duration, hold_shipper=True)
                 whole = (measure_throughput(servers, args.rounds, args.duration,
                                             hold_shipper=False) if args.whole else [])
@@ -447,6 +465,11 @@ def main() -> int:
                 for server in servers.values():
                     server.stop()
                 pg.close()
+            added = latency["audit-on"] - latency["audit-off"]
+            results["latency_c1_p50_ms"] = {**latency, "added": added}
+            lines += ["", (f"latency at c=1, non-stream, p50 (median of {args.rounds}): audit off "
+                          f"{latency['audit-off']:.3f} ms, on {latency['audit-on']:.3f} ms, "
+                          f"added {added:+.3f} ms")]
             lines += throughput_table(
                 hot, f"request path: throughput at c={CONCURRENCY}, audit on / off, the "
                      f"shipper held while measured (median of {args.rounds} x "
