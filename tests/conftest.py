@@ -9,6 +9,7 @@ Fixtures (all start real processes on 127.0.0.1, on free ports):
   redis_cluster           session  RedisCluster (3 masters, no replicas): .url .ports .flush()
   redis_cluster_url       function str, any cluster node's URL after FLUSHALL on every node
   postgres_server         session  PostgresServer: .dsn .port .stop(); started only if asked for
+  postgres_database       function str, the DSN of a fresh database on it, dropped afterwards
   gateway_factory         function make(config=None, **GatewayProcess kwargs) -> ready GatewayProcess
   tcp_proxy_factory       function make(target_port, target_host="127.0.0.1") -> started TCPProxy
   loop_guard              function (async) LoopExceptionRecorder on the test's loop; the test
@@ -101,6 +102,15 @@ def postgres_server() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
+    dsn = postgres_server.create_database("test")
+    try:
+        yield dsn
+    finally:
+        postgres_server.drop_database(dsn)
 
 
 @pytest.fixture

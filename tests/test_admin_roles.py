@@ -40,7 +40,6 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import asyncpg
 import httpx
 import jwt
 import orjson
@@ -683,7 +682,7 @@ def build_world(world: World) -> None:
 def world(postgres_server: PostgresServer) -> Iterator[World]:
     redis = RedisServer()
     redis.start()
-    world = World(redis, _audit_database(postgres_server))
+    world = World(redis, postgres_server.create_database("admin_roles"))
     try:
         world.start()
         build_world(world)
@@ -693,21 +692,6 @@ def world(postgres_server: PostgresServer) -> Iterator[World]:
             world.close()
         finally:
             redis.close()
-
-
-def _audit_database(server: PostgresServer) -> str:
-    """A fresh database on the session's PostgreSQL for the world's audit log."""
-    name = f"admin_roles_{secrets.token_hex(4)}"
-
-    async def create() -> None:
-        connection = await asyncpg.connect(server.dsn, timeout=10)
-        try:
-            await connection.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await connection.close()
-
-    asyncio.run(create())
-    return server.dsn.rsplit("/", 1)[0] + "/" + name
 
 
 # -- the tests ------------------------------------------------------------------------

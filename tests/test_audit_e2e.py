@@ -141,14 +141,8 @@ async def test_every_answered_call_lands_exactly_once_through_outages(
 
 
 async def test_the_record_carries_the_call_and_the_query_api_serves_it(
-        postgres_server: PostgresServer, tmp_path: Path) -> None:
-    database = f"audit_e2e_{os.getpid()}_{int(time.time())}"
-    admin = await asyncpg.connect(postgres_server.dsn, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    dsn = postgres_server.dsn.rsplit("/", 1)[0] + f"/{database}"
+        postgres_database: str, tmp_path: Path) -> None:
+    dsn = postgres_database
     config = _config(dsn)
     config["auth"] = {"master_key": MASTER}
     config["models"] = [{"name": "gpt-audit", "provider": "mock", "model": "mock-gpt",
@@ -222,17 +216,11 @@ async def test_the_record_carries_the_call_and_the_query_api_serves_it(
 
 
 async def test_records_survive_a_gateway_stopped_mid_load(
-        postgres_server: PostgresServer, tmp_path: Path) -> None:
+        postgres_database: str, tmp_path: Path) -> None:
     """Stopped (SIGTERM) while calls are in flight: the workers finish them and
     drain their audit buffers into the stream on the way out (kept by the
     embedded Redis's append-only file); the next start ships what was left."""
-    database = f"audit_restart_{os.getpid()}_{int(time.time())}"
-    admin = await asyncpg.connect(postgres_server.dsn, timeout=5)
-    try:
-        await admin.execute(f'CREATE DATABASE "{database}"')
-    finally:
-        await admin.close()
-    dsn = postgres_server.dsn.rsplit("/", 1)[0] + f"/{database}"
+    dsn = postgres_database
     directory = tmp_path / "gw"
     gateway = GatewayProcess(_config(dsn), workers=2, directory=directory)
     gateway.start()

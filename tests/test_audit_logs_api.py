@@ -10,7 +10,6 @@ the caller's role, user and teams come from test headers.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -86,28 +85,14 @@ def principal_admin() -> PrincipalHeaderAdmin:
 
 # -- the database ------------------------------------------------------------------------
 
-def _dsn_for(server: PostgresServer, database: str) -> str:
-    return server.dsn.rsplit("/", 1)[0] + "/" + database
-
-
-async def _execute(dsn: str, sql: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(sql)
-    finally:
-        await connection.close()
-
-
 @pytest.fixture(scope="module")
 def database_dsn(postgres_server: PostgresServer) -> Iterator[str]:
     """A database of this module's own: other test files share the server."""
-    name = f"audit_logs_api_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_execute(postgres_server.dsn, f'CREATE DATABASE "{name}"'))
+    dsn = postgres_server.create_database("audit_logs_api")
     try:
-        yield _dsn_for(postgres_server, name)
+        yield dsn
     finally:
-        asyncio.run(_execute(postgres_server.dsn,
-                             f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        postgres_server.drop_database(dsn)
 
 
 def _table_ddl() -> str:

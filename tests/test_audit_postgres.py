@@ -51,25 +51,14 @@ NOW = datetime(2024, 5, 10, 12, 0, tzinfo=UTC)
 
 # -- fixtures and helpers ----------------------------------------------------------------
 
-def _dsn(server: PostgresServer, database: str) -> str:
-    return f"postgresql://{server.user}@{server.host}:{server.port}/{database}"
-
-
 async def _connect(dsn: str) -> Any:
     return await asyncpg.connect(dsn, timeout=30, server_settings={"TimeZone": "UTC"})
 
 
 @pytest.fixture
-async def database(postgres_server: PostgresServer) -> AsyncIterator[str]:
+def database(postgres_database: str) -> str:
     """The DSN of a fresh, empty database, dropped after the test."""
-    name = f"audit_{uuid.uuid4().hex[:16]}"
-    admin = await _connect(postgres_server.dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield _dsn(postgres_server, name)
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    return postgres_database
 
 
 @pytest.fixture

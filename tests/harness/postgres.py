@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -65,7 +66,28 @@ class PostgresServer(ManagedService):
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+        return self.dsn_of(self.database)
+
+    def dsn_of(self, database: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{database}"
+
+    def create_database(self, prefix: str) -> str:
+        """A new, empty database named `prefix` and a random suffix; its DSN.
+        Test files share the session's server: each works in its own database."""
+        name = f"{prefix}_{secrets.token_hex(6)}"
+        self._client_tool("createdb", name)
+        return self.dsn_of(name)
+
+    def drop_database(self, dsn: str) -> None:
+        """Drop the database `dsn` names, closing its connections first."""
+        self._client_tool("dropdb", "--force", "--if-exists", dsn.rsplit("/", 1)[1])
+
+    def _client_tool(self, tool: str, *args: str) -> None:
+        result = self._run(tool, "-h", self.host, "-p", str(self.port), "-U", self.user, *args,
+                           timeout_s=60)
+        if result.returncode != 0:
+            raise PostgresServerError(f"{tool} {' '.join(args)} failed with status "
+                                      f"{result.returncode}: {result.stderr.strip()}")
 
     @staticmethod
     def _pick_run_as_user() -> pwd.struct_passwd | None:
