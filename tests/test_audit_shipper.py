@@ -18,11 +18,11 @@ from harness.waiting import wait_until as wait_until_async
 
 from smartflow.audit.entry import AuditEntry, SinkUnavailable
 from smartflow.audit.record import RECORD_VERSION, WIRE_FIELDS
-from smartflow.audit.shipper import DEAD_LETTER_STREAM, Shipper
+from smartflow.audit.shipper import Shipper
 from smartflow.audit.stream_writer import AuditStreamWriter
 from smartflow.config import AuditSettings
 from smartflow.store.fast_client import StoreClient, create_store_client
-from smartflow.store.keyspace import AUDIT_GROUP, AUDIT_QUEUED, AUDIT_STREAM
+from smartflow.store.keyspace import AUDIT_DEAD_LETTER, AUDIT_GROUP, AUDIT_QUEUED, AUDIT_STREAM
 
 SETTINGS = AuditSettings(batch_size=50, claim_idle=0.3, sink_retry_max=0.2)
 
@@ -70,7 +70,7 @@ def _record(n: int) -> tuple[bytes, bytes, bytes]:
 
 @pytest.fixture
 async def clean_stream(store_client: StoreClient) -> StoreClient:
-    await store_client.execute("DEL", AUDIT_STREAM, DEAD_LETTER_STREAM, AUDIT_QUEUED,
+    await store_client.execute("DEL", AUDIT_STREAM, AUDIT_DEAD_LETTER, AUDIT_QUEUED,
                                key=AUDIT_STREAM)
     return store_client
 
@@ -201,8 +201,8 @@ async def test_what_is_not_a_record_goes_to_the_dead_letter_stream(
         await wait_until_async(lambda: shipper.backlog == 0, timeout_s=10)
     finally:
         await _stop(stopping, task)
-    dead = await clean_stream.execute("XRANGE", DEAD_LETTER_STREAM, "-", "+",
-                                      key=DEAD_LETTER_STREAM)
+    dead = await clean_stream.execute("XRANGE", AUDIT_DEAD_LETTER, "-", "+",
+                                      key=AUDIT_DEAD_LETTER)
     assert len(dead) == 2
     assert b"broken framing" in dead[0][1] and b"not json" in dead[1][1]
 

@@ -16,7 +16,7 @@ answer's text (for a stream: the assembled text, never the SSE bytes).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -82,7 +82,6 @@ class AuditEntry:
     response_body: str | None = None
     question: str | None = None
     answer: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)  # reserved; sinks ignore it
 
     def value(self, column: str) -> Any:
         """The column's value for this entry (None when absent)."""

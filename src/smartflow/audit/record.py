@@ -63,10 +63,6 @@ class RecordBuilder:
         self._node = node
         self.stream_capture_cap = max_body_bytes * STREAM_CAPTURE_FACTOR if self._capture else 0
 
-    @property
-    def captures_bodies(self) -> bool:
-        return self._capture
-
     def build(self, call: Call) -> tuple[bytes, bytes, bytes]:
         """(record JSON, request body, answer) — the bodies empty when not captured."""
         return self.build_batch((call,))[0]

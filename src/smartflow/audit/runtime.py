@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from smartflow.audit.record import RecordBuilder
 from smartflow.audit.redact import Redactor
 from smartflow.audit.stream_writer import AuditStreamWriter
+from smartflow.keys.vault import VAULT_PREFIX
 
 if TYPE_CHECKING:
     from smartflow.config import Settings
@@ -68,8 +69,10 @@ class AuditRuntime:
 def known_secrets(settings: Settings) -> list[str]:
     """Every secret the configuration holds, for redaction."""
     secrets = [settings.auth.master_key, settings.vault.encryption_key]
-    secrets += [model.api_key for model in settings.models if not model.api_key.startswith(
-        ("vault:", "env:", "os.environ/"))]
+    # "env:NAME" keys were resolved when the config was loaded; a vault reference
+    # is no secret (the vault key a call used is redacted per call).
+    secrets += [model.api_key for model in settings.models
+                if not model.api_key.startswith(VAULT_PREFIX)]
     secrets += [value for name, value in settings.provider_env.items()
                 if any(word in name for word in ("KEY", "TOKEN", "SECRET"))]
     return [s for s in secrets if s]

@@ -44,7 +44,6 @@ from smartflow.store.resp import ReplyError
 
 logger = logging.getLogger("smartflow.audit")
 
-DEAD_LETTER_STREAM = AUDIT_DEAD_LETTER
 DEAD_LETTER_MAX_LEN = 10000
 READ_BLOCK_MS = 500
 RETRY_FIRST_S = 0.2
@@ -274,13 +273,18 @@ class Shipper:
         except (TimeoutError, OSError, ReplyError):
             pass  # Redis is down too: measured again on the next round
 
+    async def _opened_sink(self, sink: Sink) -> Sink:
+        """``sink``, opened first if it is new or failed since (the callers drop
+        it from ``_opened`` on SinkUnavailable)."""
+        if sink.name not in self._opened:
+            await sink.open()
+            self._opened.add(sink.name)
+        return sink
+
     async def _write(self, sink: Sink, entries: list[AuditEntry]) -> bool:
         metrics = self._metrics
         try:
-            if sink.name not in self._opened:
-                await sink.open()
-                self._opened.add(sink.name)
-            await sink.write(entries)
+            await (await self._opened_sink(sink)).write(entries)
         except SinkUnavailable as exc:
             self._opened.discard(sink.name)
             now = time.monotonic()
@@ -301,10 +305,10 @@ class Shipper:
 
     async def _dead_letter(self, entry_id: bytes, fields: list[bytes]) -> None:
         logger.error("audit shipper: stream entry %s holds something that is not an audit "
-                     "record; moved to %s", entry_id.decode(errors="replace"), DEAD_LETTER_STREAM)
-        await self._client.execute("XADD", DEAD_LETTER_STREAM, "MAXLEN", "~",
+                     "record; moved to %s", entry_id.decode(errors="replace"), AUDIT_DEAD_LETTER)
+        await self._client.execute("XADD", AUDIT_DEAD_LETTER, "MAXLEN", "~",
                                    DEAD_LETTER_MAX_LEN, "*", "id", entry_id, *fields,
-                                   key=DEAD_LETTER_STREAM)
+                                   key=AUDIT_DEAD_LETTER)
         if self._metrics is not None:
             self._metrics.bad_records.inc()
 
@@ -323,7 +327,8 @@ class Shipper:
         undelivered entry) and read the backlog (records appended and not yet
         acknowledged, counted by the append and acknowledge scripts)."""
         groups = await self._client.execute("XINFO", "GROUPS", AUDIT_STREAM, key=AUDIT_STREAM)
-        info = next((_pairs(g) for g in groups if _pairs(g).get(b"name") == AUDIT_GROUP.encode()),
+        name = AUDIT_GROUP.encode()
+        info = next((fields for fields in map(_pairs, groups) if fields.get(b"name") == name),
                     None)
         if info is None:
             return
@@ -348,10 +353,7 @@ class Shipper:
         now = datetime.now(UTC)
         for sink in self.sinks:
             try:
-                if sink.name not in self._opened:
-                    await sink.open()
-                    self._opened.add(sink.name)
-                await sink.maintain(now)
+                await (await self._opened_sink(sink)).maintain(now)
             except SinkUnavailable as exc:
                 self._opened.discard(sink.name)
                 logger.warning("audit shipper: %s housekeeping failed (%s)", sink.name, exc)
