@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import asyncpg  # type: ignore[import-untyped]  # no stubs; the stub package is not a dependency
 import orjson
 
 from smartflow.audit.entry import BODY_COLUMNS, COLUMN_NAMES
@@ -37,6 +36,8 @@ from smartflow.http.errors import HTTPError
 from smartflow.identity.roles import INTERNAL_USER, ORG_ADMIN, AdminPrincipal
 
 if TYPE_CHECKING:
+    import asyncpg  # type: ignore[import-untyped]  # no stubs; the stub package is not a dependency
+
     from smartflow.config import AuditSettings
 
 log = logging.getLogger(__name__)
@@ -317,14 +318,28 @@ def unavailable(reason: str) -> HTTPError:
                      code="audit_unavailable")
 
 
-# A pooled connection that died while idle (PostgreSQL restarted, a firewall
-# dropped it): one retry on a fresh connection, since these reads are idempotent.
-# (A backend killed while its connection sat idle can leave asyncpg's protocol
-# in a state it reports as an InternalClientError on the next query.)
-_STALE_CONNECTION = (asyncpg.ConnectionDoesNotExistError, asyncpg.AdminShutdownError,
-                     asyncpg.InternalClientError, ConnectionResetError, BrokenPipeError)
-_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError,
-                    asyncpg.InternalClientError)
+def _asyncpg() -> Any:
+    """asyncpg, imported on the first query: every worker imports this module
+    (the admin routes), and most never read the log, or have no database."""
+    import asyncpg
+
+    return asyncpg
+
+
+def _stale_connection_errors(driver: Any) -> tuple[type[BaseException], ...]:
+    # A pooled connection that died while idle (PostgreSQL restarted, a firewall
+    # dropped it): one retry on a fresh connection, since these reads are
+    # idempotent. (A backend killed while its connection sat idle can leave
+    # asyncpg's protocol in a state it reports as an InternalClientError on the
+    # next query.)
+    return (driver.ConnectionDoesNotExistError, driver.AdminShutdownError,
+            driver.InternalClientError, ConnectionResetError, BrokenPipeError)
+
+
+def _database_errors(driver: Any) -> tuple[type[BaseException], ...]:
+    return (OSError, driver.PostgresError, driver.InterfaceError, driver.InternalClientError)
+
+
 Rows = list[Any]  # asyncpg Records (named here: LogReader.list shadows the builtin)
 
 
@@ -382,20 +397,21 @@ class LogReader:
             pool.terminate()
 
     async def _fetch(self, sql: str, args: Sequence[Any]) -> Rows:
+        driver = _asyncpg()
         try:
             try:
                 return await self._fetch_once(sql, args)
-            except _STALE_CONNECTION:
+            except _stale_connection_errors(driver):
                 return await self._fetch_once(sql, args)
-        except asyncpg.UndefinedTableError:
+        except driver.UndefinedTableError:
             return []  # nothing shipped yet: the shipper creates the table
-        except asyncpg.QueryCanceledError:
+        except driver.QueryCanceledError:
             raise unavailable(f"the query took longer than {self.query_timeout:g} s "
                               "(narrow it with since/until or other filters)") from None
         except TimeoutError:
             raise unavailable(f"no connection within {self.connect_timeout:g} s, or no "
                               "answer in time") from None
-        except _DATABASE_ERRORS as exc:
+        except _database_errors(driver) as exc:
             log.warning("audit log query failed: %s: %s", type(exc).__name__, exc)
             raise unavailable(f"{type(exc).__name__}: {exc}") from None
 
@@ -410,7 +426,7 @@ class LogReader:
             raise unavailable("the gateway is shutting down")
         async with self._pool_lock:  # concurrent first queries share one pool
             if self._pool is None:
-                self._pool = await asyncpg.create_pool(
+                self._pool = await _asyncpg().create_pool(
                     self.dsn, min_size=0, max_size=2, init=_init_connection,
                     # Every worker of every node holds a pool: let idle ones go soon.
                     max_inactive_connection_lifetime=60.0,
