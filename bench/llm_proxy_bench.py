@@ -141,7 +141,11 @@ def nginx_mock(port: int) -> ServerProcess:
               .replace("@CHAT_JSON_RETURN@", nginx_return(
                   (NGINX_MOCK_DIR / "chat_completion.json").read_text(), "chat_json"))
               .replace("@CHAT_SSE_RETURN@", nginx_return(
-                  (NGINX_MOCK_DIR / "chat_completion_stream.sse").read_text(), "chat_sse")))
+                  (NGINX_MOCK_DIR / "chat_completion_stream.sse").read_text(), "chat_sse"))
+              .replace("@RESPONSES_JSON_RETURN@", nginx_return(
+                  (NGINX_MOCK_DIR / "responses.json").read_text(), "responses_json"))
+              .replace("@RESPONSES_SSE_RETURN@", nginx_return(
+                  (NGINX_MOCK_DIR / "responses_stream.sse").read_text(), "responses_sse")))
     (work / "nginx.conf").write_text(config)
     return ServerProcess("nginx-mock", [nginx, "-p", str(work), "-c", str(work / "nginx.conf")],
                          port, ready_path="/health")

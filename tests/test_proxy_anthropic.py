@@ -6,21 +6,19 @@ test can use its own configuration and read what the upstream received.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import orjson
 import pytest
+from _proxy_helpers import start_proxy
 from harness.h1_trailers import post_json_h1
 from upstreams.anthropic_mock import ProviderMockState, build_anthropic_mock
 from upstreams.server import start_upstream, stop_upstream
 
-from smartflow.config import AuthSettings, ModelConfig, ServerSettings, Settings
-from smartflow.http.router import Router
-from smartflow.http.transport import HTTPServer
-from smartflow.proxy import ProxyContext, build_proxy_context, register_proxy_routes
+from smartflow.config import AuthSettings, ModelConfig, Settings
+from smartflow.proxy import ProxyContext
 
 HELLO = [{"role": "user", "content": "Hello"}]
 
@@ -33,19 +31,6 @@ class Stack:
     client: httpx.AsyncClient
 
 
-async def _start_gateway(settings: Settings) -> tuple[HTTPServer, str, ProxyContext]:
-    router = Router()
-    context = build_proxy_context(settings)
-    register_proxy_routes(router, context)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = HTTPServer(router, ServerSettings(port=0, access_log=False))
-    await server.start(sock)
-    return server, f"http://127.0.0.1:{sock.getsockname()[1]}", context
-
-
 def _stack_fixture(api_key: str, master_key: str = ""):  # type: ignore[no-untyped-def]
     async def fixture() -> AsyncIterator[Stack]:
         state = ProviderMockState()
@@ -55,7 +40,7 @@ def _stack_fixture(api_key: str, master_key: str = ""):  # type: ignore[no-untyp
                         api_base=f"http://127.0.0.1:{port}", api_key=api_key),
             ModelConfig(name="mock-test", provider="mock", model="mock-gpt"),
         )
-        server, url, context = await _start_gateway(
+        server, url, context = await start_proxy(
             Settings(models=models, auth=AuthSettings(master_key=master_key)))
         try:
             async with httpx.AsyncClient(base_url=url, timeout=10) as client:

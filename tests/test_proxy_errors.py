@@ -8,33 +8,19 @@ from dataclasses import replace
 
 import httpx
 import pytest
+from _proxy_helpers import start_proxy
 from upstreams.openai_mock import build_openai_mock
 from upstreams.server import start_upstream, stop_upstream
 from upstreams.state import UpstreamState
 
-from smartflow.config import ModelConfig, ProxySettings, ServerSettings, Settings
-from smartflow.http.router import Router
-from smartflow.http.transport import HTTPServer
-from smartflow.proxy import ProxyContext, build_proxy_context, register_proxy_routes
+from smartflow.config import ModelConfig, ProxySettings, Settings
+from smartflow.proxy import ProxyContext
 
 HELLO = [{"role": "user", "content": "Hello"}]
 # Every call of the fixture's gateway runs under this first-byte timeout, so it
 # must leave an in-process upstream room to answer on a loaded machine; the
 # 504 test makes its upstream far slower than that.
 FIRST_BYTE_TIMEOUT_S = 2.0
-
-
-async def _start_gateway(settings: Settings) -> tuple[HTTPServer, str, ProxyContext]:
-    router = Router()
-    context = build_proxy_context(settings)
-    register_proxy_routes(router, context)
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    server = HTTPServer(router, ServerSettings(port=0, access_log=False))
-    await server.start(sock)
-    return server, f"http://127.0.0.1:{sock.getsockname()[1]}", context
 
 
 @pytest.fixture
@@ -56,7 +42,7 @@ async def gateway() -> AsyncIterator[tuple[httpx.AsyncClient, UpstreamState, Pro
     )
     proxy = replace(ProxySettings(), first_byte_timeout=FIRST_BYTE_TIMEOUT_S)
     settings = Settings(models=models, proxy=proxy)
-    server, url, context = await _start_gateway(settings)
+    server, url, context = await start_proxy(settings)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             yield client, state, context

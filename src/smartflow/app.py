@@ -97,6 +97,7 @@ def build_app(
         keys.start()
     proxy_context = build_proxy_context(settings, provider_environ=settings.provider_env,
                                         redis=redis, keys=keys)
+    proxy_context.store = store_client
     if store_client is not None and store_url:
         from smartflow.routing.runtime import build_routing_runtime
         from smartflow.telemetry.alerts import build_alerter

@@ -174,6 +174,16 @@ class AuditSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsesSettings:
+    # How long a Responses API answer is kept for previous_response_id,
+    # GET /v1/responses/{id} and its input_items (Redis, shared by every
+    # worker and node). OpenAI keeps them 30 days; a gateway holds many
+    # tenants' conversations, so a shorter default.
+    store_ttl: float = 604800.0
+    max_stored_bytes: int = 4194304  # a conversation longer than this is not stored
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     provider: str
@@ -210,6 +220,7 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    responses: ResponsesSettings = field(default_factory=ResponsesSettings)
     models: tuple[ModelConfig, ...] = ()
     # The provider SDKs' own variables (OPENAI_API_KEY, ...), read here once so
     # a model resolved by name prefix can use them; nothing else reads the env.
@@ -230,6 +241,7 @@ _SECTIONS: dict[str, type] = {
     "routing": RoutingSettings,
     "alerts": AlertSettings,
     "audit": AuditSettings,
+    "responses": ResponsesSettings,
 }
 
 # Built-in models when no config file names any: the mock provider answers

@@ -17,7 +17,7 @@ import orjson
 from smartflow.dialects import anthropic_errors
 from smartflow.dialects.base import Dialect, StreamOutcome
 from smartflow.dialects.checks import ANTHROPIC_ROLES, ChatRequestFacts, bad_param, check_model
-from smartflow.dialects.openai import delta_texts
+from smartflow.dialects.reencode import ReencodingTransform
 from smartflow.dialects.sse_events import (
     HEAD_BYTES,
     TailBuffer,
@@ -25,7 +25,6 @@ from smartflow.dialects.sse_events import (
     load_json,
     split_events,
 )
-from smartflow.gateway_error import GatewayError
 from smartflow.providers.anthropic_inbound import AnthropicStreamEncoder
 from smartflow.providers.base import StreamDecoder, Usage
 
@@ -146,36 +145,13 @@ class AnthropicTap:
 # -- encoders ---------------------------------------------------------------------
 
 
-class AnthropicFromOpenAI:
+class AnthropicFromOpenAI(ReencodingTransform):
     """A non-Anthropic stream (decoded to OpenAI chunks) re-encoded as Anthropic events."""
 
-    __slots__ = ("_chars", "_decoder", "_encoder")
+    __slots__ = ()
 
     def __init__(self, decoder: StreamDecoder, encoder: AnthropicStreamEncoder) -> None:
-        self._decoder = decoder
-        self._encoder = encoder
-        self._chars = 0
-
-    def _encode(self, chunks: list[dict[str, Any]]) -> bytes:
-        out = []
-        for chunk in chunks:
-            for text in delta_texts(chunk):
-                self._chars += len(text)
-            out.append(self._encoder.feed(chunk))
-        return b"".join(out)
-
-    def feed(self, data: bytes) -> bytes:
-        return self._encode(self._decoder.feed(data))
-
-    def close(self) -> bytes:
-        return self._encode(self._decoder.close()) + self._encoder.finish()
-
-    def error_event(self, error: GatewayError) -> bytes:
-        return self._encoder.error(error)
-
-    def outcome(self) -> StreamOutcome:
-        return StreamOutcome(self._decoder.usage, self._decoder.finish_reason,
-                             approx_text_chars=self._chars)
+        super().__init__(decoder, encoder)
 
 
 DIALECT = Dialect("anthropic", anthropic_errors.error_type, anthropic_errors.error_body,

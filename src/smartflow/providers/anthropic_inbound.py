@@ -20,6 +20,7 @@ import orjson
 from smartflow.dialects.anthropic_errors import anthropic_error_body
 from smartflow.gateway_error import GatewayError
 from smartflow.providers.base import ProviderError
+from smartflow.providers.hub import arguments_object, joined_text_content
 from smartflow.providers.openai import SHAPE_ERRORS, bad_request
 from smartflow.providers.sse import sse_event as named_sse_event
 
@@ -82,12 +83,6 @@ def _openai_part(block: dict[str, Any], where: str) -> dict[str, Any] | None:
     raise bad_request(f"{where}: content block type {kind!r} is not supported here", where)
 
 
-def _simplify(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
-    if all(part["type"] == "text" for part in parts):
-        return "".join(part["text"] for part in parts)
-    return parts
-
-
 def _tool_result_message(block: dict[str, Any], where: str) -> dict[str, Any]:
     call_id = block.get("tool_use_id")
     if not isinstance(call_id, str) or not call_id:
@@ -97,7 +92,7 @@ def _tool_result_message(block: dict[str, Any], where: str) -> dict[str, Any]:
     if isinstance(content, list):
         parts = [p for i, b in enumerate(content) if isinstance(b, dict)
                  if (p := _openai_part(b, f"{where}.content[{i}]")) is not None]
-        text = _simplify(parts)
+        text = joined_text_content(parts)
     else:
         text = "" if content is None else str(content)
     if block.get("is_error") and isinstance(text, str):
@@ -125,7 +120,7 @@ def _user_messages(content: Any, where: str) -> list[dict[str, Any]]:
     # OpenAI wants tool answers right after the assistant turn that asked
     messages = tool_messages
     if parts:
-        messages.append({"role": "user", "content": _simplify(parts)})
+        messages.append({"role": "user", "content": joined_text_content(parts)})
     return messages
 
 
@@ -287,18 +282,6 @@ def _anthropic_usage(usage: Any) -> dict[str, int]:
             "cache_creation_input_tokens": 0}
 
 
-def _tool_input(arguments: Any) -> dict[str, Any]:
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    try:
-        parsed = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        return {"_raw_arguments": arguments}  # keep what the model said rather than lose it
-    return parsed if isinstance(parsed, dict) else {"value": parsed}
-
-
 def _message_id(openai_id: Any) -> str:
     text = str(openai_id or "")
     return text if text.startswith("msg_") else f"msg_{text}" if text else "msg_smartflow"
@@ -339,7 +322,7 @@ def _openai_response_to_anthropic(completion: dict[str, Any],
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": str(call.get("id", "")),
                         "name": str(function.get("name", "")),
-                        "input": _tool_input(function.get("arguments"))})
+                        "input": arguments_object(function.get("arguments"))})
     finish = choice.get("finish_reason") or "stop"
     stop_reason = FINISH_TO_STOP_REASON.get(finish, "end_turn")
     if any(block["type"] == "tool_use" for block in content):

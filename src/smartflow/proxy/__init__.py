@@ -24,8 +24,9 @@ __all__ = ["ProxyContext", "build_proxy_context", "register_proxy_routes"]
 def register_proxy_routes(router: Router, context: ProxyContext,
                           extra_stages: Iterable[Stage] = ()) -> ProxyContext:
     """Add /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models[/{id}],
-    /v1/messages[/count_tokens] and /anthropic/{path} to ``router``, every
-    provider route running through one ``CallRunner`` and its pipeline.
+    /v1/messages[/count_tokens], /anthropic/{path}, the Gemini API's
+    /v1beta/models/{model}:{action} and /v1/responses[/{id}] to
+    ``router``, every provider route running through one pipeline.
 
     ``extra_stages`` join the default ones (``proxy.stages.default_stages``),
     each in its slot. The caller owns ``context`` and closes it (its upstream
@@ -33,6 +34,7 @@ def register_proxy_routes(router: Router, context: ProxyContext,
     """
     from smartflow.proxy.anthropic_routes import register_anthropic_routes
     from smartflow.proxy.exchange import CallRunner, Operation
+    from smartflow.proxy.gemini_routes import register_gemini_routes
     from smartflow.proxy.models import make_models_handlers
     from smartflow.proxy.openai_routes import (
         ChatOperation,
@@ -40,9 +42,16 @@ def register_proxy_routes(router: Router, context: ProxyContext,
         EmbeddingsOperation,
     )
     from smartflow.proxy.pipeline import Pipeline
+    from smartflow.proxy.responses_routes import (
+        ResponsesHistoryStage,
+        ResponsesStoreStage,
+        register_responses_routes,
+    )
+    from smartflow.proxy.responses_store import ResponsesStore
     from smartflow.proxy.stages import default_stages
 
-    runner = CallRunner(context, Pipeline([*default_stages(context), *extra_stages]))
+    stages = [*default_stages(context), *extra_stages]
+    runner = CallRunner(context, Pipeline(stages))
 
     def route_to(operation: Operation) -> Handler:
         # A partial, not a wrapping coroutine: one frame less on every call.
@@ -56,4 +65,12 @@ def register_proxy_routes(router: Router, context: ProxyContext,
     router.add("GET", "/v1/models", list_models)
     router.add("GET", "/v1/models/{model_id:path}", get_model)
     register_anthropic_routes(router, context, runner)
+    register_gemini_routes(router, runner)
+    # Only this route's pipeline pays for loading and keeping conversations.
+    store = ResponsesStore(context.store, ttl_s=context.settings.responses.store_ttl,
+                           max_bytes=context.settings.responses.max_stored_bytes)
+    responses_runner = CallRunner(context, Pipeline(
+        [*stages, ResponsesHistoryStage(store), ResponsesStoreStage(store)]))
+    register_responses_routes(router, responses_runner, store,
+                              capture_stream_text=context.capture_stream_text)
     return context

@@ -1,7 +1,9 @@
 """Anthropic's API in front of the gateway: ``/v1/messages``, count_tokens and ``/anthropic/*``.
 
 * ``POST /v1/messages`` and ``POST /anthropic/v1/messages`` (and their
-  ``count_tokens``): the model picks the deployment. An Anthropic deployment
+  ``count_tokens``): the model picks the deployment. For a non-Anthropic
+  deployment ``count_tokens`` is estimated, marked by
+  ``x-smartflow-tokens-estimated: true``. An Anthropic deployment
   gets the request natively — headers kept (anthropic-version,
   anthropic-beta, user-agent, ...) except hop-by-hop ones, host and
   accept-encoding; the caller's key replaced by the deployment's; the body
@@ -45,6 +47,7 @@ from smartflow.proxy.catalog import ANTHROPIC_PUBLIC_API_BASE
 from smartflow.proxy.context import ProxyContext
 from smartflow.proxy.cost import estimate_prompt_tokens, prices_for
 from smartflow.proxy.exchange import Answer, CallRunner, Exchange
+from smartflow.proxy.headers import TOKENS_ESTIMATED_HEADER
 from smartflow.proxy.openai_routes import MODEL_OVERRIDE_HEADER, requested_model
 
 ONE_MILLION_SUFFIX = "[1m]"
@@ -157,7 +160,8 @@ class MessagesOperation:
             return Exchange(UpstreamCall("POST", url, headers, raw), is_native=True)
         if self.name == "count_tokens":
             # No counting endpoint elsewhere: an estimate (clients pace compaction with it).
-            return Response(200, orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}))
+            return Response(200, orjson.dumps({"input_tokens": estimate_prompt_tokens(body)}),
+                            [(TOKENS_ESTIMATED_HEADER, "true")])
         requested = str(body.get("model"))
         upstream_call = adapter.chat_request(target, anthropic_request_to_openai(body),
                                              stream=call.is_stream)

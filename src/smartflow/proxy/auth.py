@@ -3,7 +3,8 @@
 Without ``[auth] master_key`` the gateway is in development mode: any bearer,
 any ``x-api-key``, or none is accepted (the context logs one warning per
 worker when it is built, never per request). With a master key, a request
-must carry it as ``Authorization: Bearer <key>`` or ``x-api-key: <key>``.
+must carry it as ``Authorization: Bearer <key>`` or ``x-api-key: <key>``
+(on the Gemini routes also ``x-goog-api-key: <key>`` or ``?key=<key>``).
 The pipeline's authenticate stage (``proxy.stages``) asks this object;
 virtual keys join it there.
 """
@@ -18,13 +19,19 @@ _BEARER_PREFIX = "bearer "
 
 
 def presented_key(request: Request) -> str | None:
-    """The credential a caller sent: a bearer token, else ``x-api-key``."""
+    """The credential a caller sent: a bearer token, else ``x-api-key``, else
+    Google's ``x-goog-api-key`` or ``?key=`` (the Gemini API's two ways)."""
     authorization = request.header("authorization")
     if authorization is not None:
         if authorization[:7].lower() == _BEARER_PREFIX:
             return authorization[7:].strip()
         return authorization.strip()
-    return request.header("x-api-key")
+    key = request.header("x-api-key") or request.header("x-goog-api-key")
+    if key is None and b"key=" in request.query_string:
+        values = request.query.get("key")
+        if values:
+            key = values[0]
+    return key
 
 
 class Authenticator:

@@ -98,6 +98,11 @@ class Call:
     policies: tuple[str, ...] = ()
     guardrails: tuple[dict[str, Any], ...] = ()
     verdict: str | None = None
+    # Responses API: the earlier turns ``previous_response_id`` names (loaded by
+    # a stage; None when it names none the gateway stored) and the response
+    # object this call produced, kept for the next turn
+    history: list[dict[str, Any]] | None = None
+    response_object: dict[str, Any] | None = None
     # headers stages add to the answer (rate-limit and budget state)
     response_headers: list[tuple[str, str]] = field(default_factory=list)
 

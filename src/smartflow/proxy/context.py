@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from smartflow.audit.runtime import AuditRuntime
     from smartflow.keys.runtime import KeysRuntime
     from smartflow.routing.runtime import RoutingRuntime
+    from smartflow.store.fast_client import StoreClient
 
 logger = logging.getLogger("smartflow.proxy")
 
@@ -44,6 +45,7 @@ class ProxyContext:
     adapters: dict[str, ProviderAdapter] = field(default_factory=dict)  # provider -> adapter
     routing: RoutingRuntime | None = None  # groups, chains, failover (None: first deployment)
     audit: AuditRuntime | None = None  # the VAS record of every call (None: audit off)
+    store: StoreClient | None = None  # shared state, cluster-aware (Responses API answers)
 
     def adapter_for(self, provider: str) -> ProviderAdapter:
         """The provider's adapter, imported on first use and kept."""

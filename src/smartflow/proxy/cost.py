@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import orjson
+
 from smartflow.config import ModelConfig
 from smartflow.providers.base import Prices, Usage
 
@@ -135,7 +137,8 @@ def text_chars(content: object) -> int:
 
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
-    """Estimated input tokens of an OpenAI chat, completions or Anthropic request."""
+    """Estimated input tokens of an OpenAI chat, completions, Responses, Anthropic or
+    Gemini request."""
     chars = 0
     overhead = 0
     messages = body.get("messages")
@@ -152,9 +155,48 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
         chars += len(prompt)
     elif isinstance(prompt, list):
         chars += sum(len(p) for p in prompt if isinstance(p, str))
-    inputs = body.get("input")  # embeddings
+    inputs = body.get("input")  # embeddings, and the Responses API's input items
     if isinstance(inputs, str):
         chars += len(inputs)
     elif isinstance(inputs, list):
-        chars += sum(len(p) for p in inputs if isinstance(p, str))
+        for item in inputs:
+            if isinstance(item, str):
+                chars += len(item)
+            elif isinstance(item, dict):
+                chars += _item_chars(item)
+                overhead += MESSAGE_OVERHEAD_TOKENS
+    for name in ("instructions", "systemInstruction"):  # Responses, Gemini
+        value = body.get(name)
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, dict):
+            chars += text_chars(value.get("parts"))
+    contents = body.get("contents")  # Gemini
+    if isinstance(contents, list):
+        for content in contents:
+            if isinstance(content, dict):
+                chars += _gemini_parts_chars(content.get("parts"))
+                overhead += MESSAGE_OVERHEAD_TOKENS
     return estimate_tokens_from_chars(chars) + overhead
+
+
+def _item_chars(item: Mapping[str, Any]) -> int:
+    """A Responses input item: a message's text, a tool call's arguments or output."""
+    total = text_chars(item.get("content"))
+    for name in ("arguments", "output"):
+        value = item.get(name)
+        if isinstance(value, str):
+            total += len(value)
+    return total
+
+
+def _gemini_parts_chars(parts: object) -> int:
+    total = text_chars(parts)
+    if isinstance(parts, list):
+        for part in parts:
+            if isinstance(part, dict):
+                for name in ("functionCall", "functionResponse"):
+                    value = part.get(name)
+                    if isinstance(value, dict):
+                        total += len(orjson.dumps(value))
+    return total

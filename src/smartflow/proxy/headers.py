@@ -11,6 +11,8 @@ ATTEMPTS_HEADER = "x-smartflow-attempts"  # upstream calls made for this answer
 DEPLOYMENT_HEADER = "x-smartflow-deployment"  # the deployment id that answered
 FALLBACK_CHAIN_HEADER = "x-smartflow-fallback-chain"  # also a request header: pick a chain
 TAGS_HEADER = "x-smartflow-tags"  # request: the tag strategy's tags
+# A token count the gateway estimated (no counting endpoint upstream)
+TOKENS_ESTIMATED_HEADER = "x-smartflow-tokens-estimated"
 
 
 def format_usd(usd: float) -> str:

@@ -77,6 +77,14 @@ def _requested_output_tokens(body: dict[str, Any]) -> int:
             if choices.__class__ is int and choices > 1:
                 return value * choices  # type: ignore[no-any-return]
             return value  # type: ignore[no-any-return]
+    generation = body.get("generationConfig")  # the Gemini API's
+    if generation.__class__ is dict:
+        value = generation.get("maxOutputTokens")
+        if value.__class__ is int and value > 0:
+            choices = generation.get("candidateCount")
+            if choices.__class__ is int and choices > 1:
+                return value * choices  # type: ignore[no-any-return]
+            return value  # type: ignore[no-any-return]
     return 0
 
 

@@ -141,3 +141,12 @@ AUDIT_STREAM = PREFIX + "{audit}:stream"
 AUDIT_QUEUED = PREFIX + "{audit}:queued"
 AUDIT_DEAD_LETTER = PREFIX + "{audit}:dead"  # entries that are not records at all
 AUDIT_GROUP = "shippers"
+
+
+# -- Responses API ------------------------------------------------------------------
+# A stored answer of POST /v1/responses (JSON: the response object, its input
+# items, the conversation up to it and who may read it), with a TTL.
+
+
+def stored_response(response_id: str) -> str:
+    return f"{PREFIX}resp:{response_id}"

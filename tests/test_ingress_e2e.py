@@ -1,0 +1,182 @@
+"""Every ingress dialect through real gateway processes: keys, budgets, audit, chains.
+
+Two nodes (two supervisors, one worker each) share a Redis. The Responses
+API and the Gemini API must be held to a virtual key's budget exactly as
+chat completions are, refused in their own error shapes, and leave one
+audit record per call (read back from the audit stream); a Responses chain
+started on one node continues on the other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from harness.gateway import GatewayProcess
+from harness.waiting import wait_until_sync
+from upstreams.recording_anthropic import RequestLog, build_recording_anthropic
+from upstreams.server import UpstreamThread
+
+from smartflow.audit.energy import load_energy_model
+from smartflow.audit.framing import unpack
+from smartflow.audit.record import record_fields
+from smartflow.store.keyspace import AUDIT_STREAM
+
+MASTER = "sk-master-ingress-0123456789"
+REPLY = "Recorded Anthropic answer."
+PENNY = {"name": "penny", "provider": "mock", "model": "mock-gpt", "price_per_request": 0.01,
+         "input_price_per_mtok": 0.0, "output_price_per_mtok": 0.0}
+GEMINI_HELLO = {"contents": [{"role": "user", "parts": [{"text": "Hello"}]}]}
+
+
+class Nodes:
+    def __init__(self, redis_url: str, anthropic_url: str, directory: Path) -> None:
+        models = [PENNY, {"name": "claude-rec", "provider": "anthropic",
+                          "model": "claude-sonnet-4-5", "api_base": anthropic_url,
+                          "api_key": "sk-ant-upstream", "price_per_request": 0.0}]
+        config = {"auth": {"master_key": MASTER}, "state": {"redis_url": redis_url},
+                  "audit": {"mode": "on"}, "models": models}
+        self.gateways = [GatewayProcess(config, workers=1, directory=directory / f"node-{i}")
+                         for i in range(2)]
+        for gateway in self.gateways:
+            gateway.start()
+
+    @property
+    def urls(self) -> list[str]:
+        return [gateway.url for gateway in self.gateways]
+
+    def close(self) -> None:
+        for gateway in self.gateways:
+            gateway.close()
+
+
+@pytest.fixture(scope="module")
+def anthropic_log() -> Iterator[tuple[RequestLog, str]]:
+    log = RequestLog()
+    with UpstreamThread(build_recording_anthropic(log, REPLY)) as upstream:
+        yield log, upstream.url
+
+
+@pytest.fixture(scope="module")
+def nodes(redis_server: Any, anthropic_log: tuple[RequestLog, str],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+    if not redis_server.is_running:
+        redis_server.start()
+    pair = Nodes(redis_server.url, anthropic_log[1], tmp_path_factory.mktemp("ingress"))
+    try:
+        yield pair
+    finally:
+        pair.close()
+
+
+def create_key(url: str, **fields: Any) -> dict[str, Any]:
+    answer = httpx.post(url + "/api/enterprise/vkeys", json=fields,
+                        headers={"authorization": f"Bearer {MASTER}"}, timeout=30)
+    assert answer.status_code == 201, answer.text
+    return answer.json()  # type: ignore[no-any-return]
+
+
+def responses(url: str, key: str, **body: Any) -> httpx.Response:
+    return httpx.post(url + "/v1/responses", json=body,
+                      headers={"authorization": f"Bearer {key}"}, timeout=30)
+
+
+def gemini(url: str, key: str, model: str = "penny", *, in_query: bool = False
+           ) -> httpx.Response:
+    path = f"/v1beta/models/{model}:generateContent"
+    if in_query:
+        return httpx.post(url + path + f"?key={key}", json=GEMINI_HELLO, timeout=30)
+    return httpx.post(url + path, json=GEMINI_HELLO, headers={"x-goog-api-key": key},
+                      timeout=30)
+
+
+def audit_records(redis_server: Any) -> list[dict[str, Any]]:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        entries = client.xrange(AUDIT_STREAM, "-", "+")
+    finally:
+        client.close()
+    energy = load_energy_model()
+    records = []
+    for _, fields in entries:
+        for record, _request, _answer in unpack(fields[b"b"]):
+            records.append(record_fields(orjson.loads(record), energy))
+    return records
+
+
+def test_budgets_hold_on_the_responses_and_gemini_routes_in_their_own_shapes(
+        nodes: Nodes) -> None:
+    created = create_key(nodes.urls[0], alias="ingress-budget", max_budget=0.02)
+    key = created["key"]
+    first = responses(nodes.urls[0], key, model="penny", input="one")
+    assert first.status_code == 200, first.text
+    second = gemini(nodes.urls[1], key)
+    assert second.status_code == 200, second.text
+    refused = responses(nodes.urls[1], key, model="penny", input="three")
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "budget_exceeded"
+    assert refused.headers["x-smartflow-budget-remaining"] == "0"
+    refused_gemini = gemini(nodes.urls[0], key, in_query=True)
+    assert refused_gemini.status_code == 429, refused_gemini.text
+    error = refused_gemini.json()["error"]
+    assert error["code"] == 429 and error["status"] == "RESOURCE_EXHAUSTED"
+    assert refused_gemini.headers["x-smartflow-budget-limit"] == "0.02"
+
+
+def test_a_wrong_key_is_refused_on_every_ingress(nodes: Nodes) -> None:
+    url = nodes.urls[0]
+    assert responses(url, "sk-sf-" + "0" * 48, model="penny", input="x").status_code == 401
+    refused = gemini(url, "sk-sf-" + "0" * 48, in_query=True)
+    assert refused.status_code == 401
+    assert refused.json()["error"]["status"] == "UNAUTHENTICATED"
+
+
+def test_each_ingress_leaves_one_audit_record_without_the_key(
+        nodes: Nodes, redis_server: Any) -> None:
+    created = create_key(nodes.urls[0], alias="ingress-audit")
+    key = created["key"]
+    answers = [responses(nodes.urls[0], key, model="penny", input="audit me"),
+               gemini(nodes.urls[1], key, in_query=True),
+               gemini(nodes.urls[0], key, model="claude-rec")]
+    assert [answer.status_code for answer in answers] == [200, 200, 200]
+    call_ids = {answer.headers["x-smartflow-call-id"] for answer in answers}
+
+    def mine() -> list[dict[str, Any]]:
+        return [r for r in audit_records(redis_server) if r["call_id"] in call_ids]
+
+    wait_until_sync(lambda: len(mine()) == 3, timeout_s=20)
+    by_route = {record["route"]: record for record in mine()}
+    assert set(by_route) == {"/v1/responses", "/v1beta/models/penny:generateContent",
+                             "/v1beta/models/claude-rec:generateContent"}
+    assert by_route["/v1/responses"]["dialect"] == "responses"
+    assert by_route["/v1beta/models/penny:generateContent"]["dialect"] == "gemini"
+    claude = by_route["/v1beta/models/claude-rec:generateContent"]
+    assert claude["provider"] == "anthropic" and claude["status"] == 200
+    assert claude["completion_tokens"] > 0
+    for record in mine():
+        assert record["key_alias"] == "ingress-audit"
+        assert key not in orjson.dumps(record).decode()
+
+
+def test_a_responses_chain_started_on_one_node_continues_on_the_other(
+        nodes: Nodes, anthropic_log: tuple[RequestLog, str]) -> None:
+    log = anthropic_log[0]
+    first = responses(nodes.urls[0], MASTER, model="claude-rec", input="My name is Ada.")
+    assert first.status_code == 200, first.text
+    before = len(log.requests)
+    second = responses(nodes.urls[1], MASTER, model="claude-rec", input="What is my name?",
+                       previous_response_id=first.json()["id"])
+    assert second.status_code == 200, second.text
+    assert len(log.requests) == before + 1
+    sent = log.requests[-1].json
+    flat = orjson.dumps(sent["messages"]).decode()
+    assert "My name is Ada." in flat and REPLY in flat and "What is my name?" in flat
+    fetched = httpx.get(nodes.urls[0] + f"/v1/responses/{second.json()['id']}",
+                        headers={"authorization": f"Bearer {MASTER}"}, timeout=30)
+    assert fetched.status_code == 200 and fetched.json()["id"] == second.json()["id"]
