@@ -523,20 +523,87 @@ MESSAGES_REQUEST = fields(
 COUNT_TOKENS_REQUEST = fields({"model": MODEL, "messages": ANTHROPIC_MESSAGES},
                               **ANTHROPIC_OPTIONAL)
 
+RESPONSES_PART = st.one_of(
+    fields({"type": st.just("input_text"), "text": TEXT}),
+    fields({"type": st.just("input_image"), "image_url": st.just("data:image/png;base64,AAAA")},
+           detail=st.sampled_from(["low", "high", "auto"])),
+)
+RESPONSES_ITEM = st.one_of(
+    fields({"role": st.sampled_from(["user", "system", "developer", "assistant"]),
+            "content": st.one_of(TEXT, st.lists(RESPONSES_PART, min_size=1, max_size=3))},
+           type=st.just("message")),
+    fields({"type": st.just("function_call"), "call_id": st.just("call_1"),
+            "name": st.just("f"), "arguments": st.just("{}")}),
+    fields({"type": st.just("function_call_output"), "call_id": st.just("call_1"),
+            "output": TEXT}),
+    fields({"type": st.just("reasoning"), "summary": st.just([])},
+           encrypted_content=TEXT),
+)
+RESPONSES_TOOL = st.one_of(
+    fields({"type": st.just("function"), "name": st.just("f")}, description=TEXT,
+           parameters=st.just({"type": "object", "properties": {}}), strict=st.booleans()),
+    st.just({"type": "web_search"}),
+    fields({"type": st.just("namespace"), "name": st.just("ns"),
+            "tools": st.just([{"type": "function", "name": "g",
+                               "parameters": {"type": "object", "properties": {}}}])}),
+)
+RESPONSES_REQUEST = fields(
+    {"model": MODEL, "input": st.one_of(TEXT, st.lists(RESPONSES_ITEM, min_size=1, max_size=4))},
+    instructions=TEXT, stream=st.booleans(), max_output_tokens=COUNT,
+    temperature=st.floats(0, 2), top_p=st.floats(0, 1), store=st.booleans(),
+    tools=st.lists(RESPONSES_TOOL, min_size=1, max_size=3),
+    tool_choice=st.sampled_from(["auto", "none", "required", {"type": "function", "name": "f"},
+                                 {"type": "web_search"}]),
+    previous_response_id=st.just("resp_not_stored"), parallel_tool_calls=st.booleans(),
+    reasoning=st.just({"effort": "low"}),
+    text=st.sampled_from([{"format": {"type": "text"}}, {"format": {"type": "json_object"}}]),
+)
+GEMINI_PART = st.one_of(
+    fields({"text": TEXT}),
+    st.just({"inlineData": {"mimeType": "image/png", "data": "AAAA"}}),
+    st.just({"functionCall": {"name": "f", "args": {}}}),
+    st.just({"functionResponse": {"name": "f", "response": {"ok": True}}}),
+)
+GEMINI_CONTENT = fields({"parts": st.lists(GEMINI_PART, min_size=1, max_size=3)},
+                        role=st.sampled_from(["user", "model"]))
+GEMINI_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
+    "systemInstruction": fields({"parts": st.lists(fields({"text": TEXT}), min_size=1,
+                                                   max_size=2)}),
+    "tools": st.just([{"functionDeclarations": [
+        {"name": "f", "parameters": {"type": "OBJECT", "properties": {}}}]}]),
+    "toolConfig": st.sampled_from([{"functionCallingConfig": {"mode": mode}}
+                                   for mode in ("AUTO", "ANY", "NONE")]),
+    "generationConfig": fields(temperature=st.floats(0, 2), maxOutputTokens=COUNT,
+                               candidateCount=st.integers(1, 3),
+                               stopSequences=st.lists(TEXT, max_size=3),
+                               responseMimeType=st.sampled_from(["text/plain",
+                                                                 "application/json"])),
+}
+GEMINI_REQUEST = fields({"contents": st.lists(GEMINI_CONTENT, min_size=1, max_size=4)},
+                        **GEMINI_OPTIONAL)
+
 ROUTES: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "/v1/chat/completions": CHAT_REQUEST,
     "/v1/completions": COMPLETIONS_REQUEST,
     "/v1/embeddings": EMBEDDINGS_REQUEST,
     "/v1/messages": MESSAGES_REQUEST,
     "/v1/messages/count_tokens": COUNT_TOKENS_REQUEST,
+    "/v1/responses": RESPONSES_REQUEST,
+    "/v1beta/models/mock-gpt:generateContent": GEMINI_REQUEST,
+    "/v1beta/models/mock-gpt:streamGenerateContent?alt=sse": GEMINI_REQUEST,
+    "/v1beta/models/mock-gpt:countTokens": GEMINI_REQUEST,
 }
 ANTHROPIC_ROUTES = frozenset({"/v1/messages", "/v1/messages/count_tokens"})
+GEMINI_ROUTE_PREFIX = "/v1beta/"
 # Field names any route knows: damage may add one where it does not belong.
 KNOWN_FIELDS = sorted({
     "model", "messages", "max_tokens", "stream", "stream_options", "n", "tools", "tool_choice",
     "input", "prompt", "dimensions", "encoding_format", "system", "thinking", "metadata",
     "role", "content", "type", "text", "name", "function", "arguments", "tool_calls",
     "tool_call_id", "image_url", "url", "source", "input_schema", "include_usage",
+    "instructions", "previous_response_id", "call_id", "output", "max_output_tokens",
+    "contents", "parts", "systemInstruction", "generationConfig", "functionCall",
+    "functionResponse", "functionDeclarations", "toolConfig", "args",
 })
 
 Spot = tuple[dict[str, Any] | list[Any], Any]
@@ -653,6 +720,12 @@ def assert_well_formed_answer(path: str, response: httpx.Response) -> None:
         error = payload.get("error")
         assert isinstance(error, dict), context
         assert isinstance(error.get("type"), str) and error["type"], context
+    elif path.startswith(GEMINI_ROUTE_PREFIX) and status != 413:
+        # (413 is the HTTP server's, before any route: it has one shape for all)
+        assert set(payload) == {"error"}, context
+        error = payload["error"]
+        assert isinstance(error, dict), context
+        assert error.get("code") == status and isinstance(error.get("status"), str), context
     else:
         assert set(payload) == {"error"}, context
         error = payload["error"]
@@ -669,7 +742,7 @@ def test_garbage_json_bodies_get_a_clear_answer_never_a_5xx_or_a_hang(
         "h2": httpx.Client(http1=False, http2=True, timeout=JSON_ANSWER_TIMEOUT_S),
     }
 
-    @fuzz_settings(600)
+    @fuzz_settings(900)
     @given(call=json_calls(), protocol=st.sampled_from(sorted(clients)),
            content_type=CONTENT_TYPES)
     def fuzz(call: tuple[str, bytes], protocol: str, content_type: str | None) -> None:

@@ -65,7 +65,7 @@ def _check_contents(contents: Any) -> None:
         if not isinstance(content, dict):
             raise bad_argument(where, f"expected an object, got {json_type(content)}")
         role = content.get("role")
-        if role is not None and role not in GEMINI_ROLES:
+        if role is not None and (not isinstance(role, str) or role not in GEMINI_ROLES):
             raise bad_argument(f"{where}.role", "Please use a valid role: user, model.")
         _check_parts(content.get("parts"), where)
 
