@@ -180,3 +180,28 @@ def test_a_responses_chain_started_on_one_node_continues_on_the_other(
     fetched = httpx.get(nodes.urls[0] + f"/v1/responses/{second.json()['id']}",
                         headers={"authorization": f"Bearer {MASTER}"}, timeout=30)
     assert fetched.status_code == 200 and fetched.json()["id"] == second.json()["id"]
+
+
+def test_a_stored_response_is_shown_only_to_the_key_that_made_it(nodes: Nodes) -> None:
+    owner = create_key(nodes.urls[0], alias="resp-owner")["key"]
+    stranger = create_key(nodes.urls[0], alias="resp-stranger")["key"]
+    made = responses(nodes.urls[0], owner, model="penny", input="mine")
+    assert made.status_code == 200, made.text
+    response_id = made.json()["id"]
+
+    def get(url: str, key: str, suffix: str = "") -> httpx.Response:
+        return httpx.get(url + f"/v1/responses/{response_id}{suffix}",
+                         headers={"authorization": f"Bearer {key}"}, timeout=30)
+
+    assert get(nodes.urls[1], owner).status_code == 200
+    assert get(nodes.urls[1], MASTER).status_code == 200
+    assert get(nodes.urls[1], stranger).status_code == 404
+    assert get(nodes.urls[1], stranger, "/input_items").status_code == 404
+    chained = responses(nodes.urls[1], stranger, model="penny", input="theirs",
+                        previous_response_id=response_id)
+    assert chained.status_code == 404, chained.text
+    assert chained.json()["error"]["code"] == "previous_response_not_found"
+    deleted = httpx.delete(nodes.urls[0] + f"/v1/responses/{response_id}",
+                           headers={"authorization": f"Bearer {stranger}"}, timeout=30)
+    assert deleted.status_code == 404
+    assert get(nodes.urls[0], owner).status_code == 200

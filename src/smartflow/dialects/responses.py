@@ -11,6 +11,7 @@ response are OpenAI's JSON error shape.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -100,17 +101,21 @@ def finish_reason_of(response: dict[str, Any]) -> str | None:
 class ResponsesTap:
     """Usage, status and finish reason from a relayed Responses stream's terminal event.
 
-    The events are parsed incrementally (relayed chunks may split one
-    anywhere); only the text deltas (when text is captured) and the terminal
-    event are decoded. The terminal event carries the whole response, so it
-    is read whatever its size, and handed to ``on_final`` once.
+    Relayed chunks may split an event anywhere: only whole events are looked
+    at (the bytes after the last event boundary wait for the next chunk).
+    When text is not captured, only the terminal event is parsed: the length
+    of the text deltas before it (an output estimate for a stream that ends
+    without usage) is read off the bytes. The terminal
+    event carries the whole response, so it is read whatever its size, and
+    handed to ``on_final`` once.
     """
 
-    __slots__ = ("_chars", "_error", "_final", "_finish", "_on_final", "_parser", "_text",
-                 "_usage")
+    __slots__ = ("_chars", "_error", "_final", "_finish", "_on_final", "_parser", "_pending",
+                 "_text", "_usage")
 
     def __init__(self, *, capture_text: bool = False, on_final: OnFinal | None = None) -> None:
         self._parser: SSEParser | None = SSEParser()
+        self._pending = b""
         self._text: list[str] | None = [] if capture_text else None
         self._on_final = on_final
         self._chars = 0
@@ -122,12 +127,30 @@ class ResponsesTap:
     def observe(self, data: bytes) -> None:
         if self._parser is None:
             return
+        if self._pending:
+            data = self._pending + data
+        end = _events_end(data)
+        self._pending = data[end:]
+        if end:
+            self._read(data[:end] if end < len(data) else data)
+
+    def _read(self, events: bytes) -> None:
+        if self._text is None:
+            # Only the terminal event (and what follows it) needs parsing.
+            start = _terminal_start(events)
+            head = events[:start] if start >= 0 else events
+            self._chars += len(b"".join(_DELTA_TEXT.findall(head)))
+            if start < 0:
+                return
+            events = events[start:]
+        parser = self._parser
+        assert parser is not None
         try:
-            events = self._parser.feed(data)
+            parsed = parser.feed(events)
         except SSEError:
             self._parser = None  # a tap never breaks the relay; it stops reading
             return
-        for event in events:
+        for event in parsed:
             self._on_event(event.event, event.data)
 
     def _on_event(self, name: str, data: str) -> None:
@@ -163,9 +186,57 @@ class ResponsesTap:
             self._on_final(response)
 
     def outcome(self) -> StreamOutcome:
+        if self._pending and self._parser is not None:  # a last event without its blank line
+            pending, self._pending = self._pending, b""
+            self._read(pending + b"\n\n")
         text = "".join(self._text) if self._text is not None else None
         return StreamOutcome(self._usage, self._finish, text, self._error,
                              approx_text_chars=self._chars)
+
+
+# How a terminal event (or an error) begins: its event line, or for a stream
+# without event lines its data line.
+_TERMINAL_STARTS = tuple(
+    prefix + kind
+    for kind in (b"response.completed", b"response.incomplete", b"response.failed", b"error")
+    for prefix in (b"event: ", b'data: {"type":"'))
+
+
+def _terminal_start(events: bytes) -> int:
+    """Where the first terminal event in ``events`` begins, or -1.
+
+    A stream ends with it (an ``error`` may come just before
+    ``response.failed``), so only the last two events are searched. A match
+    must begin a line: inside a data line it is only text that looks like one.
+    """
+    last = events.rfind(b"\n\n", 0, len(events) - 2)
+    offset = events.rfind(b"\n\n", 0, last) + 2 if last > 0 else 0
+    if offset < 2:
+        offset = 0
+    first = -1
+    for marker in _TERMINAL_STARTS:
+        at = events.find(marker, offset)
+        while at > 0 and events[at - 1] != 0x0A:  # not at a line start
+            at = events.find(marker, at + 1)
+        if at >= 0 and (first < 0 or at < first):
+            first = at
+    return first
+
+
+# The text of a delta up to its first escape: close enough for an estimate.
+_DELTA_TEXT = re.compile(rb'"delta":"([^"\\]*)')
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+
+
+def _events_end(data: bytes) -> int:
+    """Where the whole events in ``data`` end (0: none is whole yet)."""
+    end = data.rfind(b"\n\n")
+    if end >= 0 and b"\r" not in data:
+        return end + 2
+    last = 0
+    for match in _EVENT_END.finditer(data):
+        last = match.end()
+    return last
 
 
 def _is_terminal(data: str) -> bool:

@@ -581,6 +581,10 @@ def _openai_response_to_responses(completion: dict[str, Any], response_id: str, 
 # -- streaming: hub chunks -> Responses SSE -----------------------------------
 
 
+_TEXT_DELTA_HEAD = (b'event: response.output_text.delta\ndata: '
+                    b'{"type":"response.output_text.delta",')
+
+
 @dataclass(slots=True)
 class _OpenItem:
     """An output item being streamed: its place, id and what it has said so far."""
@@ -591,6 +595,7 @@ class _OpenItem:
     pieces: list[str]
     call_id: str = ""
     hub_name: str = ""
+    delta_head: bytes = b""  # a text delta event's bytes up to its delta (one per delta)
 
 
 class ResponsesStreamEncoder:
@@ -704,8 +709,14 @@ class ResponsesStreamEncoder:
                     **self._summary_place(item), "part": {"type": "summary_text", "text": ""}}))
         item.pieces.append(text)
         if kind == "message":
-            out.append(self._event("response.output_text.delta",
-                                   {**self._text_place(item), "delta": text, "logprobs": []}))
+            # The most frequent event by far: written from a per-item head, the
+            # same bytes _event would write.
+            if not item.delta_head:
+                item.delta_head = _TEXT_DELTA_HEAD + orjson.dumps(
+                    self._text_place(item))[1:-1] + b',"delta":'
+            out.append(item.delta_head + orjson.dumps(text) + b',"logprobs":[],'
+                       b'"sequence_number":' + str(self._sequence).encode() + b"}\n\n")
+            self._sequence += 1
         else:
             out.append(self._event("response.reasoning_summary_text.delta",
                                    {**self._summary_place(item), "delta": text}))

@@ -4,9 +4,9 @@
 ``store: false``) so that the next turn's ``previous_response_id``, and
 ``GET``/``DELETE /v1/responses/{id}`` and its ``input_items``, work on any
 worker of any node. One JSON value per response holds the response object,
-its own input items, the whole conversation up to and including it (what a
-chained turn prepends, so a chain never needs one read per turn) and its
-owner: a stored answer is shown only to the key that made it, or to an admin.
+its own input items, the conversation before it (so a chained turn needs one
+read, not one per earlier turn) and its owner: a stored answer is shown only
+to the key that made it, or to an admin.
 Without a state store (an app built for tests) nothing is kept.
 """
 
@@ -35,8 +35,14 @@ _NOT_FOUND_RETRY_DELAYS_S = (0.05, 0.1, 0.2)
 class StoredResponse:
     response: dict[str, Any]
     input_items: list[dict[str, Any]]
-    conversation: list[dict[str, Any]]  # earlier turns, this input, this output
+    earlier: list[dict[str, Any]]  # the turns before this one (items in and out)
     owner: str
+
+    @property
+    def conversation(self) -> list[dict[str, Any]]:
+        """Earlier turns, this input, this output: what a next turn continues."""
+        output = self.response.get("output")
+        return [*self.earlier, *self.input_items, *(output if isinstance(output, list) else ())]
 
 
 def owner_of(identity: Principal | None) -> str:
@@ -79,10 +85,8 @@ class ResponsesStore:
         response_id = response.get("id")
         if self._client is None or not isinstance(response_id, str) or not response_id:
             return False
-        output = response.get("output")
-        conversation = [*earlier, *input_items, *(output if isinstance(output, list) else ())]
         value = orjson.dumps({"response": response, "input_items": input_items,
-                              "conversation": conversation, "owner": owner})
+                              "earlier": earlier, "owner": owner})
         if len(value) > self._max_bytes:
             logger.warning("response %s not stored: %d bytes is over [responses] "
                            "max_stored_bytes", response_id, len(value))
@@ -115,8 +119,8 @@ class ResponsesStore:
             return None
         try:
             value = orjson.loads(raw)
-            return StoredResponse(value["response"], value["input_items"],
-                                  value["conversation"], value["owner"])
+            return StoredResponse(value["response"], value["input_items"], value["earlier"],
+                                  value["owner"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             logger.warning("stored response %s is unreadable; treated as missing", response_id)
             return None
