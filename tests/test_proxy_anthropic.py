@@ -227,3 +227,22 @@ async def test_the_master_key_is_never_forwarded_to_anthropic(locked_stack: Stac
     assert response.status_code == 401  # the mock wants its own key; ours never left
     assert locked_stack.state.last.header("x-api-key") is None
     assert response.json()["type"] == "error"
+
+
+async def test_count_tokens_is_native_for_anthropic_and_a_marked_estimate_elsewhere(
+        stack: Stack) -> None:
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+    body = {"messages": [{"role": "user", "content": "Count these few words, please."}]}
+    native = await stack.client.post("/v1/messages/count_tokens", headers=headers,
+                                     json={"model": "claude-test", **body})
+    assert native.status_code == 200, native.text
+    assert native.json()["input_tokens"] > 0
+    assert stack.state.last.path == "/v1/messages/count_tokens"
+    assert "x-smartflow-tokens-estimated" not in native.headers
+    seen = len(stack.state.requests)
+    estimated = await stack.client.post("/v1/messages/count_tokens", headers=headers,
+                                        json={"model": "mock-test", **body})
+    assert estimated.status_code == 200, estimated.text
+    assert estimated.json()["input_tokens"] > 0
+    assert estimated.headers["x-smartflow-tokens-estimated"] == "true"
+    assert len(stack.state.requests) == seen  # nothing went upstream
