@@ -103,9 +103,11 @@ async def test_a_native_stream_comes_back_as_sse(stack: Stack) -> None:
     assert "".join(text_of(chunk) for chunk in chunks)
 
 
-@pytest.mark.parametrize("model", ["claude", "mock"])
-async def test_another_provider_answers_in_gemini_shape(stack: Stack, model: str) -> None:
-    answer = await stack.client.post(f"/v1beta/models/{model}:generateContent", json={
+@pytest.mark.parametrize(("model", "version"), [("claude", "v1beta"), ("mock", "v1beta"),
+                                              ("claude", "v1")])
+async def test_another_provider_answers_in_gemini_shape(stack: Stack, model: str,
+                                                        version: str) -> None:
+    answer = await stack.client.post(f"/{version}/models/{model}:generateContent", json={
         **HELLO, "systemInstruction": {"parts": [{"text": "Be brief."}]},
         "generationConfig": {"maxOutputTokens": 40, "temperature": 0.2}})
     assert answer.status_code == 200, answer.text

@@ -1,4 +1,4 @@
-"""The Gemini API in front of the gateway: ``/v1beta/models/{model}:{action}``.
+"""The Gemini API in front of the gateway: ``/v1beta/models/{model}:{action}`` (and ``/v1``).
 
 * ``:generateContent``, ``:streamGenerateContent`` (server-sent events, as
   with ``alt=sse``; the gateway does not write Google's JSON-array stream)
@@ -122,4 +122,6 @@ def register_gemini_routes(router: Router, runner: CallRunner) -> None:
         request.path_params["model"] = model
         return await runner.run(request, operations[action])
 
+    # v1beta is what Google's SDKs and Gemini CLI call; v1 is the stable API.
     router.add("POST", "/v1beta/models/{model_action:path}", model_action)
+    router.add("POST", "/v1/models/{model_action:path}", model_action)
