@@ -19,8 +19,12 @@ import orjson
 
 from smartflow.dialects.anthropic_errors import anthropic_error_body
 from smartflow.gateway_error import GatewayError
-from smartflow.providers.base import ProviderError
-from smartflow.providers.hub import arguments_object, joined_text_content
+from smartflow.providers.hub import (
+    arguments_object,
+    ask_to_stream,
+    joined_text_content,
+    unreadable_upstream,
+)
 from smartflow.providers.openai import SHAPE_ERRORS, bad_request
 from smartflow.providers.sse import sse_event as named_sse_event
 
@@ -262,8 +266,7 @@ def _anthropic_request_to_openai(body: dict[str, Any]) -> dict[str, Any]:
     if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
         request["user"] = metadata["user_id"]
     if body.get("stream"):
-        request["stream"] = True
-        request["stream_options"] = {"include_usage": True}
+        ask_to_stream(request)
     return request
 
 
@@ -295,13 +298,7 @@ def openai_response_to_anthropic(completion: dict[str, Any], *,
     try:
         return _openai_response_to_anthropic(completion, model)
     except SHAPE_ERRORS as exc:
-        raise _bad_upstream(exc) from None
-
-
-def _bad_upstream(exc: Exception) -> ProviderError:
-    return ProviderError(502, f"the upstream sent a completion we cannot read "
-                              f"({type(exc).__name__}: {exc})", "api_error",
-                         "bad_upstream_response")
+        raise unreadable_upstream("completion", exc) from None
 
 
 def _openai_response_to_anthropic(completion: dict[str, Any],
@@ -416,7 +413,7 @@ class AnthropicStreamEncoder:
         try:
             return self._feed(chunk)
         except SHAPE_ERRORS as exc:
-            raise _bad_upstream(exc) from None
+            raise unreadable_upstream("completion", exc) from None
 
     def _feed(self, chunk: dict[str, Any]) -> bytes:
         out: list[bytes] = []

@@ -24,13 +24,13 @@ Translation notes:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
 from smartflow.gateway_error import GatewayError
-from smartflow.providers.base import ProviderError
-from smartflow.providers.hub import arguments_object
+from smartflow.providers.hub import arguments_object, ask_to_stream, unreadable_upstream
 from smartflow.providers.openai import SHAPE_ERRORS, bad_request
 
 FINISH_TO_GEMINI: dict[str, str] = {
@@ -232,15 +232,20 @@ def _simplify(parts: list[dict[str, Any]]) -> str | list[dict[str, Any]]:
     return parts
 
 
-def _user_messages(parts: list[Any], ids: _CallIds, where: str) -> list[dict[str, Any]]:
-    tool_messages: list[dict[str, Any]] = []
-    content: list[dict[str, Any]] = []
+def _said_parts(parts: list[Any], where: str) -> Iterator[tuple[dict[str, Any], str]]:
+    """Each part with its place, but thoughts: another model cannot use Gemini's."""
     for index, part in enumerate(parts):
         part_where = f"{where}[{index}]"
         if not isinstance(part, dict):
             raise bad_request(f"{part_where}: expected an object", part_where)
-        if part.get("thought"):
-            continue
+        if not part.get("thought"):
+            yield part, part_where
+
+
+def _user_messages(parts: list[Any], ids: _CallIds, where: str) -> list[dict[str, Any]]:
+    tool_messages: list[dict[str, Any]] = []
+    content: list[dict[str, Any]] = []
+    for part, part_where in _said_parts(parts, where):
         if "functionResponse" in part:
             response = part["functionResponse"]
             if not isinstance(response, dict):
@@ -274,12 +279,7 @@ def _user_messages(parts: list[Any], ids: _CallIds, where: str) -> list[dict[str
 def _model_message(parts: list[Any], ids: _CallIds, where: str) -> dict[str, Any] | None:
     texts: list[str] = []
     tool_calls: list[dict[str, Any]] = []
-    for index, part in enumerate(parts):
-        part_where = f"{where}[{index}]"
-        if not isinstance(part, dict):
-            raise bad_request(f"{part_where}: expected an object", part_where)
-        if part.get("thought"):
-            continue
+    for part, part_where in _said_parts(parts, where):
         if "functionCall" in part:
             call = part["functionCall"]
             if not isinstance(call, dict) or not isinstance(call.get("name"), str):
@@ -495,8 +495,7 @@ def _gemini_request_to_openai(body: dict[str, Any], model: str, stream: bool) ->
         if converted:
             request["tools"] = converted
     if stream:
-        request["stream"] = True
-        request["stream_options"] = {"include_usage": True}
+        ask_to_stream(request)
     return request
 
 
@@ -540,11 +539,6 @@ def gemini_finish_reason(finish: Any) -> str:
     return FINISH_TO_GEMINI.get(str(finish), "OTHER")
 
 
-def _bad_upstream(exc: Exception) -> ProviderError:
-    return ProviderError(502, f"the upstream sent a completion we cannot read "
-                              f"({type(exc).__name__}: {exc})", None, "bad_upstream_response")
-
-
 def openai_response_to_gemini(completion: dict[str, Any], *, model: str,
                               include_thoughts: bool = True) -> dict[str, Any]:
     """An OpenAI ``chat.completion`` dict as a Gemini ``GenerateContentResponse``.
@@ -553,7 +547,7 @@ def openai_response_to_gemini(completion: dict[str, Any], *, model: str,
     try:
         return _openai_response_to_gemini(completion, model, include_thoughts)
     except SHAPE_ERRORS as exc:
-        raise _bad_upstream(exc) from None
+        raise unreadable_upstream("completion", exc) from None
 
 
 def _openai_response_to_gemini(completion: dict[str, Any], model: str,
@@ -646,7 +640,7 @@ class GeminiStreamEncoder:
         try:
             return self._feed(chunk)
         except SHAPE_ERRORS as exc:
-            raise _bad_upstream(exc) from None
+            raise unreadable_upstream("completion", exc) from None
 
     def _feed(self, chunk: dict[str, Any]) -> bytes:
         if self._response_id is None and chunk.get("id"):

@@ -50,7 +50,7 @@ import orjson
 from smartflow.gateway_error import GatewayError
 from smartflow.http.errors import error_type_for_status
 from smartflow.providers.base import ProviderError, Usage
-from smartflow.providers.hub import joined_text_content
+from smartflow.providers.hub import ask_to_stream, joined_text_content, unreadable_upstream
 from smartflow.providers.openai import SHAPE_ERRORS, bad_request, openai_usage
 from smartflow.providers.sse import sse_event
 from smartflow.providers.sse_decoder import SSEChunkDecoder
@@ -443,8 +443,7 @@ def _responses_request_to_openai(body: dict[str, Any],
     if isinstance(reasoning, dict) and isinstance(reasoning.get("effort"), str):
         request["reasoning_effort"] = reasoning["effort"]
     if body.get("stream"):
-        request["stream"] = True
-        request["stream_options"] = {"include_usage": True}
+        ask_to_stream(request)
     return request
 
 
@@ -542,9 +541,7 @@ def openai_response_to_responses(completion: dict[str, Any], *, response_id: str
     try:
         return _openai_response_to_responses(completion, response_id, model, request)
     except SHAPE_ERRORS as exc:
-        raise ProviderError(502, f"the upstream sent a completion we cannot read "
-                                 f"({type(exc).__name__}: {exc})", "api_error",
-                            "bad_upstream_response") from None
+        raise unreadable_upstream("completion", exc) from None
 
 
 def _openai_response_to_responses(completion: dict[str, Any], response_id: str, model: str,
@@ -651,9 +648,7 @@ class ResponsesStreamEncoder:
         try:
             return self._feed(chunk)
         except SHAPE_ERRORS as exc:
-            raise ProviderError(502, f"the upstream sent a chunk we cannot read "
-                                     f"({type(exc).__name__}: {exc})", "api_error",
-                                "bad_upstream_response") from None
+            raise unreadable_upstream("chunk", exc) from None
 
     def _feed(self, chunk: dict[str, Any]) -> bytes:
         out = [self.start()]
@@ -997,9 +992,7 @@ def responses_to_openai_response(resp: dict[str, Any]) -> dict[str, Any]:
     try:
         return _responses_to_openai_response(resp)
     except SHAPE_ERRORS as exc:
-        raise ProviderError(502, f"the upstream sent a response we cannot read "
-                                 f"({type(exc).__name__}: {exc})", "api_error",
-                            "bad_upstream_response") from None
+        raise unreadable_upstream("response", exc) from None
 
 
 def _responses_to_openai_response(resp: dict[str, Any]) -> dict[str, Any]:
