@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
+from _stream_splits import random_splits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -570,11 +571,6 @@ def tap(pieces: list[bytes], *, framed: bool) -> Any:
     if framed and (rest := framer.flush()):
         watcher.observe(rest)
     return watcher.outcome()
-
-
-def random_splits(data: bytes, rng: random.Random, cuts: int) -> list[bytes]:
-    points = sorted(rng.sample(range(1, len(data)), min(cuts, len(data) - 1)))
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
 @st.composite

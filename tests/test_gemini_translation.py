@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from _stream_splits import random_splits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -120,11 +121,6 @@ def tap(pieces: list[bytes]) -> Any:
     for piece in pieces:
         watcher.observe(piece)
     return watcher.outcome()
-
-
-def random_splits(data: bytes, rng: random.Random, cuts: int) -> list[bytes]:
-    points = sorted(rng.sample(range(1, len(data)), min(cuts, len(data) - 1)))
-    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
 
 
 # -- (a) request round trip: hub -> Gemini -> hub ---------------------------------

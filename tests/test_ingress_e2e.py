@@ -10,13 +10,12 @@ started on one node continues on the other.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from harness.gateway import GatewayProcess
+from harness.gateway import GatewayNodes
 from harness.waiting import wait_until_sync
 from upstreams.recording_anthropic import RequestLog, build_recording_anthropic
 from upstreams.server import UpstreamThread
@@ -33,25 +32,12 @@ PENNY = {"name": "penny", "provider": "mock", "model": "mock-gpt", "price_per_re
 GEMINI_HELLO = {"contents": [{"role": "user", "parts": [{"text": "Hello"}]}]}
 
 
-class Nodes:
-    def __init__(self, redis_url: str, anthropic_url: str, directory: Path) -> None:
-        models = [PENNY, {"name": "claude-rec", "provider": "anthropic",
-                          "model": "claude-sonnet-4-5", "api_base": anthropic_url,
-                          "api_key": "sk-ant-upstream", "price_per_request": 0.0}]
-        config = {"auth": {"master_key": MASTER}, "state": {"redis_url": redis_url},
-                  "audit": {"mode": "on"}, "models": models}
-        self.gateways = [GatewayProcess(config, workers=1, directory=directory / f"node-{i}")
-                         for i in range(2)]
-        for gateway in self.gateways:
-            gateway.start()
-
-    @property
-    def urls(self) -> list[str]:
-        return [gateway.url for gateway in self.gateways]
-
-    def close(self) -> None:
-        for gateway in self.gateways:
-            gateway.close()
+def _config(redis_url: str, anthropic_url: str) -> dict[str, Any]:
+    models = [PENNY, {"name": "claude-rec", "provider": "anthropic",
+                      "model": "claude-sonnet-4-5", "api_base": anthropic_url,
+                      "api_key": "sk-ant-upstream", "price_per_request": 0.0}]
+    return {"auth": {"master_key": MASTER}, "state": {"redis_url": redis_url},
+            "audit": {"mode": "on"}, "models": models}
 
 
 @pytest.fixture(scope="module")
@@ -63,10 +49,11 @@ def anthropic_log() -> Iterator[tuple[RequestLog, str]]:
 
 @pytest.fixture(scope="module")
 def nodes(redis_server: Any, anthropic_log: tuple[RequestLog, str],
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNodes]:
     if not redis_server.is_running:
         redis_server.start()
-    pair = Nodes(redis_server.url, anthropic_log[1], tmp_path_factory.mktemp("ingress"))
+    pair = GatewayNodes(_config(redis_server.url, anthropic_log[1]),
+                        tmp_path_factory.mktemp("ingress"), workers=1)
     try:
         yield pair
     finally:
@@ -111,7 +98,7 @@ def audit_records(redis_server: Any) -> list[dict[str, Any]]:
 
 
 def test_budgets_hold_on_the_responses_and_gemini_routes_in_their_own_shapes(
-        nodes: Nodes) -> None:
+        nodes: GatewayNodes) -> None:
     created = create_key(nodes.urls[0], alias="ingress-budget", max_budget=0.02)
     key = created["key"]
     first = responses(nodes.urls[0], key, model="penny", input="one")
@@ -129,7 +116,7 @@ def test_budgets_hold_on_the_responses_and_gemini_routes_in_their_own_shapes(
     assert refused_gemini.headers["x-smartflow-budget-limit"] == "0.02"
 
 
-def test_a_wrong_key_is_refused_on_every_ingress(nodes: Nodes) -> None:
+def test_a_wrong_key_is_refused_on_every_ingress(nodes: GatewayNodes) -> None:
     url = nodes.urls[0]
     assert responses(url, "sk-sf-" + "0" * 48, model="penny", input="x").status_code == 401
     refused = gemini(url, "sk-sf-" + "0" * 48, in_query=True)
@@ -138,7 +125,7 @@ def test_a_wrong_key_is_refused_on_every_ingress(nodes: Nodes) -> None:
 
 
 def test_each_ingress_leaves_one_audit_record_without_the_key(
-        nodes: Nodes, redis_server: Any) -> None:
+        nodes: GatewayNodes, redis_server: Any) -> None:
     created = create_key(nodes.urls[0], alias="ingress-audit")
     key = created["key"]
     answers = [responses(nodes.urls[0], key, model="penny", input="audit me"),
@@ -165,7 +152,7 @@ def test_each_ingress_leaves_one_audit_record_without_the_key(
 
 
 def test_a_responses_chain_started_on_one_node_continues_on_the_other(
-        nodes: Nodes, anthropic_log: tuple[RequestLog, str]) -> None:
+        nodes: GatewayNodes, anthropic_log: tuple[RequestLog, str]) -> None:
     log = anthropic_log[0]
     first = responses(nodes.urls[0], MASTER, model="claude-rec", input="My name is Ada.")
     assert first.status_code == 200, first.text
@@ -182,7 +169,7 @@ def test_a_responses_chain_started_on_one_node_continues_on_the_other(
     assert fetched.status_code == 200 and fetched.json()["id"] == second.json()["id"]
 
 
-def test_a_stored_response_is_shown_only_to_the_key_that_made_it(nodes: Nodes) -> None:
+def test_a_stored_response_is_shown_only_to_the_key_that_made_it(nodes: GatewayNodes) -> None:
     owner = create_key(nodes.urls[0], alias="resp-owner")["key"]
     stranger = create_key(nodes.urls[0], alias="resp-stranger")["key"]
     made = responses(nodes.urls[0], owner, model="penny", input="mine")

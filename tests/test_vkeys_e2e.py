@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness.gateway import GatewayProcess
+from harness.gateway import GatewayNodes
 from harness.waiting import wait_until_sync
 
 MASTER = "sk-master-e2e-0123456789"
@@ -36,33 +36,11 @@ def _config(redis_url: str, *, cluster: bool = False) -> dict[str, Any]:
             "models": MODELS}
 
 
-class Nodes:
-    """Two gateway nodes on one Redis."""
-
-    def __init__(self, redis_url: str, directory: Path, *, cluster: bool = False) -> None:
-        config = _config(redis_url, cluster=cluster)
-        self.gateways = [GatewayProcess(config, workers=2, directory=directory / f"node-{i}")
-                         for i in range(2)]
-        for gateway in self.gateways:
-            gateway.start()
-
-    @property
-    def urls(self) -> list[str]:
-        return [gateway.url for gateway in self.gateways]
-
-    def close(self) -> None:
-        for gateway in self.gateways:
-            gateway.close()
-
-    def output(self) -> str:
-        return "\n".join(gateway.output_text() for gateway in self.gateways)
-
-
 @pytest.fixture(scope="module")
-def nodes(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nodes]:
+def nodes(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNodes]:
     if not redis_server.is_running:
         redis_server.start()
-    pair = Nodes(redis_server.url, tmp_path_factory.mktemp("vkeys-nodes"))
+    pair = GatewayNodes(_config(redis_server.url), tmp_path_factory.mktemp("vkeys-nodes"))
     try:
         yield pair
     finally:
@@ -122,11 +100,11 @@ def assert_exact_budget(urls: list[str]) -> None:
 
 
 def test_a_one_dollar_budget_admits_exactly_100_of_300_concurrent_calls_over_two_nodes(
-        nodes: Nodes) -> None:
+        nodes: GatewayNodes) -> None:
     assert_exact_budget(nodes.urls)
 
 
-def test_rpm_60_lets_exactly_60_of_a_200_burst_through_over_two_nodes(nodes: Nodes) -> None:
+def test_rpm_60_lets_exactly_60_of_a_200_burst_through_over_two_nodes(nodes: GatewayNodes) -> None:
     created = create_key(nodes.urls[0], alias="rpm", rpm_limit=60)
     answers = asyncio.run(_burst(nodes.urls, created["key"], 200, "free"))
     statuses = [a.status_code for a in answers]
@@ -143,7 +121,7 @@ def test_rpm_60_lets_exactly_60_of_a_200_burst_through_over_two_nodes(nodes: Nod
 
 
 def test_the_create_answer_shows_the_key_once_and_get_shows_spend_and_what_remains(
-        nodes: Nodes) -> None:
+        nodes: GatewayNodes) -> None:
     url = nodes.urls[0]
     created = create_key(url, alias="crud", user_id="alice", models=["free", "pen*"],
                          max_budget=0.05, budget_period="daily", rpm_limit=100,
@@ -183,7 +161,7 @@ def _refused_everywhere(urls: list[str], key: str) -> None:
             assert refused.json()["error"]["code"] == "invalid_api_key"
 
 
-def test_block_regenerate_and_delete_reach_the_other_node(nodes: Nodes) -> None:
+def test_block_regenerate_and_delete_reach_the_other_node(nodes: GatewayNodes) -> None:
     first, second = nodes.urls
     created = create_key(first, alias="lifecycle")
     key, key_id = created["key"], created["id"]
@@ -202,7 +180,7 @@ def test_block_regenerate_and_delete_reach_the_other_node(nodes: Nodes) -> None:
     assert admin(first, "GET", f"/api/enterprise/vkeys/{key_id}").status_code == 404
 
 
-def test_a_lowered_budget_stops_a_leasing_worker(nodes: Nodes) -> None:
+def test_a_lowered_budget_stops_a_leasing_worker(nodes: GatewayNodes) -> None:
     first, second = nodes.urls
     # $100 for $0.01 calls: far from the limit, so workers serve it from leases.
     created = create_key(first, alias="leased", max_budget=100.0)
@@ -225,7 +203,7 @@ def test_a_lowered_budget_stops_a_leasing_worker(nodes: Nodes) -> None:
     assert view["spend"] == pytest.approx(0.08, abs=0.011)  # 8, or 9 if one raced the PATCH
 
 
-def test_unknown_malformed_expired_and_missing_keys_get_the_same_401(nodes: Nodes) -> None:
+def test_unknown_malformed_expired_and_missing_keys_get_the_same_401(nodes: GatewayNodes) -> None:
     url = nodes.urls[0]
     expired = create_key(url, alias="old", expires_at="2001-01-01T00:00:00Z")
     for key in ("sk-sf-" + "0" * 48, "sk-sf-nothex", "garbage", expired["key"]):
@@ -242,7 +220,7 @@ def test_unknown_malformed_expired_and_missing_keys_get_the_same_401(nodes: Node
     assert anthropic.json()["error"]["type"] == "authentication_error"
 
 
-def test_a_model_outside_the_keys_patterns_is_403_in_each_dialect(nodes: Nodes) -> None:
+def test_a_model_outside_the_keys_patterns_is_403_in_each_dialect(nodes: GatewayNodes) -> None:
     url = nodes.urls[0]
     created = create_key(url, alias="scoped", models=["free"])
     assert chat(url, created["key"], "free").status_code == 200
@@ -261,7 +239,7 @@ def test_a_model_outside_the_keys_patterns_is_403_in_each_dialect(nodes: Nodes) 
     assert httpx.get(url + "/v1/models/free", headers=headers).status_code == 200
 
 
-def test_a_team_budget_binds_every_key_of_the_team(nodes: Nodes) -> None:
+def test_a_team_budget_binds_every_key_of_the_team(nodes: GatewayNodes) -> None:
     url = nodes.urls[0]
     team = admin(url, "POST", "/api/enterprise/teams",
                  {"team_id": "team-budget", "max_budget": 0.03, "models": ["penny"]})
@@ -275,7 +253,7 @@ def test_a_team_budget_binds_every_key_of_the_team(nodes: Nodes) -> None:
     assert chat(url, keys[0], "free").status_code == 403  # the team allows only penny
 
 
-def test_a_user_budget_binds_all_of_the_users_keys(nodes: Nodes) -> None:
+def test_a_user_budget_binds_all_of_the_users_keys(nodes: GatewayNodes) -> None:
     url = nodes.urls[0]
     user = admin(url, "POST", "/api/enterprise/users",
                  {"user_id": "budget-user", "max_budget": 0.02, "budget_period": "daily"})
@@ -295,7 +273,7 @@ def test_a_user_budget_binds_all_of_the_users_keys(nodes: Nodes) -> None:
 
 
 def test_keys_work_on_the_anthropic_routes_and_passthrough_with_x_api_key(
-        nodes: Nodes) -> None:
+        nodes: GatewayNodes) -> None:
     url = nodes.urls[1]
     created = create_key(url, alias="anthropic")
     answer = httpx.post(url + "/v1/messages", json={"model": "claude-mock", **CHAT},
@@ -309,7 +287,7 @@ def test_keys_work_on_the_anthropic_routes_and_passthrough_with_x_api_key(
     assert answer.status_code == 200, answer.text
 
 
-def test_the_openai_and_anthropic_sdks_work_with_a_virtual_key(nodes: Nodes) -> None:
+def test_the_openai_and_anthropic_sdks_work_with_a_virtual_key(nodes: GatewayNodes) -> None:
     import anthropic
     import openai
 
@@ -330,7 +308,7 @@ def test_the_openai_and_anthropic_sdks_work_with_a_virtual_key(nodes: Nodes) -> 
         bad.chat.completions.create(model="penny", messages=CHAT["messages"])
 
 
-def test_no_secret_reaches_the_logs(nodes: Nodes) -> None:
+def test_no_secret_reaches_the_logs(nodes: GatewayNodes) -> None:
     url = nodes.urls[0]
     created = create_key(url, alias="secret-check")
     chat(url, created["key"])
@@ -349,7 +327,7 @@ def test_no_secret_reaches_the_logs(nodes: Nodes) -> None:
 
 def test_the_cluster_holds_the_budget_exactly_too(redis_cluster_url: str,
                                                   tmp_path: Path) -> None:
-    pair = Nodes(redis_cluster_url, tmp_path, cluster=True)
+    pair = GatewayNodes(_config(redis_cluster_url, cluster=True), tmp_path)
     try:
         assert_exact_budget(pair.urls)
     finally:

@@ -447,3 +447,30 @@ class GatewayProcess(ManagedService):
                 self._process.stdout.close()
             if self._owns_directory:
                 shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class GatewayNodes:
+    """Gateway nodes (one supervisor each) with one configuration, typically
+    on one shared Redis: what holds across nodes is tested on these."""
+
+    def __init__(self, config: Mapping[str, object], directory: Path, *, count: int = 2,
+                 workers: int = 2) -> None:
+        self.gateways = [GatewayProcess(config, workers=workers, directory=directory / f"node-{i}")
+                         for i in range(count)]
+        try:
+            for gateway in self.gateways:
+                gateway.start()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def urls(self) -> list[str]:
+        return [gateway.url for gateway in self.gateways]
+
+    def close(self) -> None:
+        for gateway in self.gateways:
+            gateway.close()
+
+    def output(self) -> str:
+        return "\n".join(gateway.output_text() for gateway in self.gateways)
