@@ -206,3 +206,16 @@ async def test_an_upstream_error_is_answered_in_googles_shape(stack: Stack) -> N
     answer = await stack.client.post("/v1beta/models/claude:generateContent", json=HELLO)
     assert answer.status_code >= 500, answer.text
     assert answer.json()["error"]["status"] in ("UNAVAILABLE", "INTERNAL")
+
+
+async def test_googles_ways_of_sending_a_key_are_the_gemini_apis_only(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=str(stack.client.base_url), timeout=10) as bare:
+        chat = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
+        in_query = await bare.post(f"/v1/chat/completions?key={MASTER}", json=chat)
+        assert in_query.status_code == 401
+        in_header = await bare.post("/v1/chat/completions", json=chat,
+                                    headers={"x-goog-api-key": MASTER})
+        assert in_header.status_code == 401
+        bearer = await bare.post("/v1/chat/completions", json=chat,
+                                 headers={"authorization": f"Bearer {MASTER}"})
+        assert bearer.status_code == 200, bearer.text

@@ -47,7 +47,9 @@ class Dialect:
     provider writes it. ``error_event(error)``: the SSE event that ends a
     stream on ``error``. ``new_tap(capture_text=...)``: a tap for a stream
     already in this API's format (passthrough). ``usage_of_body(raw)``: usage
-    of a whole (non-streamed) answer.
+    of a whole (non-streamed) answer. ``google_keys``: callers may also send
+    their key Google's ways (``x-goog-api-key``, ``?key=``); only the Gemini
+    API does, and a key in a URL is nowhere else part of the API.
     """
 
     name: str
@@ -56,3 +58,4 @@ class Dialect:
     error_event: Callable[[GatewayError], bytes]
     new_tap: NewTap
     usage_of_body: Callable[[bytes], Usage | None]
+    google_keys: bool = False

@@ -276,4 +276,5 @@ class GeminiFromOpenAI(ReencodingTransform):
         super().__init__(decoder, encoder)
 
 
-DIALECT = Dialect("gemini", error_type, error_body, error_event, GeminiTap, usage_of_body)
+DIALECT = Dialect("gemini", error_type, error_body, error_event, GeminiTap, usage_of_body,
+                  google_keys=True)

@@ -18,19 +18,21 @@ from smartflow.http.request import Request
 _BEARER_PREFIX = "bearer "
 
 
-def presented_key(request: Request) -> str | None:
-    """The credential a caller sent: a bearer token, else ``x-api-key``, else
-    Google's ``x-goog-api-key`` or ``?key=`` (the Gemini API's two ways)."""
+def presented_key(request: Request, *, google_keys: bool = False) -> str | None:
+    """The credential a caller sent: a bearer token, else ``x-api-key``; with
+    ``google_keys`` (the Gemini API) also ``x-goog-api-key``, else ``?key=``."""
     authorization = request.header("authorization")
     if authorization is not None:
         if authorization[:7].lower() == _BEARER_PREFIX:
             return authorization[7:].strip()
         return authorization.strip()
-    key = request.header("x-api-key") or request.header("x-goog-api-key")
-    if key is None and b"key=" in request.query_string:
-        values = request.query.get("key")
-        if values:
-            key = values[0]
+    key = request.header("x-api-key")
+    if key is None and google_keys:
+        key = request.header("x-goog-api-key")
+        if key is None and b"key=" in request.query_string:
+            values = request.query.get("key")
+            if values:
+                key = values[0]
     return key
 
 

@@ -68,7 +68,7 @@ class AuthenticateStage(Stage):
 
     async def on_enter(self, call: Call) -> Reply | None:
         authenticator = self._authenticator
-        key = presented_key(call.request)
+        key = presented_key(call.request, google_keys=call.dialect.google_keys)
         if key is None:
             if authenticator.is_development_mode:
                 call.identity = _ANONYMOUS
