@@ -48,7 +48,11 @@ from smartflow.proxy.context import ProxyContext
 from smartflow.proxy.cost import estimate_prompt_tokens, prices_for
 from smartflow.proxy.exchange import Answer, CallRunner, Exchange
 from smartflow.proxy.headers import TOKENS_ESTIMATED_HEADER
-from smartflow.proxy.openai_routes import MODEL_OVERRIDE_HEADER, requested_model
+from smartflow.proxy.openai_routes import (
+    MODEL_OVERRIDE_HEADER,
+    body_with_model,
+    requested_model,
+)
 
 ONE_MILLION_SUFFIX = "[1m]"
 _ONE_MILLION_SUFFIX_BYTES = b"[1m]"
@@ -108,15 +112,6 @@ def forward_headers(context: ProxyContext, request: Request,
     return out
 
 
-def _rewrite_model(raw: bytes, body: dict[str, Any] | None, model: str | None) -> bytes:
-    """The body with ``model`` set; the very same bytes when nothing changes."""
-    if body is None or model is None or body.get("model") == model:
-        return raw
-    body = dict(body)
-    body["model"] = model
-    return orjson.dumps(body)
-
-
 def _native_target(native: AnthropicUpstream, context: ProxyContext, model: str) -> Target:
     """Where a name the catalog does not know goes on /anthropic: Anthropic itself."""
     return Target(public_name=model or "anthropic", provider="anthropic", model=model,
@@ -156,7 +151,7 @@ class MessagesOperation:
                              target.api_base or None)
             headers = forward_headers(self._context, call.request,
                                       target.api_key or native.api_key)
-            raw = _rewrite_model(call.raw_body, body, target.model)
+            raw = body_with_model(call.raw_body, body, target.model)
             return Exchange(UpstreamCall("POST", url, headers, raw), is_native=True)
         if self.name == "count_tokens":
             # No counting endpoint elsewhere: an estimate (clients pace compaction with it).
@@ -204,7 +199,7 @@ class PassthroughOperation:
                     model = parsed["model"]
         if _ONE_MILLION_SUFFIX_BYTES in raw and model.endswith(ONE_MILLION_SUFFIX):
             model = strip_one_million_suffix(model)
-            call.raw_body = _rewrite_model(raw, body, model)
+            call.raw_body = body_with_model(raw, body, model)
         call.body = body
         call.model = model
         call.target = _native_target(self._native, self._context, model)

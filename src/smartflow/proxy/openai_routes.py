@@ -37,6 +37,16 @@ def requested_model(call: Call, model: str) -> str:
     return call.request.header(MODEL_OVERRIDE_HEADER) or model
 
 
+def body_with_model(raw: bytes, body: dict[str, Any] | None, model: str | None) -> bytes:
+    """A native request's body with ``model`` set; the very same bytes when nothing
+    changes (the common case: the upstream gets what the caller sent)."""
+    if body is None or model is None or body.get("model") == model:
+        return raw
+    body = dict(body)
+    body["model"] = model
+    return orjson.dumps(body)
+
+
 def relayed_answer(raw: bytes, headers: Headers) -> Answer:
     """An OpenAI answer relayed as it came: only its usage object is decoded."""
     usage_obj = find_usage_object(raw)

@@ -22,6 +22,7 @@ the Responses ``error`` event.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -46,7 +47,7 @@ from smartflow.providers.responses_inbound import (
 from smartflow.proxy.accounting import openai_completion_chars
 from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.exchange import Answer, CallRunner, Exchange
-from smartflow.proxy.openai_routes import requested_model
+from smartflow.proxy.openai_routes import body_with_model, requested_model
 from smartflow.proxy.pipeline import Reply, Stage
 from smartflow.proxy.relay import PassthroughTransform
 from smartflow.proxy.responses_store import (
@@ -99,8 +100,12 @@ class ResponsesOperation:
         target = call.target
         body = call.body
         assert target is not None and body is not None
+
+        def keep(response: dict[str, Any]) -> None:
+            call.response_object = response
+
         if target.provider in NATIVE_PROVIDERS:
-            return self._native(call, body)
+            return self._native(call, body, keep)
         previous = body.get(PREVIOUS_ID)
         if previous and call.history is None:
             raise not_found_error(str(previous), PREVIOUS_ID)
@@ -122,22 +127,19 @@ class ResponsesOperation:
                 adapter.chat_stream_decoder(target, include_usage=True),
                 ResponsesStreamEncoder(response_id, model, body), on_final=keep)
 
-        def keep(response: dict[str, Any]) -> None:
-            call.response_object = response
-
         return Exchange(upstream_call, read, transform)
 
-    def _native(self, call: Call, body: dict[str, Any]) -> Exchange:
+    def _native(self, call: Call, body: dict[str, Any],
+                keep: Callable[[dict[str, Any]], None]) -> Exchange:
         target = call.target
         assert target is not None
-        raw = call.raw_body
         history = call.history
-        if history is not None or body.get("model") != target.model:
-            body = dict(body)
+        if history is None:
+            raw = body_with_model(call.raw_body, body, target.model)
+        else:  # the stored turns replace the id the upstream never saw
+            body = {name: value for name, value in body.items() if name != PREVIOUS_ID}
             body["model"] = target.model
-            if history is not None:
-                body.pop(PREVIOUS_ID, None)
-                body["input"] = _for_native_upstream(history) + input_items_of(body)
+            body["input"] = _for_native_upstream(history) + input_items_of(body)
             raw = orjson.dumps(body)
         headers = call_headers(target, bearer_auth(target.api_key), stream=call.is_stream)
         request = call.request
@@ -148,9 +150,6 @@ class ResponsesOperation:
         url = join_url(target.api_base or OPENAI_API_BASE, "responses")
         upstream_call = UpstreamCall("POST", url, headers, raw)
         capture = self._capture
-
-        def keep(response: dict[str, Any]) -> None:
-            call.response_object = response
 
         def transform() -> PassthroughTransform:
             return PassthroughTransform(
