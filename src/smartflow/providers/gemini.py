@@ -561,12 +561,17 @@ class GeminiAdapter:
         auth = [("x-goog-api-key", target.api_key)] if target.api_key else []
         return call_headers(target, auth, stream=stream)
 
+    def native_request(self, target: Target, action: str, body: bytes, *,
+                       stream: bool) -> UpstreamCall:
+        """``body`` (a Gemini API request) to the deployment's ``action``; a stream
+        is asked for as server-sent events."""
+        url = model_url(target, action) + "?alt=sse" if stream else model_url(target, action)
+        return UpstreamCall("POST", url, self._headers(target, stream=stream), body)
+
     def chat_request(self, target: Target, body: dict[str, Any], *, stream: bool) -> UpstreamCall:
-        request = openai_to_gemini_request(body)
-        url = model_url(target, "streamGenerateContent") + "?alt=sse" if stream else model_url(
-            target, "generateContent")
-        return UpstreamCall("POST", url, self._headers(target, stream=stream),
-                            orjson.dumps(request))
+        action = "streamGenerateContent" if stream else "generateContent"
+        return self.native_request(target, action, orjson.dumps(openai_to_gemini_request(body)),
+                                   stream=stream)
 
     def chat_response(self, target: Target, status: int, headers: Headers,
                       body: bytes) -> dict[str, Any]:

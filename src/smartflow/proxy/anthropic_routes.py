@@ -32,7 +32,6 @@ from smartflow.dialects import anthropic as anthropic_dialect
 from smartflow.dialects.anthropic import AnthropicFromOpenAI
 from smartflow.dialects.base import Dialect
 from smartflow.dialects.checks import parse_json_object
-from smartflow.dialects.openai import openai_usage
 from smartflow.http.request import Request
 from smartflow.http.response import Response, StreamingResponse
 from smartflow.http.router import Router
@@ -41,17 +40,18 @@ from smartflow.providers.anthropic_inbound import (
     anthropic_request_to_openai,
     openai_response_to_anthropic,
 )
-from smartflow.providers.base import Headers, ProviderAdapter, Target, UpstreamCall
+from smartflow.providers.base import ProviderAdapter, Target, UpstreamCall
 from smartflow.proxy.call import Call
 from smartflow.proxy.catalog import ANTHROPIC_PUBLIC_API_BASE
 from smartflow.proxy.context import ProxyContext
 from smartflow.proxy.cost import estimate_prompt_tokens, prices_for
-from smartflow.proxy.exchange import Answer, CallRunner, Exchange
+from smartflow.proxy.exchange import CallRunner, Exchange
 from smartflow.proxy.headers import TOKENS_ESTIMATED_HEADER
 from smartflow.proxy.openai_routes import (
     MODEL_OVERRIDE_HEADER,
     body_with_model,
     requested_model,
+    translated_reader,
 )
 
 ONE_MILLION_SUFFIX = "[1m]"
@@ -161,16 +161,14 @@ class MessagesOperation:
         upstream_call = adapter.chat_request(target, anthropic_request_to_openai(body),
                                              stream=call.is_stream)
 
-        def read(raw: bytes, headers: Headers) -> Answer:
-            completion = adapter.chat_response(target, 200, headers, raw)
-            message = openai_response_to_anthropic(completion, model=requested)
-            return Answer(orjson.dumps(message), openai_usage(completion.get("usage")))
-
         def transform() -> AnthropicFromOpenAI:
             return AnthropicFromOpenAI(adapter.chat_stream_decoder(target, include_usage=True),
                                        AnthropicStreamEncoder(requested))
 
-        return Exchange(upstream_call, read, transform)
+        def to_caller(completion: dict[str, Any]) -> dict[str, Any]:
+            return openai_response_to_anthropic(completion, model=requested)
+
+        return Exchange(upstream_call, translated_reader(adapter, target, to_caller), transform)
 
 
 class PassthroughOperation:

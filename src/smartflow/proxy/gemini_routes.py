@@ -17,30 +17,29 @@ Errors use Google's shape ``{"error":{"code":...,"message":...,"status":...}}``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 
 from smartflow.dialects import gemini as gemini_dialect
 from smartflow.dialects.base import Dialect
 from smartflow.dialects.checks import parse_json_object
-from smartflow.dialects.openai import openai_usage
 from smartflow.gateway_error import GatewayError, Reason
 from smartflow.http.request import Request
 from smartflow.http.response import Response
 from smartflow.http.router import Router
-from smartflow.providers.base import Headers, ProviderAdapter, UpstreamCall
-from smartflow.providers.gemini import model_url
+from smartflow.providers.base import ProviderAdapter
+from smartflow.providers.gemini import ADAPTER as GEMINI
 from smartflow.providers.gemini_inbound import (
     GeminiStreamEncoder,
     estimate_gemini_tokens,
     gemini_request_to_openai,
     openai_response_to_gemini,
 )
-from smartflow.providers.openai import call_headers
-from smartflow.proxy.accounting import openai_completion_chars
 from smartflow.proxy.call import Call
-from smartflow.proxy.exchange import Answer, CallRunner, Exchange
+from smartflow.proxy.exchange import CallRunner, Exchange
 from smartflow.proxy.headers import TOKENS_ESTIMATED_HEADER
-from smartflow.proxy.openai_routes import requested_model
+from smartflow.proxy.openai_routes import requested_model, translated_reader
 from smartflow.proxy.pipeline import Reply
 
 GENERATE = "generateContent"
@@ -83,12 +82,9 @@ class GeminiOperation:
         body = call.body
         assert target is not None and body is not None
         if target.provider == "gemini":
-            url = model_url(target, self.action)
-            if call.is_stream:
-                url += "?alt=sse"
-            auth = [("x-goog-api-key", target.api_key)] if target.api_key else []
-            headers = call_headers(target, auth, stream=call.is_stream)
-            return Exchange(UpstreamCall("POST", url, headers, call.raw_body), is_native=True)
+            upstream_call = GEMINI.native_request(target, self.action, call.raw_body,
+                                                  stream=call.is_stream)
+            return Exchange(upstream_call, is_native=True)
         if self.action == COUNT_TOKENS:
             return Response(200, orjson.dumps({"totalTokens": estimate_gemini_tokens(body)}),
                             [(TOKENS_ESTIMATED_HEADER, "true")])
@@ -96,18 +92,15 @@ class GeminiOperation:
         hub = gemini_request_to_openai(body, model=model, stream=call.is_stream)
         upstream_call = adapter.chat_request(target, hub, stream=call.is_stream)
 
-        def read(raw: bytes, headers: Headers) -> Answer:
-            completion = adapter.chat_response(target, 200, headers, raw)
-            answer = openai_response_to_gemini(completion, model=model)
-            return Answer(orjson.dumps(answer), openai_usage(completion.get("usage")),
-                          openai_completion_chars(completion))
-
         def transform() -> gemini_dialect.GeminiFromOpenAI:
             return gemini_dialect.GeminiFromOpenAI(
                 adapter.chat_stream_decoder(target, include_usage=True),
                 GeminiStreamEncoder(model))
 
-        return Exchange(upstream_call, read, transform)
+        def to_caller(completion: dict[str, Any]) -> dict[str, Any]:
+            return openai_response_to_gemini(completion, model=model)
+
+        return Exchange(upstream_call, translated_reader(adapter, target, to_caller), transform)
 
 
 def register_gemini_routes(router: Router, runner: CallRunner) -> None:

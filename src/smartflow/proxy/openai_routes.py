@@ -19,7 +19,7 @@ from smartflow.dialects.base import Dialect
 from smartflow.dialects.checks import ChatRequestFacts, parse_json_object
 from smartflow.dialects.openai import DecodingTransform, find_usage_object, openai_usage
 from smartflow.http.response import Response
-from smartflow.providers.base import Headers, ProviderAdapter, ProviderError
+from smartflow.providers.base import Headers, ProviderAdapter, ProviderError, Target
 from smartflow.proxy.accounting import openai_completion_chars
 from smartflow.proxy.call import Call
 from smartflow.proxy.completions import (
@@ -76,6 +76,24 @@ def encoded_answer(completion: dict[str, Any]) -> Answer:
                   openai_completion_chars(completion))
 
 
+def translated_reader(adapter: ProviderAdapter, target: Target,
+                      to_caller: Callable[[dict[str, Any]], dict[str, Any]]
+                      ) -> Callable[[bytes, Headers], Answer]:
+    """How a translated whole answer is read: the provider's body to the hub
+    completion (its usage and text are what the call is billed on), then to
+    the caller's format by ``to_caller``."""
+    def read(raw: bytes, headers: Headers) -> Answer:
+        completion = adapter.chat_response(target, 200, headers, raw)
+        return Answer(orjson.dumps(to_caller(completion)), openai_usage(completion.get("usage")),
+                      openai_completion_chars(completion))
+
+    return read
+
+
+def _as_is(completion: dict[str, Any]) -> dict[str, Any]:
+    return completion
+
+
 class ChatOperation:
     name = "chat"
     dialect: Dialect = openai_dialect.DIALECT
@@ -94,14 +112,11 @@ class ChatOperation:
             return Exchange(upstream_call, relayed_answer)
         capture = self._capture
 
-        def read(raw: bytes, headers: Headers) -> Answer:
-            return encoded_answer(adapter.chat_response(target, 200, headers, raw))
-
         def transform() -> DecodingTransform:
             decoder = adapter.chat_stream_decoder(target, include_usage=call.wants_usage)
             return DecodingTransform(decoder, capture_text=capture)
 
-        return Exchange(upstream_call, read, transform)
+        return Exchange(upstream_call, translated_reader(adapter, target, _as_is), transform)
 
 
 class CompletionsOperation:
@@ -123,15 +138,12 @@ class CompletionsOperation:
         upstream_call = adapter.chat_request(target, completions_to_chat(call.body),
                                              stream=call.is_stream)
 
-        def read(raw: bytes, headers: Headers) -> Answer:
-            return encoded_answer(chat_to_text_completion(
-                adapter.chat_response(target, 200, headers, raw)))
-
         def transform() -> DecodingTransform:
             decoder = adapter.chat_stream_decoder(target, include_usage=call.wants_usage)
             return DecodingTransform(decoder, reshape=chat_chunk_to_text_chunk)
 
-        return Exchange(upstream_call, read, transform)
+        return Exchange(upstream_call,
+                        translated_reader(adapter, target, chat_to_text_completion), transform)
 
 
 class EmbeddingsOperation:

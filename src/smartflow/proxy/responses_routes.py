@@ -30,12 +30,11 @@ import orjson
 from smartflow.dialects import responses as responses_dialect
 from smartflow.dialects.base import Dialect
 from smartflow.dialects.checks import parse_json_object
-from smartflow.dialects.openai import openai_usage
 from smartflow.gateway_error import GatewayError
 from smartflow.http.request import Request
 from smartflow.http.response import Response
 from smartflow.http.router import Router
-from smartflow.providers.base import Headers, ProviderAdapter, UpstreamCall, join_url
+from smartflow.providers.base import ProviderAdapter, UpstreamCall, join_url
 from smartflow.providers.openai import OPENAI_API_BASE, bearer_auth, call_headers
 from smartflow.providers.responses_inbound import (
     ResponsesStreamEncoder,
@@ -44,10 +43,9 @@ from smartflow.providers.responses_inbound import (
     openai_response_to_responses,
     responses_request_to_openai,
 )
-from smartflow.proxy.accounting import openai_completion_chars
 from smartflow.proxy.call import Call, Principal
-from smartflow.proxy.exchange import Answer, CallRunner, Exchange
-from smartflow.proxy.openai_routes import body_with_model, requested_model
+from smartflow.proxy.exchange import CallRunner, Exchange
+from smartflow.proxy.openai_routes import body_with_model, requested_model, translated_reader
 from smartflow.proxy.pipeline import Reply, Stage
 from smartflow.proxy.relay import PassthroughTransform
 from smartflow.proxy.responses_store import (
@@ -114,20 +112,18 @@ class ResponsesOperation:
         response_id = new_response_id()
         model = call.model
 
-        def read(raw: bytes, headers: Headers) -> Answer:
-            completion = adapter.chat_response(target, 200, headers, raw)
+        def to_caller(completion: dict[str, Any]) -> dict[str, Any]:
             response = openai_response_to_responses(completion, response_id=response_id,
                                                      model=model, request=body)
-            call.response_object = response
-            return Answer(orjson.dumps(response), openai_usage(completion.get("usage")),
-                          openai_completion_chars(completion))
+            keep(response)
+            return response
 
         def transform() -> responses_dialect.ResponsesFromOpenAI:
             return responses_dialect.ResponsesFromOpenAI(
                 adapter.chat_stream_decoder(target, include_usage=True),
                 ResponsesStreamEncoder(response_id, model, body), on_final=keep)
 
-        return Exchange(upstream_call, read, transform)
+        return Exchange(upstream_call, translated_reader(adapter, target, to_caller), transform)
 
     def _native(self, call: Call, body: dict[str, Any],
                 keep: Callable[[dict[str, Any]], None]) -> Exchange:
