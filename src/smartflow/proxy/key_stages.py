@@ -69,23 +69,24 @@ def principal_for(entry: KeyEntry) -> Principal:
 
 
 def _requested_output_tokens(body: dict[str, Any]) -> int:
-    """The output tokens a request allows (× ``n`` choices); 0 when it sets none."""
+    """The output tokens a request allows (× its choices); 0 when it sets none."""
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = body.get(name)
-        if value.__class__ is int and value > 0:
-            choices = body.get("n")
-            if choices.__class__ is int and choices > 1:
-                return value * choices  # type: ignore[no-any-return]
-            return value  # type: ignore[no-any-return]
+        tokens = _times_choices(body.get(name), body.get("n"))
+        if tokens:
+            return tokens
     generation = body.get("generationConfig")  # the Gemini API's
     if generation.__class__ is dict:
-        value = generation.get("maxOutputTokens")
-        if value.__class__ is int and value > 0:
-            choices = generation.get("candidateCount")
-            if choices.__class__ is int and choices > 1:
-                return value * choices  # type: ignore[no-any-return]
-            return value  # type: ignore[no-any-return]
+        return _times_choices(generation.get("maxOutputTokens"), generation.get("candidateCount"))
     return 0
+
+
+def _times_choices(limit: Any, choices: Any) -> int:
+    """A positive integer ``limit`` times ``choices`` (when above 1); else 0."""
+    if limit.__class__ is not int or limit <= 0:
+        return 0
+    if choices.__class__ is int and choices > 1:
+        return limit * choices  # type: ignore[no-any-return]
+    return limit  # type: ignore[no-any-return]
 
 
 def _max_output_tokens(body: dict[str, Any] | None, model_limit: int, default: int) -> int:
