@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
-from _stream_splits import random_splits
+from _sse_helpers import random_splits
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

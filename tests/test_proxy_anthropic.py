@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
-import orjson
 import pytest
 from _proxy_helpers import start_proxy
+from _sse_helpers import named_events
 from harness.h1_trailers import post_json_h1
 from upstreams.anthropic_mock import ProviderMockState, build_anthropic_mock
 from upstreams.server import start_upstream, stop_upstream
@@ -56,20 +56,6 @@ def _stack_fixture(api_key: str, master_key: str = ""):  # type: ignore[no-untyp
 stack = _stack_fixture("sk-ant-test")
 keyless_stack = _stack_fixture("")
 locked_stack = _stack_fixture("", master_key="sk-master")
-
-
-def _sse_events(raw: bytes) -> list[tuple[str, dict]]:
-    events = []
-    for block in raw.split(b"\n\n"):
-        name, data = "", None
-        for line in block.split(b"\n"):
-            if line.startswith(b"event: "):
-                name = line[7:].decode()
-            elif line.startswith(b"data: "):
-                data = orjson.loads(line[6:])
-        if data is not None:
-            events.append((name, data))
-    return events
 
 
 async def test_passthrough_keeps_the_callers_headers_and_swaps_in_the_configured_key(
@@ -135,11 +121,11 @@ async def test_a_passthrough_stream_is_relayed_with_a_usage_tap_and_one_upstream
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/event-stream")
     assert response.headers["request-id"] == "req_mock"
-    names = [name for name, _ in _sse_events(raw)]
+    names = [name for name, _ in named_events(raw)]
     assert names[0] == "message_start" and names[-1] == "message_stop"
     assert "ping" in names
-    usage_in = _sse_events(raw)[0][1]["message"]["usage"]["input_tokens"]
-    usage_out = next(d for n, d in _sse_events(raw) if n == "message_delta")["usage"][
+    usage_in = named_events(raw)[0][1]["message"]["usage"]["input_tokens"]
+    usage_out = next(d for n, d in named_events(raw) if n == "message_delta")["usage"][
         "output_tokens"]
     expected = (usage_in * 3.0 + usage_out * 15.0) / 1_000_000
     # nothing after the provider's last event
@@ -149,7 +135,7 @@ async def test_a_passthrough_stream_is_relayed_with_a_usage_tap_and_one_upstream
         stack.url, "/anthropic/v1/messages",
         {"model": "claude-sonnet-4-5", "max_tokens": 50, "stream": True, "messages": HELLO},
         headers=[("x-api-key", "k"), ("anthropic-version", "2023-06-01")])
-    assert [name for name, _ in _sse_events(answer.body)] == names
+    assert [name for name, _ in named_events(answer.body)] == names
     assert answer.body.endswith(b'{"type":"message_stop"}\n\n')
     assert float(answer.trailers["x-smartflow-response-cost"]) == pytest.approx(expected,
                                                                                  rel=1e-6)
@@ -182,7 +168,7 @@ async def test_v1_messages_translates_for_other_providers_streaming_included(
     async with stack.client.stream("POST", "/v1/messages", json={
             "model": "mock-test", "max_tokens": 20, "stream": True,
             "messages": HELLO}) as streamed:
-        events = _sse_events(await streamed.aread())
+        events = named_events(await streamed.aread())
     names = [name for name, _ in events]
     assert names[0] == "message_start" and names[-1] == "message_stop"
     assert "content_block_delta" in names

@@ -15,6 +15,7 @@ import httpx
 import orjson
 import pytest
 from _proxy_helpers import start_proxy
+from _sse_helpers import named_events
 from upstreams.anthropic_mock import ProviderMockState, build_anthropic_mock
 from upstreams.gemini_mock import build_gemini_mock
 from upstreams.recording_anthropic import RequestLog
@@ -85,20 +86,6 @@ async def stack(store_client: StoreClient) -> AsyncIterator[Stack]:
             await stop_upstream(upstream)
 
 
-def sse_events(raw: bytes) -> list[tuple[str, dict]]:
-    events = []
-    for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        name, data = "", None
-        for line in block.split(b"\n"):
-            if line.startswith(b"event: "):
-                name = line[7:].decode()
-            elif line.startswith(b"data: "):
-                data = orjson.loads(line[6:])
-        if data is not None:
-            events.append((name, data))
-    return events
-
-
 def output_text(response: dict) -> str:
     return "".join(part["text"] for item in response["output"] if item["type"] == "message"
                    for part in item["content"] if part["type"] == "output_text")
@@ -140,7 +127,7 @@ async def test_a_streamed_translated_response_is_the_full_typed_event_sequence(
         "model": "claude", "input": "Stream this please", "stream": True})
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("text/event-stream")
-    events = sse_events(answer.content)
+    events = named_events(answer.content)
     names = [name for name, _ in events]
     assert names[0] == "response.created" and names[1] == "response.in_progress"
     assert names[-1] == "response.completed"
@@ -292,7 +279,7 @@ async def test_a_native_stream_is_relayed_byte_for_byte(stack: Stack) -> None:
     answer = await stack.client.post("/v1/responses", json={
         "model": "gpt-native", "input": "Hi", "stream": True})
     assert answer.status_code == 200, answer.text
-    events = sse_events(answer.content)
+    events = named_events(answer.content)
     assert events[-1][0] == "response.completed"
     text = "".join(d["delta"] for n, d in events if n == "response.output_text.delta")
     assert text == NATIVE_REPLY
