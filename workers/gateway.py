@@ -96,7 +96,8 @@ async def _serve(context: WorkerContext, sock: socket.socket) -> int:
     telemetry = RequestTelemetry(metrics, access_log)
     closers: list[Callable[[], Awaitable[None]]] = []
     app = build_app(settings, redis, metrics_dir=context.metrics_dir, on_shutdown=closers,
-                    store_url=context.redis_url)
+                    store_url=context.redis_url, index_name=context.index_name,
+                    consume_index_feed=context.role == "gateway" and context.slot == 1)
     server = HTTPServer(
         app, settings.server, ssl_context=build_server_ssl_context(settings.server),
         observer=telemetry.observer, error_body_for=protocol_error_body,

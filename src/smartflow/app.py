@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
     from smartflow.config import Settings
     from smartflow.http.transport import RequestObserver
+    from smartflow.proxy.context import ProxyContext
+    from smartflow.store.fast_client import StoreClient
     from smartflow.telemetry.access_log import AccessLog
     from smartflow.telemetry.metrics import RequestMetrics
 
@@ -43,11 +45,16 @@ def build_app(
     metrics_dir: str | None = None,
     on_shutdown: list[Callable[[], Awaitable[None]]] | None = None,
     store_url: str | None = None,
+    index_name: str = "",
+    consume_index_feed: bool = True,
 ) -> Router:
     """The worker's Router: health, readiness, metrics, bench routes and the proxy.
 
     ``store_url``: the Redis holding keys, budgets and the vault; without it
     the proxy knows the master key only and there is no admin API.
+    ``index_name``: the node's shared-memory embedding index, made by the
+    supervisor ("": this process makes its own); ``consume_index_feed``:
+    this process is the node's one consumer of the index feed.
 
     Call it with the worker's event loop running. Whatever must be closed
     when the worker exits (the proxy's upstream pool) is appended to
@@ -111,6 +118,8 @@ def build_app(
 
         proxy_context.audit = build_audit_runtime(settings, store_client)
         proxy_context.audit.start()
+    _add_cache(settings, proxy_context, store_client, store_url, redis, on_shutdown,
+               index_name=index_name, consume_index_feed=consume_index_feed)
     register_proxy_routes(router, proxy_context)
     if keys is not None:
         from smartflow.admin import register_admin_routes
@@ -129,11 +138,58 @@ def build_app(
             from smartflow.admin.routing_status_routes import register_routing_status_route
 
             register_routing_status_route(router, admin, proxy_context.routing)
+        from smartflow.admin.cache_routes import register_cache_routes
+
+        register_cache_routes(router, admin, proxy_context.cache,
+                              _scan_client(settings, store_url or "", redis),
+                              mode=settings.cache.mode)
     if on_shutdown is not None:
         on_shutdown.append(proxy_context.aclose)
         if store_client is not None:
             on_shutdown.append(store_client.aclose)
     return router
+
+
+def _add_cache(settings: Settings, context: ProxyContext, store_client: StoreClient | None,
+               store_url: str | None, redis: Redis,
+               on_shutdown: list[Callable[[], Awaitable[None]]] | None, *,
+               index_name: str, consume_index_feed: bool) -> None:
+    """The local embedding model, the node's index, and the response cache."""
+    import socket
+
+    from smartflow.cache.runtime import (
+        FlushListener,
+        build_cache,
+        cache_enabled,
+        semantic_enabled,
+    )
+    from smartflow.embeddings.runtime import EmbeddingRuntime, index_wanted
+
+    node_id = f"{socket.gethostname()}/{index_name or os.getpid()}"
+    embeddings = EmbeddingRuntime(
+        settings.embeddings, redis_url=store_url or "", cluster=settings.state.redis_cluster,
+        node_id=node_id, index_name=index_name,
+        consume_feed=consume_index_feed and bool(store_url) and index_wanted(settings))
+    context.embeddings = embeddings
+    embeddings.start(warm=semantic_enabled(settings))
+    if store_client is None or not store_url or not cache_enabled(settings):
+        return
+    cache = build_cache(settings, store_client, embeddings)
+    context.cache = cache
+    cache.stats.start()
+    listener = FlushListener(cache, store_url)
+    listener.start()
+    if on_shutdown is not None:
+        on_shutdown.append(listener.aclose)
+
+
+def _scan_client(settings: Settings, store_url: str, redis: Redis) -> Redis:
+    """A client that can SCAN every shard (the worker's own one, off a cluster)."""
+    if not settings.state.redis_cluster or not store_url:
+        return redis
+    from redis.asyncio import RedisCluster
+
+    return RedisCluster.from_url(store_url)  # type: ignore[return-value]
 
 
 def _add_bench_routes(router: Router) -> None:

@@ -183,6 +183,61 @@ class ResponsesSettings:
     max_stored_bytes: int = 4194304  # a conversation longer than this is not stored
 
 
+CACHE_MODES = ("off", "exact", "semantic")
+CACHE_PARTITIONS = ("key", "team", "global")
+
+
+@dataclass(frozen=True, slots=True)
+class CacheModelSettings:
+    """``[cache.models."<public model name>"]``: what differs for one model."""
+
+    mode: str | None = None
+    ttl: float | None = None
+    similarity_threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    # "off": an answer is never replayed; "exact": the same request (every
+    # parameter that changes the answer) is; "semantic": also a paraphrase of
+    # the last user turn in the same context, once the verifier agrees.
+    mode: str = "off"
+    ttl: float = 3600.0  # the base TTL, adjusted by the prompt's volatility and drift
+    min_ttl: float = 60.0
+    max_ttl: float = 86400.0
+    adaptive_ttl: bool = True
+    similarity_threshold: float = 0.9
+    verifier: bool = True  # a candidate must also pass the verifier (numbers, negation, ...)
+    # Explicit temperatures above this are not served semantically (exact still is).
+    max_semantic_temperature: float = 0.7
+    # Who may share entries: "key" (each virtual key its own), "team", "global".
+    partition: str = "key"
+    l1_max_entries: int = 4096
+    l1_max_bytes: int = 67108864
+    l1_ttl: float = 300.0  # an L1 entry is also bounded by its own TTL
+    max_entry_bytes: int = 1048576  # bigger answers are not cached
+    models: Mapping[str, CacheModelSettings] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingSettings:
+    # Where the ONNX model is built on first use ("": ~/.cache/smartflow/models).
+    model_dir: str = ""
+    threads: int = 1  # onnxruntime intra-op threads per worker
+    max_batch: int = 32
+    # Rows of the node's shared-memory index (cache, vector stores; float16).
+    index_capacity: int = 200000
+    ivf_threshold: int = 50000  # live rows in a namespace before the IVF partition is built
+
+
+@dataclass(frozen=True, slots=True)
+class VectorStoreSettings:
+    enabled: bool = True
+    chunk_size: int = 200  # tokens (all-MiniLM-L6-v2 reads 256)
+    chunk_overlap: int = 40
+    max_file_bytes: int = 20971520
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
@@ -221,6 +276,9 @@ class Settings:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     audit: AuditSettings = field(default_factory=AuditSettings)
     responses: ResponsesSettings = field(default_factory=ResponsesSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    vector_stores: VectorStoreSettings = field(default_factory=VectorStoreSettings)
     models: tuple[ModelConfig, ...] = ()
     # The provider SDKs' own variables (OPENAI_API_KEY, ...), read here once so
     # a model resolved by name prefix can use them; nothing else reads the env.
@@ -242,6 +300,9 @@ _SECTIONS: dict[str, type] = {
     "alerts": AlertSettings,
     "audit": AuditSettings,
     "responses": ResponsesSettings,
+    "cache": CacheSettings,
+    "embeddings": EmbeddingSettings,
+    "vector_stores": VectorStoreSettings,
 }
 
 # Built-in models when no config file names any: the mock provider answers
@@ -298,6 +359,9 @@ def _coerce(path: str, value: object, annotation: Any) -> object:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected table, got {_type_name(value)}")
         _key_type, value_type = typing.get_args(annotation)
+        if isinstance(value_type, type) and dataclasses.is_dataclass(value_type):  # tables
+            return types.MappingProxyType(
+                {k: _build(value_type, f"{path}.{k}", v, {}) for k, v in value.items()})
         if value_type is Any:
             return types.MappingProxyType(dict(value))
         return types.MappingProxyType(
@@ -491,6 +555,7 @@ def _check_values(settings: Settings) -> None:
     _check_routing(settings)
     _check_alerts(settings.alerts)
     _check_audit(settings.audit)
+    _check_cache(settings)
     worker_timeout = settings.supervisor.worker_timeout
     if not worker_timeout >= 0:  # also refuses nan
         raise ConfigError(
@@ -506,6 +571,40 @@ def _check_values(settings: Settings) -> None:
                 f"models[{i}].provider: unknown provider {model.provider!r} "
                 f"(one of: {', '.join(PROVIDERS)})"
             )
+
+
+def _check_cache(settings: Settings) -> None:
+    cache = settings.cache
+    if cache.mode not in CACHE_MODES:
+        raise ConfigError(f"cache.mode: unknown mode {cache.mode!r} (one of: {', '.join(CACHE_MODES)})")
+    if cache.partition not in CACHE_PARTITIONS:
+        raise ConfigError(f"cache.partition: unknown partition {cache.partition!r} "
+                          f"(one of: {', '.join(CACHE_PARTITIONS)})")
+    if not 0 < cache.min_ttl <= cache.max_ttl:
+        raise ConfigError("cache.min_ttl: must be > 0 and <= cache.max_ttl")
+    if not cache.ttl > 0:
+        raise ConfigError("cache.ttl: must be > 0")
+    for name, model in [("", cache), *((f"models.{k}.", v) for k, v in cache.models.items())]:
+        threshold = model.similarity_threshold
+        if threshold is not None and not 0 < threshold <= 1:
+            raise ConfigError(f"cache.{name}similarity_threshold: must be in (0, 1]")
+        if isinstance(model, CacheModelSettings):
+            if model.mode is not None and model.mode not in CACHE_MODES:
+                raise ConfigError(f"cache.{name}mode: unknown mode {model.mode!r} "
+                                  f"(one of: {', '.join(CACHE_MODES)})")
+            if model.ttl is not None and not model.ttl > 0:
+                raise ConfigError(f"cache.{name}ttl: must be > 0")
+    for name in ("l1_max_entries", "l1_max_bytes", "max_entry_bytes"):
+        if getattr(cache, name) < 0:
+            raise ConfigError(f"cache.{name}: must be >= 0")
+    embeddings = settings.embeddings
+    if embeddings.threads < 1 or embeddings.max_batch < 1:
+        raise ConfigError("embeddings.threads and embeddings.max_batch: must be >= 1")
+    if embeddings.index_capacity < 1000:
+        raise ConfigError("embeddings.index_capacity: must be >= 1000")
+    stores = settings.vector_stores
+    if not 16 <= stores.chunk_size <= 8192 or not 0 <= stores.chunk_overlap < stores.chunk_size:
+        raise ConfigError("vector_stores.chunk_size: 16-8192 tokens, and chunk_overlap below it")
 
 
 def _check_routing(settings: Settings) -> None:

@@ -101,6 +101,7 @@ class Arbiter:
         self._redis_url = settings.state.redis_url
         self._redis_failure: str | None = None
         self._metrics_dir = ""
+        self._index_name = ""
         self._supervisor_metrics: SupervisorMetrics | None = None
         self._port_holder: socket.socket | None = None
         self._signals = SignalPipe()
@@ -144,6 +145,7 @@ class Arbiter:
             self._redis = startup.launch_embedded_redis(settings)
             self._redis_url = self._redis.url
         self._metrics_dir = startup.prepare_metrics_dir(settings)
+        self._index_name = startup.create_node_index(settings, self._pid)
         # The imports overlap with redis-server's own start-up.
         for role in self._roles.values():
             self._entries[role.name] = load_role_entry(role)
@@ -344,6 +346,7 @@ class Arbiter:
                 settings=self._settings, redis_url=self._redis_url,
                 metrics_dir=self._metrics_dir, ready_fd=ready_fd, generation=generation,
                 supervisor_pid=self._pid, role=role.name, slot=slot, heartbeat=heartbeat,
+                index_name=self._index_name,
             )
             run_child(entry, context, title=role.title(slot),
                       release_inherited=self._release_in_child)
@@ -370,6 +373,9 @@ class Arbiter:
             log_event("info", "redis_stopped")
             self._redis = None
         self._signals.close()
+        if self._index_name:
+            startup.remove_node_index(self._index_name)
+            self._index_name = ""
         if self._metrics_dir:
             import shutil
 

@@ -107,3 +107,28 @@ def prepare_metrics_dir(settings: Settings) -> str:
     metrics_dir = str(prepare_multiprocess_dir(Path(settings.server.data_dir)))
     os.environ[MULTIPROC_ENV] = metrics_dir
     return metrics_dir
+
+
+def create_node_index(settings: Settings, supervisor_pid: int) -> str:
+    """The node's shared-memory embedding index, made before the first fork so
+    every worker attaches the same one; its name, or "" when nothing needs it."""
+    from smartflow.embeddings.runtime import create_node_index as create
+    from smartflow.embeddings.runtime import index_wanted
+
+    if not index_wanted(settings):
+        return ""
+    name = f"sf-idx-{supervisor_pid}"
+    index = create(settings, name)
+    index.close()  # the segment stays until remove_node_index
+    return name
+
+
+def remove_node_index(name: str) -> None:
+    from smartflow.embeddings.shared_index import SharedIndex
+
+    try:
+        index = SharedIndex.attach(name)
+    except (OSError, ValueError):
+        return
+    index.unlink()
+    index.close()

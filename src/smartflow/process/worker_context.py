@@ -27,6 +27,7 @@ class WorkerContext:
     role: str                   # the role's name, "gateway"
     slot: int                   # 1..count within the role; a replacement keeps the slot
     heartbeat: Heartbeat | None = None  # beat every HEARTBEAT_INTERVAL_S once ready
+    index_name: str = ""        # the node's shared-memory embedding index ("": none)
 
     def report_ready(self) -> None:
         with contextlib.suppress(OSError):

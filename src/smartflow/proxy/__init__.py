@@ -16,6 +16,9 @@ from smartflow.http.router import Handler, Router
 from smartflow.proxy.context import ProxyContext, build_proxy_context
 
 if TYPE_CHECKING:
+    from smartflow.http.request import Request
+    from smartflow.http.response import Response
+    from smartflow.proxy.call import Principal
     from smartflow.proxy.pipeline import Stage
 
 __all__ = ["ProxyContext", "build_proxy_context", "register_proxy_routes"]
@@ -73,4 +76,21 @@ def register_proxy_routes(router: Router, context: ProxyContext,
         [*stages, ResponsesHistoryStage(store), ResponsesStoreStage(store)]))
     register_responses_routes(router, responses_runner, store,
                               capture_stream_text=context.capture_stream_text)
+    embeddings = context.embeddings
+    if (embeddings is not None and embeddings.has_store and context.redis is not None
+            and context.settings.vector_stores.enabled):
+        from smartflow.dialects import openai as openai_dialect
+        from smartflow.vectorstores.routes import register_vector_store_routes
+        from smartflow.vectorstores.service import VectorStoreService
+
+        stores = context.settings.vector_stores
+
+        async def authenticate(request: Request) -> Principal | Response:
+            return await runner.authenticate_only(request, openai_dialect.DIALECT)
+
+        service = VectorStoreService(
+            context.redis, embeddings.ready_batcher, embeddings.feed, embeddings.index,
+            chunk_size=stores.chunk_size, chunk_overlap=stores.chunk_overlap,
+            max_file_bytes=stores.max_file_bytes)
+        register_vector_store_routes(router, service, authenticate)
     return context

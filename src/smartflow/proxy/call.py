@@ -79,7 +79,8 @@ class Call:
     route_plan: Any = None  # routing.planner.RoutePlan when the call may fail over
     deployment_id: str = ""
     attempts: int = 0
-    cache_outcome: str = "off"
+    cache_outcome: str = "off"  # off, skip, miss, hit_l1, hit_exact, hit_semantic
+    cache_state: Any = None  # the cache stage's, from lookup to fill
     # how it ended
     first_byte_s: float | None = None
     ended_s: float | None = None

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from smartflow.audit.runtime import AuditRuntime
+    from smartflow.cache.metacache import MetaCache
+    from smartflow.embeddings.runtime import EmbeddingRuntime
     from smartflow.keys.runtime import KeysRuntime
     from smartflow.routing.runtime import RoutingRuntime
     from smartflow.store.fast_client import StoreClient
@@ -46,6 +48,8 @@ class ProxyContext:
     routing: RoutingRuntime | None = None  # groups, chains, failover (None: first deployment)
     audit: AuditRuntime | None = None  # the VAS record of every call (None: audit off)
     store: StoreClient | None = None  # shared state, cluster-aware (Responses API answers)
+    cache: MetaCache | None = None  # the response cache (None: [cache] mode off everywhere)
+    embeddings: EmbeddingRuntime | None = None  # the local model and the node's index
 
     def adapter_for(self, provider: str) -> ProviderAdapter:
         """The provider's adapter, imported on first use and kept."""
@@ -63,6 +67,10 @@ class ProxyContext:
     async def aclose(self) -> None:
         if self.audit is not None:  # first: the records still buffered go out
             await self.audit.aclose()
+        if self.cache is not None:
+            await self.cache.aclose()
+        if self.embeddings is not None:
+            await self.embeddings.aclose()
         if self.routing is not None:
             await self.routing.aclose()
         if self.keys is not None:

@@ -400,7 +400,7 @@ class CallRunner:
         cost = call.cost
         usd = None if is_stream else (cost.usd if cost is not None else 0.0)
         headers = smartflow_headers(call.call_id, call.provider, call.elapsed_ms(), usd,
-                                    cache_hit=call.cache_outcome == "hit")
+                                    cache_hit=call.cache_outcome.startswith("hit"))
         headers.append((ATTEMPTS_HEADER, str(call.attempts)))
         if call.deployment_id:
             headers.append((DEPLOYMENT_HEADER, call.deployment_id))

@@ -291,6 +291,14 @@ def default_stages(context: ProxyContext) -> list[Stage]:
     ]
     if context.routing is not None:
         stages.append(RoutingExitStage(context.routing))
+    if context.embeddings is not None:
+        from smartflow.proxy.local_embeddings import LocalEmbeddingStage
+
+        stages.append(LocalEmbeddingStage(context.embeddings.ready_batcher))
+    if context.cache is not None:
+        from smartflow.cache.stage import CacheStage
+
+        stages.append(CacheStage(context.cache))
     if context.audit is not None:
         from smartflow.proxy.record_stage import AuditRecordStage
 

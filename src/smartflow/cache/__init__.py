@@ -1,0 +1,1 @@
+"""The response cache (MetaCache): exact and semantic tiers, replay, stats."""

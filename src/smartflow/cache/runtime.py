@@ -1,0 +1,97 @@
+"""Builds a worker's MetaCache from the settings, and keeps every L1 in step.
+
+``DELETE /api/cache`` publishes on ``sf:cache:flush``; every worker of every
+node drops the matching entries from its L1 when the message arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from smartflow.cache.entries import FLUSH_CHANNEL, EntryStore
+from smartflow.cache.metacache import MetaCache, SemanticBackend
+from smartflow.cache.stats import CacheStats
+from smartflow.config import Settings
+
+if TYPE_CHECKING:
+    from smartflow.embeddings.runtime import EmbeddingRuntime
+    from smartflow.store.fast_client import StoreClient
+
+logger = logging.getLogger("smartflow.cache")
+
+
+def cache_enabled(settings: Settings) -> bool:
+    cache = settings.cache
+    return cache.mode != "off" or any(m.mode not in (None, "off") for m in cache.models.values())
+
+
+def semantic_enabled(settings: Settings) -> bool:
+    cache = settings.cache
+    return cache.mode == "semantic" or any(m.mode == "semantic" for m in cache.models.values())
+
+
+def build_cache(settings: Settings, store: StoreClient,
+                embeddings: EmbeddingRuntime | None) -> MetaCache:
+    semantic = None
+    verify = None
+    if semantic_enabled(settings) and embeddings is not None:
+        from smartflow.cache.verifier import verify as verify_pair
+
+        semantic = SemanticBackend(embeddings.embed_one, embeddings.index, embeddings.feed)
+        verify = verify_pair
+    stats = CacheStats(store)
+    return MetaCache(settings.cache, EntryStore(store), stats, semantic=semantic, verify=verify)
+
+
+def flush_matcher(message: dict[str, Any]) -> Any:
+    """A predicate over L1 entries: True keeps the entry."""
+    namespace, model, key = message.get("namespace"), message.get("model"), message.get("key")
+
+    def keep(entry: Any) -> bool:
+        fields = entry.fields
+        if namespace is not None and fields.get("ns") != namespace:
+            return True
+        if model is not None and fields.get("model") != model:
+            return True
+        return key is not None and fields.get("key") != key
+
+    return keep
+
+
+class FlushListener:
+    """Applies flush messages to this worker's L1."""
+
+    def __init__(self, cache: MetaCache, redis_url: str) -> None:
+        self._cache = cache
+        self._redis_url = redis_url
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def on_message(self, data: str) -> None:
+        try:
+            message = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(message, dict):
+            if not any(message.get(k) is not None for k in ("namespace", "model", "key")):
+                self._cache.l1.clear()
+            else:
+                self._cache.l1.clear(flush_matcher(message))
+
+    def start(self) -> None:
+        from smartflow.store.subscription import listen_forever
+
+        self._task = asyncio.get_running_loop().create_task(listen_forever(
+            self._redis_url, FLUSH_CHANNEL, self.on_message, is_closing=lambda: self._closing))
+
+    async def aclose(self) -> None:
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
