@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from smartflow.store.fast_client import StoreClient
     from smartflow.telemetry.access_log import AccessLog
     from smartflow.telemetry.metrics import RequestMetrics
+
+logger = logging.getLogger("smartflow.app")
 
 READINESS_PING_TIMEOUT_S = 1.0
 MAX_BENCH_STREAM_CHUNKS = 10_000
@@ -174,7 +177,11 @@ def _add_cache(settings: Settings, context: ProxyContext, store_client: StoreCli
     embeddings.start(warm=semantic_enabled(settings))
     if store_client is None or not store_url or not cache_enabled(settings):
         return
-    cache = build_cache(settings, store_client, embeddings)
+    try:
+        cache = build_cache(settings, store_client, embeddings)
+    except Exception:  # the semantic tier's pieces; the exact tiers need none of them
+        logger.exception("the semantic cache tier is off on this worker: setting it up failed")
+        cache = build_cache(settings, store_client, None)
     context.cache = cache
     cache.stats.start()
     listener = FlushListener(cache, store_url)

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from smartflow.cache import entries as entry_codec
 from smartflow.cache.entries import Entry, EntryStore, entry_key, entry_key_of_id
@@ -47,6 +47,14 @@ class SemanticBackend:
     feed: IndexFeed
 
 
+class Verifier(Protocol):
+    """``cache.verifier``'s two steps: a prompt's signature, and two signatures compared."""
+
+    def analyse(self, text: str) -> Any: ...
+
+    def verify_signatures(self, query: Any, candidate: Any) -> Any: ...
+
+
 @dataclass(slots=True)
 class Hit:
     entry: Entry
@@ -71,12 +79,12 @@ class Lookup:
 class MetaCache:
     def __init__(self, settings: CacheSettings, store: EntryStore, stats: CacheStats, *,
                  semantic: SemanticBackend | None = None,
-                 verify: Callable[[str, str], Any] | None = None) -> None:
+                 verifier: Verifier | None = None) -> None:
         self.settings = settings
         self.store = store
         self.stats = stats
         self.semantic = semantic
-        self._verify = verify
+        self._verifier = verifier
         self.l1: LruCache[Entry] = LruCache(settings.l1_max_entries, settings.l1_max_bytes)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -118,6 +126,8 @@ class MetaCache:
             return None
         candidates = await asyncio.gather(
             *(self.store.get(entry_key_of_id(entry_id)) for entry_id, _ in found))
+        verifier = self._verifier if self.settings.verifier else None
+        query_signature = None
         for (_, score), entry in zip(found, candidates, strict=True):
             if entry is None:
                 continue
@@ -126,8 +136,12 @@ class MetaCache:
             if (fields.get("ctx") != identity.context or fields.get("scope") != state.scope
                     or not isinstance(stored_prompt, str)):
                 continue
-            if self._verify is not None and self.settings.verifier:
-                verdict = self._verify(identity.prompt or "", stored_prompt)
+            if verifier is not None:
+                # The question is analysed once, whatever the number of candidates.
+                if query_signature is None:
+                    query_signature = verifier.analyse(identity.prompt or "")
+                verdict = verifier.verify_signatures(query_signature,
+                                                     verifier.analyse(stored_prompt))
                 if not verdict.ok:
                     state.refused.append(verdict.check)
                     continue

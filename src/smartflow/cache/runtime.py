@@ -38,14 +38,15 @@ def semantic_enabled(settings: Settings) -> bool:
 def build_cache(settings: Settings, store: StoreClient,
                 embeddings: EmbeddingRuntime | None) -> MetaCache:
     semantic = None
-    verify = None
+    verifier = None
     if semantic_enabled(settings) and embeddings is not None:
-        from smartflow.cache.verifier import verify as verify_pair
+        from smartflow.cache import verifier as verifier_module
 
         semantic = SemanticBackend(embeddings.embed_one, embeddings.index, embeddings.feed)
-        verify = verify_pair
+        verifier = verifier_module
     stats = CacheStats(store)
-    return MetaCache(settings.cache, EntryStore(store), stats, semantic=semantic, verify=verify)
+    return MetaCache(settings.cache, EntryStore(store), stats, semantic=semantic,
+                     verifier=verifier)  # type: ignore[arg-type]
 
 
 def flush_matcher(message: dict[str, Any]) -> Any:

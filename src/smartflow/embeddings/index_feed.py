@@ -71,7 +71,11 @@ class IndexFeed:
     def __init__(self, redis: redis.asyncio.Redis, index: SharedIndex, *,
                  stream_key: str = DEFAULT_STREAM_KEY, node_id: str,
                  maxlen: int = 1_000_000) -> None:
-        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+        # A Redis Cluster client has no single pool; its options live on the client.
+        pool = getattr(redis, "connection_pool", None)
+        options = pool.connection_kwargs if pool is not None else getattr(
+            redis, "connection_kwargs", {})
+        if options.get("decode_responses"):
             # Vectors travel as raw float16 bytes, which do not decode as text.
             raise ValueError("IndexFeed needs a Redis client with decode_responses=False")
         self._redis = redis
@@ -161,8 +165,15 @@ class IndexFeed:
         maintenance = (asyncio.create_task(self._maintain_forever(maintain_every_s))
                        if maintain_every_s else None)
         delay = _BACKOFF_MIN_S
+        task = asyncio.current_task()
         try:
             while True:
+                if task is not None and task.cancelling():
+                    # On Python 3.11 asyncio.wait_for (redis-py reads pending
+                    # pushes with it) returns its result instead of raising
+                    # when a cancel lands as the read completes: the cancel
+                    # is recorded on the task but swallowed. Honour it here.
+                    raise asyncio.CancelledError
                 try:
                     await self.poll(block_ms)
                     delay = _BACKOFF_MIN_S

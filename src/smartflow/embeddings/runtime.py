@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from smartflow.config import EmbeddingSettings, Settings
 
@@ -63,7 +63,7 @@ class EmbeddingRuntime:
         self._batcher: EmbeddingBatcher | None = None
         self._index: SharedIndex | None = None
         self._feed: IndexFeed | None = None
-        self._redis: object | None = None
+        self._redis: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._loading: asyncio.Future[EmbeddingBatcher] | None = None
 
@@ -125,19 +125,25 @@ class EmbeddingRuntime:
         return self._index
 
     @property
-    def feed(self) -> IndexFeed:
-        if self._feed is None:
+    def redis(self) -> Any:
+        """A redis.asyncio client for the index feed and the vector stores
+        (cluster-aware when the store is a Redis Cluster)."""
+        if self._redis is None:
             from redis.asyncio import Redis, RedisCluster
-
-            from smartflow.embeddings.index_feed import IndexFeed
 
             if not self._redis_url:
                 raise RuntimeError("the index feed needs Redis ([state] redis_url)")
-            redis = (RedisCluster.from_url(self._redis_url, socket_connect_timeout=2.0)
-                     if self._cluster else Redis.from_url(self._redis_url,
-                                                          socket_connect_timeout=2.0))
-            self._redis = redis
-            self._feed = IndexFeed(redis, self.index, stream_key=FEED_STREAM,
+            self._redis = (RedisCluster.from_url(self._redis_url, socket_connect_timeout=2.0)
+                           if self._cluster else Redis.from_url(self._redis_url,
+                                                                socket_connect_timeout=2.0))
+        return self._redis
+
+    @property
+    def feed(self) -> IndexFeed:
+        if self._feed is None:
+            from smartflow.embeddings.index_feed import IndexFeed
+
+            self._feed = IndexFeed(self.redis, self.index, stream_key=FEED_STREAM,
                                    node_id=self._node_id,
                                    maxlen=max(self._settings.index_capacity * 2, 10000))
         return self._feed
@@ -180,7 +186,7 @@ class EmbeddingRuntime:
         redis = self._redis
         if redis is not None:
             with contextlib.suppress(Exception):
-                await redis.aclose()  # type: ignore[attr-defined]
+                await redis.aclose()
         if self._index is not None:
             self._index.close()
             if self._owns_index:

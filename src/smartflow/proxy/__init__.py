@@ -9,16 +9,21 @@ when it shuts down.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from smartflow.http.router import Handler, Router
 from smartflow.proxy.context import ProxyContext, build_proxy_context
 
+logger = logging.getLogger("smartflow.proxy")
+
 if TYPE_CHECKING:
+    from smartflow.embeddings.runtime import EmbeddingRuntime
     from smartflow.http.request import Request
     from smartflow.http.response import Response
     from smartflow.proxy.call import Principal
+    from smartflow.proxy.exchange import CallRunner
     from smartflow.proxy.pipeline import Stage
 
 __all__ = ["ProxyContext", "build_proxy_context", "register_proxy_routes"]
@@ -77,20 +82,31 @@ def register_proxy_routes(router: Router, context: ProxyContext,
     register_responses_routes(router, responses_runner, store,
                               capture_stream_text=context.capture_stream_text)
     embeddings = context.embeddings
-    if (embeddings is not None and embeddings.has_store and context.redis is not None
+    if (embeddings is not None and embeddings.has_store
             and context.settings.vector_stores.enabled):
-        from smartflow.dialects import openai as openai_dialect
-        from smartflow.vectorstores.routes import register_vector_store_routes
-        from smartflow.vectorstores.service import VectorStoreService
+        _add_vector_stores(router, context, embeddings, runner)
+    return context
 
-        stores = context.settings.vector_stores
 
-        async def authenticate(request: Request) -> Principal | Response:
-            return await runner.authenticate_only(request, openai_dialect.DIALECT)
+def _add_vector_stores(router: Router, context: ProxyContext, embeddings: EmbeddingRuntime,
+                       runner: CallRunner) -> None:
+    """/v1/vector_stores and /v1/rag: an optional feature; a failure to set it up
+    is logged and leaves the rest of the gateway serving."""
+    from smartflow.dialects import openai as openai_dialect
+    from smartflow.vectorstores.routes import register_vector_store_routes
+    from smartflow.vectorstores.service import VectorStoreService
 
+    stores = context.settings.vector_stores
+
+    async def authenticate(request: Request) -> Principal | Response:
+        return await runner.authenticate_only(request, openai_dialect.DIALECT)
+
+    try:
         service = VectorStoreService(
-            context.redis, embeddings.ready_batcher, embeddings.feed, embeddings.index,
+            embeddings.redis, embeddings.ready_batcher, embeddings.feed, embeddings.index,
             chunk_size=stores.chunk_size, chunk_overlap=stores.chunk_overlap,
             max_file_bytes=stores.max_file_bytes)
-        register_vector_store_routes(router, service, authenticate)
-    return context
+    except Exception:
+        logger.exception("vector stores are off on this worker: setting them up failed")
+        return
+    register_vector_store_routes(router, service, authenticate)
