@@ -381,23 +381,33 @@ def test_a_batch_larger_than_the_index_keeps_its_newest_rows(
 def test_ivf_search_agrees_with_brute_force(make_index: Callable[..., SharedIndex]) -> None:
     dim, n = 64, 20_000
     index = make_index(capacity=30_000, dim=dim, ivf_threshold=5_000)
+    assert index.stats()["nlist"] == 0
     rows = clustered(n, dim, clusters=200, spread=0.35, seed=21)
     index.add_many("docs", [0] * n, range(n), rows)
     index.add_many("small", [0] * 100, range(100), rows[:100])
 
     index.maintain()
     assert index.stats()["nlist"] > 0
-    # Rows written after training land in their list at once.
-    late = clustered(500, dim, clusters=200, spread=0.35, seed=22)
-    index.add_many("docs", [0] * 500, range(n, n + 500), late)
+    # Past the threshold a search scores only the probed lists, not every row.
+    assert len(index.search("docs", rows[0], k=n)) < n // 10
+    # Rows written after training land in their list at once (searched as
+    # the unsorted tail), and maintain() later sorts them in.
+    late = clustered(3000, dim, clusters=200, spread=0.35, seed=22)
+    index.add_many("docs", [0] * 3000, range(n, n + 3000), late)
     stored = np.concatenate([rows, late])
-
     queries = noisy(stored[::41], sigma=0.02, seed=23)
     truth = (queries @ stored.T).argmax(axis=1)
+
+    found = np.array([index.search("docs", q, k=1)[0][0] for q in queries])
+    assert (found == truth).mean() >= 0.99
+    generation = index.generation()
+    index.maintain()
+    assert index.generation() == generation + 2
     found = np.array([index.search("docs", q, k=1)[0][0] for q in queries])
     assert (found == truth).mean() >= 0.99
 
     # A namespace below the threshold is still searched exhaustively.
+    assert len(index.search("small", rows[0], k=1000)) == 100
     random_queries = unit_rows(20, dim=dim, seed=24)
     for q in random_queries:
         assert index.search("small", q, k=1)[0][0] == int((rows[:100] @ q).argmax())
@@ -449,6 +459,25 @@ def test_unlink_leaves_nothing_in_dev_shm() -> None:
     assert [p.name for p in SHM_DIR.iterdir() if p.name.startswith(name)] == []
     with pytest.raises(FileNotFoundError):
         SharedIndex.attach(name)
+
+
+def test_segments_of_dead_supervisors_are_swept_and_live_ones_kept() -> None:
+    prefix = f"sf-idx-sweep{uuid.uuid4().hex[:6]}-"
+    child = FORK.Process(target=os._exit, args=(0,))
+    child.start()
+    child.join(timeout=60)
+    dead = SharedIndex.create(f"{prefix}{child.pid}", capacity=10, dim=DIM)
+    alive = SharedIndex.create(f"{prefix}{os.getpid()}", capacity=10, dim=DIM)
+    dead.close()
+    try:
+        assert SharedIndex.unlink_stale(prefix) == [dead.name]
+        assert not (SHM_DIR / dead.name).exists()
+        assert not (SHM_DIR / f"{dead.name}.lock").exists()
+        assert (SHM_DIR / alive.name).exists()
+    finally:
+        alive.close()
+        alive.unlink()
+        dead.unlink()
 
 
 def _child_dies_while_moving_rows(name: str) -> None:

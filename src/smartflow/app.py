@@ -50,6 +50,7 @@ def build_app(
     store_url: str | None = None,
     index_name: str = "",
     consume_index_feed: bool = True,
+    encoder: object | None = None,
 ) -> Router:
     """The worker's Router: health, readiness, metrics, bench routes and the proxy.
 
@@ -57,7 +58,8 @@ def build_app(
     the proxy knows the master key only and there is no admin API.
     ``index_name``: the node's shared-memory embedding index, made by the
     supervisor ("": this process makes its own); ``consume_index_feed``:
-    this process is the node's one consumer of the index feed.
+    this process is the node's one consumer of the index feed. ``encoder``:
+    the embedding model the supervisor loaded before forking (shared pages).
 
     Call it with the worker's event loop running. Whatever must be closed
     when the worker exits (the proxy's upstream pool) is appended to
@@ -122,7 +124,7 @@ def build_app(
         proxy_context.audit = build_audit_runtime(settings, store_client)
         proxy_context.audit.start()
     _add_cache(settings, proxy_context, store_client, store_url, redis, on_shutdown,
-               index_name=index_name, consume_index_feed=consume_index_feed)
+               index_name=index_name, consume_index_feed=consume_index_feed, encoder=encoder)
     register_proxy_routes(router, proxy_context)
     if keys is not None:
         from smartflow.admin import register_admin_routes
@@ -156,7 +158,7 @@ def build_app(
 def _add_cache(settings: Settings, context: ProxyContext, store_client: StoreClient | None,
                store_url: str | None, redis: Redis,
                on_shutdown: list[Callable[[], Awaitable[None]]] | None, *,
-               index_name: str, consume_index_feed: bool) -> None:
+               index_name: str, consume_index_feed: bool, encoder: object | None) -> None:
     """The local embedding model, the node's index, and the response cache."""
     import socket
 
@@ -171,7 +173,7 @@ def _add_cache(settings: Settings, context: ProxyContext, store_client: StoreCli
     node_id = f"{socket.gethostname()}/{index_name or os.getpid()}"
     embeddings = EmbeddingRuntime(
         settings.embeddings, redis_url=store_url or "", cluster=settings.state.redis_cluster,
-        node_id=node_id, index_name=index_name,
+        node_id=node_id, index_name=index_name, encoder=encoder,
         consume_feed=consume_index_feed and bool(store_url) and index_wanted(settings))
     context.embeddings = embeddings
     embeddings.start(warm=semantic_enabled(settings))

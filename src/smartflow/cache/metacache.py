@@ -95,24 +95,16 @@ class MetaCache:
         entry = self.l1.get(identity.exact)
         if entry is not None:
             return Hit(entry, "l1")
-        key = entry_key(identity.exact)
-        use_semantic = state.semantic and self.semantic is not None
-        if use_semantic:
-            # The embedding runs in its thread while the exact read is in flight.
-            exact_read = asyncio.ensure_future(self.store.get(key))
-            try:
-                state.vector = await self.semantic.embed(identity.prompt)  # type: ignore[union-attr,arg-type]
-            except Exception:
-                exact_read.cancel()
-                raise
-            entry = await exact_read
-        else:
-            entry = await self.store.get(key)
+        # The exact read first: an L3 hit must not wait for (or spend a core on)
+        # an embedding it does not need.
+        entry = await self.store.get(entry_key(identity.exact))
         if entry is not None and entry.fields.get("x") == identity.exact:
             self._keep_in_l1(identity.exact, entry)
             return Hit(entry, "l3")
-        if not use_semantic or state.vector is None:
+        backend = self.semantic
+        if not state.semantic or backend is None or identity.prompt is None:
             return None
+        state.vector = await backend.embed(identity.prompt)
         return await self._semantic(state)
 
     async def _semantic(self, state: Lookup) -> Hit | None:

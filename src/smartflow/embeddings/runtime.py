@@ -51,9 +51,10 @@ def create_node_index(settings: Settings, name: str) -> SharedIndex:
 
 class EmbeddingRuntime:
     def __init__(self, settings: EmbeddingSettings, *, redis_url: str, node_id: str,
-                 cluster: bool = False, index_name: str = "", consume_feed: bool = True
-                 ) -> None:
+                 cluster: bool = False, index_name: str = "", consume_feed: bool = True,
+                 encoder: object | None = None) -> None:
         self._cluster = cluster
+        self._preloaded = encoder
         self._settings = settings
         self._redis_url = redis_url
         self._node_id = node_id
@@ -88,8 +89,10 @@ class EmbeddingRuntime:
         from smartflow.embeddings.model_files import ensure_model
 
         settings = self._settings
-        model_dir = ensure_model(Path(settings.model_dir) if settings.model_dir else None)
-        encoder = Encoder(model_dir, threads=settings.threads)
+        encoder = self._preloaded
+        if not isinstance(encoder, Encoder):
+            model_dir = ensure_model(Path(settings.model_dir) if settings.model_dir else None)
+            encoder = Encoder(model_dir, threads=settings.threads)
         return EmbeddingBatcher(encoder, max_batch=settings.max_batch)
 
     async def ready_batcher(self) -> EmbeddingBatcher:

@@ -107,9 +107,10 @@ DELETED = -2
 _ALIGN = 64
 _M64 = (1 << 64) - 1
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
-# Seqlock retries before a search falls back to the write lock; the sleeps
-# between them add up to ~30 ms, longer than a re-sort, shorter than a
-# compaction of a large index.
+# Seqlock retries before a search falls back to the write lock (and so waits
+# for the writer): the sleeps between them add up to ~30 ms, which covers
+# re-sorting ~100k rows; longer moves (compaction, training's final swap at
+# 1M rows) make searches wait on the lock instead of spinning.
 _READ_ATTEMPTS = 6
 # Fraction of capacity freed when the index is full and must evict: a
 # compaction per added row would cost O(capacity) each time.
@@ -339,6 +340,31 @@ class SharedIndex:
         path, lock_path = self._paths(self.name)
         path.unlink(missing_ok=True)
         lock_path.unlink(missing_ok=True)
+
+    @staticmethod
+    def unlink_stale(prefix: str = "sf-idx-") -> list[str]:
+        """Remove segments named ``<prefix><pid>`` whose creating process is gone.
+
+        A supervisor killed with SIGKILL never runs ``unlink``; the next one
+        calls this before ``create``. A live pid (even a reused one) keeps
+        its segment: only certainly-dead owners are swept.
+        """
+        removed: list[str] = []
+        for path in SHM_DIR.glob(f"{prefix}*"):
+            pid = path.name[len(prefix):]
+            if not pid.isdigit():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            path.unlink(missing_ok=True)
+            (SHM_DIR / f"{path.name}.lock").unlink(missing_ok=True)
+            removed.append(path.name)
+        return removed
 
     def __enter__(self) -> Self:
         return self

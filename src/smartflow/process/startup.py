@@ -123,6 +123,34 @@ def create_node_index(settings: Settings, supervisor_pid: int) -> str:
     return name
 
 
+def preload_encoder(settings: Settings) -> object | None:
+    """With the semantic cache on, the embedding model, loaded before the first
+    fork: its ~110 MB of weights are then shared by every worker instead of
+    copied into each. (onnxruntime runs on the calling thread with one
+    intra-op thread, so a forked child inherits no thread pool.) None when the
+    semantic cache is off: a worker that needs the model loads it itself."""
+    from smartflow.cache.runtime import semantic_enabled
+
+    if not semantic_enabled(settings):
+        return None
+    from pathlib import Path
+
+    from smartflow.embeddings.encoder import Encoder
+    from smartflow.embeddings.model_files import ModelUnavailable, ensure_model
+
+    embeddings = settings.embeddings
+    try:
+        model_dir = ensure_model(Path(embeddings.model_dir) if embeddings.model_dir else None)
+        encoder = Encoder(model_dir, threads=embeddings.threads)
+        encoder.encode(["warm-up"])  # the first run allocates what every later run reuses
+    except (ModelUnavailable, OSError) as exc:
+        from smartflow.process.json_log import log_event
+
+        log_event("warning", "embedding_model_unavailable", message=str(exc))
+        return None
+    return encoder
+
+
 def remove_node_index(name: str) -> None:
     from smartflow.embeddings.shared_index import SharedIndex
 

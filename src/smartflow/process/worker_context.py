@@ -28,6 +28,7 @@ class WorkerContext:
     slot: int                   # 1..count within the role; a replacement keeps the slot
     heartbeat: Heartbeat | None = None  # beat every HEARTBEAT_INTERVAL_S once ready
     index_name: str = ""        # the node's shared-memory embedding index ("": none)
+    encoder: object | None = None  # the embedding model, loaded before the fork (or None)
 
     def report_ready(self) -> None:
         with contextlib.suppress(OSError):
