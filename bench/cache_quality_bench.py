@@ -11,8 +11,8 @@ pair before any verifier rule was written; the threshold is chosen on ``dev``
 only and the holdout figures are reported, never tuned on.
 
 Both prompts of each pair are embedded with the gateway's own local model
-(all-MiniLM-L6-v2 through ``smartflow.embeddings``; fp32 by default as in the
-gateway, ``--int8`` for the quantised graph) and compared by cosine. A pair is
+(all-MiniLM-L6-v2 through ``smartflow.embeddings``; int8 by default as in the
+gateway, ``--fp32`` for the float graph) and compared by cosine. A pair is
 served from cache when cosine >= threshold *and* the verifier accepts it.
 Reported, for dev and holdout separately:
 
@@ -27,7 +27,7 @@ Reported, for dev and holdout separately:
    and per pair with both signatures precomputed (``verify_signatures``).
 
     .venv/bin/python bench/cache_quality_bench.py            # ~10 s
-    .venv/bin/python bench/cache_quality_bench.py --int8 --threshold 0.85
+    .venv/bin/python bench/cache_quality_bench.py --fp32 --threshold 0.85
 
 Writes bench/results/cache_quality.txt and bench/results/cache_quality.json.
 """
@@ -311,15 +311,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threshold", type=float, default=None,
                         help="use this similarity threshold instead of choosing one on dev")
-    parser.add_argument("--int8", action="store_true",
-                        help="embed with the int8 graph (the gateway's default is fp32)")
+    parser.add_argument("--fp32", action="store_true",
+                        help="embed with the float graph (the gateway's default is int8)")
     parser.add_argument("--repeats", type=int, default=5, help="timing rounds")
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args()
     rows = load_pairs(args.data)
     started = time.perf_counter()
-    pairs = embed_pairs(rows, not args.int8)
-    lines, out = report(pairs, args.threshold, not args.int8, args.repeats)
+    pairs = embed_pairs(rows, args.fp32)
+    lines, out = report(pairs, args.threshold, args.fp32, args.repeats)
     out["seconds"] = round(time.perf_counter() - started, 1)
     text = "\n".join(lines) + "\n"
     print(text, end="")

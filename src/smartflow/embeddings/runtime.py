@@ -44,6 +44,8 @@ def create_node_index(settings: Settings, name: str) -> SharedIndex:
     """The supervisor's: the node's segment, before the first fork."""
     from smartflow.embeddings.shared_index import SharedIndex
 
+    # A supervisor killed with SIGKILL never unlinked its segment.
+    SharedIndex.unlink_stale()
     embeddings = settings.embeddings
     return SharedIndex.create(name, capacity=embeddings.index_capacity, dim=DIM,
                               ivf_threshold=embeddings.ivf_threshold)
@@ -91,7 +93,8 @@ class EmbeddingRuntime:
         settings = self._settings
         encoder = self._preloaded
         if not isinstance(encoder, Encoder):
-            model_dir = ensure_model(Path(settings.model_dir) if settings.model_dir else None)
+            model_dir = ensure_model(Path(settings.model_dir) if settings.model_dir else None,
+                                     quantized=settings.quantized)
             encoder = Encoder(model_dir, threads=settings.threads)
         return EmbeddingBatcher(encoder, max_batch=settings.max_batch)
 
@@ -148,7 +151,8 @@ class EmbeddingRuntime:
 
             self._feed = IndexFeed(self.redis, self.index, stream_key=FEED_STREAM,
                                    node_id=self._node_id,
-                                   maxlen=max(self._settings.index_capacity * 2, 10000))
+                                   # ~0.9 KB a row in Redis: as many as the index holds
+                                   maxlen=max(self._settings.index_capacity, 10000))
         return self._feed
 
     def start(self, *, warm: bool) -> None:

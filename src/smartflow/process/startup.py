@@ -140,7 +140,8 @@ def preload_encoder(settings: Settings) -> object | None:
 
     embeddings = settings.embeddings
     try:
-        model_dir = ensure_model(Path(embeddings.model_dir) if embeddings.model_dir else None)
+        model_dir = ensure_model(Path(embeddings.model_dir) if embeddings.model_dir else None,
+                                 quantized=embeddings.quantized)
         encoder = Encoder(model_dir, threads=embeddings.threads)
         encoder.encode(["warm-up"])  # the first run allocates what every later run reuses
     except (ModelUnavailable, OSError) as exc:
