@@ -282,6 +282,11 @@ def test_anthropic_messages_are_replayed_in_anthropics_format(
         final = stream.get_final_message()
     assert streamed == echo_of(text)
     assert final.usage.output_tokens == first.usage.output_tokens
+    prefixed = anthropic.Anthropic(base_url=nodes.urls[1] + "/anthropic", api_key=MASTER)
+    raw = prefixed.messages.with_raw_response.create(
+        model="echo-claude", max_tokens=50, messages=[{"role": "user", "content": text}])
+    assert raw.headers["x-smartflow-cache-hit"] == "true"
+    assert raw.parse().content[0].text == echo_of(text)  # type: ignore[union-attr]
     assert upstream_calls(log, text) == calls
 
 
@@ -437,3 +442,25 @@ def test_the_cache_and_vector_stores_work_on_a_redis_cluster(
         assert client.vector_stores.delete(store.id).deleted is True
     finally:
         pair.close()
+
+
+def test_entry_ttls_follow_the_header_and_the_prompts_volatility(
+        nodes: GatewayNodes, redis_server: Any) -> None:
+    import redis
+
+    url = nodes.urls[0]
+    client = redis.Redis.from_url(redis_server.url)
+
+    def ttl_of(text: str, **kwargs: Any) -> int:
+        key = chat(url, text, **kwargs).headers["x-smartflow-cache-key"]
+        wait_for_entry(url, text, **kwargs)
+        return int(client.ttl(f"sf:cache:e:{key[:16]}"))
+
+    try:
+        assert 60 <= ttl_of(unique("Explain recursion."),
+                            headers={"x-smartflow-cache-ttl": "90"}) <= 90
+        volatile = ttl_of(unique("What is the latest Bitcoin price today?"))
+        stable = ttl_of(unique("Explain what a hash function is."))
+        assert 60 <= volatile < stable <= 86400
+    finally:
+        client.close()

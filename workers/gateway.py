@@ -81,7 +81,7 @@ def run(context: WorkerContext) -> int:
     if context.index_name or context.encoder is not None:
         # A worker is one core's worth of work: BLAS threads of its own would
         # only fight the other workers (a one-row product took 190 us, not 15).
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
         threadpool_limits(1)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

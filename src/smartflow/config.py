@@ -585,7 +585,9 @@ def _check_cache(settings: Settings) -> None:
         raise ConfigError("cache.min_ttl: must be > 0 and <= cache.max_ttl")
     if not cache.ttl > 0:
         raise ConfigError("cache.ttl: must be > 0")
-    for name, model in [("", cache), *((f"models.{k}.", v) for k, v in cache.models.items())]:
+    tables: list[tuple[str, CacheSettings | CacheModelSettings]] = [
+        ("", cache), *((f"models.{k}.", v) for k, v in cache.models.items())]
+    for name, model in tables:
         threshold = model.similarity_threshold
         if threshold is not None and not 0 < threshold <= 1:
             raise ConfigError(f"cache.{name}similarity_threshold: must be in (0, 1]")

@@ -10,7 +10,7 @@ from its L1. Proxy admins may delete; viewers may read the stats.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 
@@ -43,7 +43,7 @@ def register_cache_routes(router: Router, admin: AdminContext, cache: MetaCache 
             raise forbidden("Your role may not read the cache statistics.")
         if cache is not None:
             await cache.stats.flush()  # this worker's latest counts too
-        raw = await redis.hgetall(STATS_KEY)
+        raw = cast("dict[bytes, bytes]", await redis.hgetall(STATS_KEY))
         answer: dict[str, Any] = {"mode": mode, **summarize(
             {k.decode(): v.decode() for k, v in raw.items()})}
         if cache is not None:

@@ -127,6 +127,7 @@ def identify(dialect: str, operation: str, model: str, scope: str, body: dict[st
         turns[index] = {**turns[index], "content": None}
         answer_fields[turns_field] = turns
     context = _signed64(hashlib.sha256(head + _canonical(answer_fields)).digest())
+    assert prompt is not None  # _last_user_turn gives a text with every index
     return CacheIdentity(exact, entry_id_of(exact), prompt.strip(), context)
 
 

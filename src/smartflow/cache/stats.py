@@ -126,7 +126,7 @@ class CacheStats:
 
 def summarize(raw: dict[str, str]) -> dict[str, Any]:
     """The stats hash as ``GET /api/cache/stats`` shows it."""
-    totals = {"hits": 0, "misses": 0, "saved_usd": 0.0,
+    totals: dict[str, Any] = {"hits": 0, "misses": 0, "saved_usd": 0.0,
               "by_tier": {tier: {"hits": 0, "saved_usd": 0.0} for tier in TIERS}}
     groups: dict[str, dict[str, dict[str, Any]]] = {"model": {}, "key": {}, "team": {}}
 

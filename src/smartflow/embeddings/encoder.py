@@ -28,7 +28,7 @@ class Encoder:
     ``[batch, dim]`` output) over the files in ``model_dir``."""
 
     def __init__(self, model_dir: Path, *, threads: int = 1, max_length: int = 256) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
         from tokenizers import Tokenizer
 
         if threads < 1:

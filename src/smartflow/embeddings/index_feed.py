@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
@@ -138,7 +138,8 @@ class IndexFeed:
         if not reply:
             return 0
         # RESP2 answers [[key, entries]]; a RESP3 client answers {key: entries}.
-        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
+        entries = cast("Sequence[tuple[bytes, dict[bytes, bytes]]]",
+                       next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1])
         if not entries:
             return 0
         self._apply(entries)

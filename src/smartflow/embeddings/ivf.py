@@ -48,7 +48,7 @@ def choose_nlist(live_rows: int, max_nlist: int) -> int:
 
 def train_centroids(sample: np.ndarray, nlist: int, *, seed: int = 0) -> np.ndarray:
     """k-means centroids (float32 [nlist, dim]) of the float32 rows in ``sample``."""
-    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.cluster import MiniBatchKMeans  # type: ignore[import-untyped]
 
     # Random init, not k-means++: k-means++ costs nlist passes over the init
     # sample (tens of seconds at nlist 2048, dim 384) and a partition only
@@ -185,7 +185,7 @@ class Float16Scorer:
         self._session: Any = None
 
     def _build(self) -> Any:
-        import onnxruntime as ort
+        import onnxruntime as ort  # type: ignore[import-untyped]
 
         options = ort.SessionOptions()
         # One thread: a gateway worker owns one core, and the calls are

@@ -275,7 +275,7 @@ def quantize(source: Path, dest: Path) -> None:
     Gather) stays float."""
     import logging
 
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
 
     # quantize_dynamic warns through the root logger; with no handler there,
     # logging.warning() would call basicConfig() and change the process's

@@ -67,11 +67,14 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self, cast
 
 import numpy as np
 
 from smartflow.embeddings import ivf
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 log = logging.getLogger(__name__)
 
@@ -211,9 +214,10 @@ class _Views:
         self.table = arrays["table"]
         # The key table is probed one slot at a time from Python; memoryview
         # indexing returns plain ints several times faster than numpy scalars.
-        self.table_mv = memoryview(self.table).cast("B").cast("i")
-        self.ns_mv = memoryview(self.ns).cast("B").cast("q")
-        self.entry_mv = memoryview(self.entry).cast("B").cast("q")
+        # (ndarray only declares the buffer protocol to type checkers on 3.12+.)
+        self.table_mv = memoryview(cast("Buffer", self.table)).cast("B").cast("i")
+        self.ns_mv = memoryview(cast("Buffer", self.ns)).cast("B").cast("q")
+        self.entry_mv = memoryview(cast("Buffer", self.entry)).cast("B").cast("q")
 
     def release(self) -> None:
         for view in (self.table_mv, self.ns_mv, self.entry_mv):
@@ -594,7 +598,7 @@ class SharedIndex:
             log.info("shared index %s full: evicted the %d oldest rows", self.name, evict)
         self._compact_locked(views)
 
-    def remove(self, namespace: str, entry_ids: Sequence[int]) -> int:
+    def remove(self, namespace: str, entry_ids: Sequence[int] | np.ndarray) -> int:
         """Drop these entries of the namespace; returns how many were live."""
         key = namespace_key(namespace)
         removed = 0

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 # Tokens per piece, without the [CLS]/[SEP] a whole input gets.
 TokenCounter = Callable[[Sequence[str]], list[int]]
@@ -110,7 +110,7 @@ def parse_strategy(spec: object, default: ChunkingStrategy,
     return ChunkingStrategy(size, overlap)
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

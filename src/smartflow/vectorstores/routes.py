@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from redis.exceptions import RedisError
@@ -219,7 +219,7 @@ def _queries(value: object, param: str = "query") -> list[str]:
             raise invalid(f"{param}: expected a non-empty string or an array of them.", param)
         if len(item) > MAX_QUERY_CHARS:
             raise invalid(f"{param}: at most {MAX_QUERY_CHARS} characters.", param)
-    return items
+    return cast("list[str]", items)
 
 
 def _list_params(request: Request) -> tuple[int, bool, str | None, str | None]:
@@ -235,8 +235,9 @@ def _list_params(request: Request) -> tuple[int, bool, str | None, str | None]:
     order = (query.get("order") or ["desc"])[0]
     if order not in ("asc", "desc"):
         raise invalid(f"order: expected 'asc' or 'desc', got {order!r}.", "order")
-    after = (query.get("after") or [None])[0] or None
-    before = (query.get("before") or [None])[0] or None
+    afters, befores = query.get("after"), query.get("before")
+    after = (afters[0] if afters else None) or None
+    before = (befores[0] if befores else None) or None
     return limit, order == "desc", after, before
 
 
@@ -472,7 +473,8 @@ class _Routes:
     async def list_files(self, request: Request, principal: Principal) -> Response:
         limit, descending, after, before = _list_params(request)
         store_id = _store_id(request)
-        wanted = (request.query.get("filter") or [None])[0]
+        filters = request.query.get("filter")
+        wanted = filters[0] if filters else None
         if wanted not in (None, "completed", "in_progress", "failed", "cancelled"):
             raise invalid("filter: expected one of in_progress, completed, failed, "
                           "cancelled.", "filter")

@@ -42,7 +42,7 @@ import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import orjson
@@ -243,7 +243,8 @@ class VectorStoreRepo:
         await self._redis.zadd(owner_stores(record.owner), {record.id: score})
 
     async def load(self, store_id: str) -> StoreRecord | None:
-        return _store_from_hash(store_id, await self._redis.hgetall(meta_key(store_id)))
+        fields = cast("dict[bytes, bytes]", await self._redis.hgetall(meta_key(store_id)))
+        return _store_from_hash(store_id, fields)
 
     async def load_many(self, store_ids: Sequence[str]) -> list[StoreRecord | None]:
         pipe = self._redis.pipeline(transaction=False)
@@ -297,7 +298,8 @@ class VectorStoreRepo:
         return int(await self._redis.zcard(ALL_STORES))
 
     async def all_ids(self) -> list[str]:
-        return [raw.decode() for raw in await self._redis.zrange(ALL_STORES, 0, -1)]
+        members = cast("list[bytes]", await self._redis.zrange(ALL_STORES, 0, -1))
+        return [raw.decode() for raw in members]
 
     async def forget(self, owner: str, store_ids: Sequence[str]) -> None:
         """Drops listed ids whose store is gone (a crash between writes)."""
@@ -335,11 +337,11 @@ class VectorStoreRepo:
         await self._redis.delete(text_key(store_id, seq), vector_key(store_id, seq))
 
     async def files(self, store_id: str) -> dict[str, FileRecord]:
-        raw = await self._redis.hgetall(files_key(store_id))
+        raw = cast("dict[bytes, bytes]", await self._redis.hgetall(files_key(store_id)))
         return {key.decode(): FileRecord.from_json(value) for key, value in raw.items()}
 
     async def file(self, store_id: str, file_id: str) -> FileRecord | None:
-        raw = await self._redis.hget(files_key(store_id), file_id)
+        raw = cast("bytes | None", await self._redis.hget(files_key(store_id), file_id))
         return FileRecord.from_json(raw) if raw is not None else None
 
     async def file_page(self, store_id: str, *, limit: int, descending: bool,
@@ -352,7 +354,7 @@ class VectorStoreRepo:
         ids, has_more = page
         if not ids:
             return [], has_more
-        raw = await self._redis.hmget(files_key(store_id), ids)
+        raw = cast("list[bytes | None]", await self._redis.hmget(files_key(store_id), ids))
         return [FileRecord.from_json(value) for value in raw if value is not None], has_more
 
     async def set_file_attributes(self, store_id: str, file_id: str,
@@ -408,7 +410,7 @@ class VectorStoreRepo:
         return [raw.decode() if raw is not None else None for raw in found]
 
     async def file_vectors(self, store_id: str, record: FileRecord) -> np.ndarray | None:
-        raw = await self._redis.get(vector_key(store_id, record.seq))
+        raw = cast("bytes | None", await self._redis.get(vector_key(store_id, record.seq)))
         if raw is None or len(raw) != record.chunk_count * record.dim * 2:
             return None
         return np.frombuffer(raw, dtype="<f2").reshape(record.chunk_count, record.dim)
@@ -436,12 +438,12 @@ async def _page(redis: Redis, key: str, *, limit: int, descending: bool, after: 
     total = int(await redis.zcard(key))
     first, last = 0, total  # [first, last) in the chosen order
     if after is not None:
-        rank = await rank_of(key, after)
+        rank = cast("int | None", await rank_of(key, after))
         if rank is None:
             return None
         first = int(rank) + 1
     if before is not None:
-        rank = await rank_of(key, before)
+        rank = cast("int | None", await rank_of(key, before))
         if rank is None:
             return None
         last = int(rank)
@@ -455,7 +457,7 @@ async def _page(redis: Redis, key: str, *, limit: int, descending: bool, after: 
     if last <= first:
         return [], False
     if descending:
-        raw = await redis.zrevrange(key, first, last - 1)
+        raw = cast("list[bytes]", await redis.zrevrange(key, first, last - 1))
     else:
-        raw = await redis.zrange(key, first, last - 1)
+        raw = cast("list[bytes]", await redis.zrange(key, first, last - 1))
     return [member.decode() for member in raw], has_more
