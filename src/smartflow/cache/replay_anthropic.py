@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from smartflow.cache.replay_common import ReplayCodec, as_dict, as_list, pieces
-from smartflow.providers.sse import SSEError, SSEParser, sse_event
+from smartflow.cache.replay_common import ReplayCodec, SSEAssembler, as_dict, as_list, pieces
+from smartflow.providers.sse import SSEEvent, sse_event
 
 # message_delta's delta: the fields message_start leaves null until the end
 # (the optional ones only when the stored message has them).
@@ -137,32 +137,21 @@ class _Block:
         return True
 
 
-class AnthropicAssembler:
+class AnthropicAssembler(SSEAssembler):
     """Anthropic stream events in, the ``message`` they spell out."""
 
-    __slots__ = ("_blocks", "_has_delta", "_is_broken", "_is_closed", "_is_stopped",
-                 "_message", "_parser", "_usage")
+    __slots__ = ("_blocks", "_has_delta", "_is_stopped", "_message", "_usage")
 
     def __init__(self) -> None:
-        self._parser = SSEParser()
+        super().__init__()
         self._message: dict[str, Any] | None = None
         self._usage: dict[str, Any] = {}
         self._blocks: dict[int, _Block] = {}
         self._has_delta = False
         self._is_stopped = False
-        self._is_broken = False
-        self._is_closed = False
 
-    def feed(self, data: bytes) -> None:
-        if self._is_broken or self._is_closed:
-            return
-        try:
-            events = self._parser.feed(data)
-        except SSEError:
-            self._is_broken = True
-            return
-        for event in events:
-            self._on_data(event.data)
+    def _on_event(self, event: SSEEvent) -> None:
+        self._on_data(event.data)
 
     def _on_data(self, data: str) -> None:
         if self._is_broken or self._is_stopped:
@@ -218,14 +207,7 @@ class AnthropicAssembler:
             self._is_broken = True
 
     def result(self) -> dict[str, Any] | None:
-        if not self._is_closed:
-            self._is_closed = True
-            if not self._is_broken:
-                try:
-                    for event in self._parser.close():  # a last event with no blank line
-                        self._on_data(event.data)
-                except SSEError:
-                    self._is_broken = True
+        self._close()
         if (self._is_broken or not self._is_stopped or not self._has_delta
                 or self._message is None
                 or any(not block.is_stopped for block in self._blocks.values())

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from smartflow.providers.sse import SSEError, SSEEvent, SSEParser
+
 STREAM_PIECES = 4
 _ID_ALPHABET = string.ascii_letters + string.digits
 
@@ -88,3 +90,42 @@ def as_dict(value: Any) -> dict[str, Any]:
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+class SSEAssembler:
+    """The SSE half of every dialect's assembler: bytes in, split anywhere;
+    each whole event to ``_on_event``. A malformed stream marks it broken
+    (its answer is then never kept)."""
+
+    __slots__ = ("_is_broken", "_is_closed", "_parser")
+
+    def __init__(self) -> None:
+        self._parser = SSEParser()
+        self._is_broken = False
+        self._is_closed = False
+
+    def feed(self, data: bytes) -> None:
+        if self._is_broken or self._is_closed:
+            return
+        try:
+            events = self._parser.feed(data)
+        except SSEError:
+            self._is_broken = True
+            return
+        for event in events:
+            self._on_event(event)
+
+    def _close(self) -> None:
+        """Once, at the end: the last event, if it came without its blank line."""
+        if self._is_closed:
+            return
+        self._is_closed = True
+        if not self._is_broken:
+            try:
+                for event in self._parser.close():
+                    self._on_event(event)
+            except SSEError:
+                self._is_broken = True
+
+    def _on_event(self, event: SSEEvent) -> None:
+        raise NotImplementedError

@@ -19,8 +19,8 @@ from typing import Any
 
 import orjson
 
-from smartflow.cache.replay_common import ReplayCodec, as_dict, as_list, pieces
-from smartflow.providers.sse import SSE_DONE, SSEError, SSEParser, sse_data
+from smartflow.cache.replay_common import ReplayCodec, SSEAssembler, as_dict, as_list, pieces
+from smartflow.providers.sse import SSE_DONE, SSEEvent, sse_data
 
 CHUNK_OBJECT = "chat.completion.chunk"
 # Envelope fields a chunk repeats that belong on the whole answer too.
@@ -200,31 +200,20 @@ class _Choice:
         return message
 
 
-class OpenAIAssembler:
+class OpenAIAssembler(SSEAssembler):
     """``chat.completion.chunk`` events in, the ``chat.completion`` they spell out."""
 
-    __slots__ = ("_choices", "_head", "_is_broken", "_is_closed", "_is_done", "_parser",
-                 "_usage")
+    __slots__ = ("_choices", "_head", "_is_done", "_usage")
 
     def __init__(self) -> None:
-        self._parser = SSEParser()
+        super().__init__()
         self._head: dict[str, Any] = {}
         self._choices: dict[int, _Choice] = {}
         self._usage: dict[str, Any] | None = None
         self._is_done = False
-        self._is_broken = False
-        self._is_closed = False
 
-    def feed(self, data: bytes) -> None:
-        if self._is_broken or self._is_closed:
-            return
-        try:
-            events = self._parser.feed(data)
-        except SSEError:
-            self._is_broken = True
-            return
-        for event in events:
-            self._on_data(event.data)
+    def _on_event(self, event: SSEEvent) -> None:
+        self._on_data(event.data)
 
     def _on_data(self, data: str) -> None:
         if self._is_done or self._is_broken:
@@ -254,14 +243,7 @@ class OpenAIAssembler:
                                          _Choice()).add(choice)
 
     def result(self) -> dict[str, Any] | None:
-        if not self._is_closed:
-            self._is_closed = True
-            if not self._is_broken:
-                try:
-                    for event in self._parser.close():  # a last event with no blank line
-                        self._on_data(event.data)
-                except SSEError:
-                    self._is_broken = True
+        self._close()
         if (self._is_broken or not self._is_done or not self._choices
                 or any(choice.finish_reason is None for choice in self._choices.values())):
             return None

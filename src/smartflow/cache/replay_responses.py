@@ -21,8 +21,15 @@ from typing import Any
 
 import orjson
 
-from smartflow.cache.replay_common import ReplayCodec, as_dict, as_list, derived_id, pieces
-from smartflow.providers.sse import SSEError, SSEParser, sse_event
+from smartflow.cache.replay_common import (
+    ReplayCodec,
+    SSEAssembler,
+    as_dict,
+    as_list,
+    derived_id,
+    pieces,
+)
+from smartflow.providers.sse import SSEEvent, sse_event
 
 _ENDINGS = {"incomplete": "response.incomplete", "failed": "response.failed"}
 _FAILED_ENDINGS = frozenset({"response.incomplete", "response.failed", "error"})
@@ -157,29 +164,17 @@ def _summary_events(events: _Events, place: dict[str, Any], part: dict[str, Any]
 # -- assembling a stream ------------------------------------------------------------
 
 
-class ResponsesAssembler:
+class ResponsesAssembler(SSEAssembler):
     """Responses events in; the response of ``response.completed`` out."""
 
-    __slots__ = ("_final", "_is_broken", "_is_closed", "_parser")
+    __slots__ = ("_final",)
 
     def __init__(self) -> None:
-        self._parser = SSEParser()
+        super().__init__()
         self._final: dict[str, Any] | None = None
-        self._is_broken = False
-        self._is_closed = False
 
-    def feed(self, data: bytes) -> None:
-        if self._is_broken or self._is_closed:
-            return
-        try:
-            events = self._parser.feed(data)
-        except SSEError:
-            self._is_broken = True
-            return
-        for event in events:
-            self._on_event(event.event, event.data)
-
-    def _on_event(self, name: str, data: str) -> None:
+    def _on_event(self, event: SSEEvent) -> None:
+        name, data = event.event, event.data
         if self._is_broken or self._final is not None:
             return
         if name and name != "response.completed" and name not in _FAILED_ENDINGS:
@@ -200,14 +195,7 @@ class ResponsesAssembler:
                 self._is_broken = True
 
     def result(self) -> dict[str, Any] | None:
-        if not self._is_closed:
-            self._is_closed = True
-            if not self._is_broken:
-                try:
-                    for event in self._parser.close():  # a last event with no blank line
-                        self._on_event(event.event, event.data)
-                except SSEError:
-                    self._is_broken = True
+        self._close()
         return None if self._is_broken else self._final
 
 
