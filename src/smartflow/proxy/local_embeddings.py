@@ -16,7 +16,6 @@ import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import orjson
 
 from smartflow.embeddings.model_files import ModelUnavailable
@@ -27,6 +26,9 @@ from smartflow.proxy.cost import Cost
 from smartflow.proxy.pipeline import Stage
 
 if TYPE_CHECKING:
+    # numpy comes with the model: a worker that never embeds never loads it
+    import numpy as np
+
     from smartflow.embeddings.batcher import EmbeddingBatcher
     from smartflow.proxy.call import Call
 
