@@ -208,7 +208,13 @@ async def test_the_record_carries_the_call_and_the_query_api_serves_it(
             assert full.json()["replay"]["answer"].startswith("Mock response to:")
             # A virtual key is not an admin credential.
             assert (await client.get("/api/logs", headers=caller)).status_code == 401
+            # The shipper measures its backlog about once a second, after the
+            # writes it counts: wait for its first figure rather than race it.
+            deadline = time.monotonic() + 15
             metrics = (await client.get("/metrics")).text
+            while "smartflow_audit_backlog 0.0" not in metrics and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                metrics = (await client.get("/metrics")).text
             assert 'smartflow_audit_shipped_total{sink="postgres"} 3.0' in metrics
             assert "smartflow_audit_backlog 0.0" in metrics
     finally:
