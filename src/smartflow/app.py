@@ -162,13 +162,9 @@ def _add_cache(settings: Settings, context: ProxyContext, store_client: StoreCli
     """The local embedding model, the node's index, and the response cache."""
     import socket
 
-    from smartflow.cache.runtime import (
-        FlushListener,
-        build_cache,
-        cache_enabled,
-        semantic_enabled,
-    )
-    from smartflow.embeddings.runtime import EmbeddingRuntime, index_wanted
+    from smartflow.cache.runtime import FlushListener, build_cache
+    from smartflow.config import cache_enabled, index_wanted, semantic_enabled
+    from smartflow.embeddings.runtime import EmbeddingRuntime
 
     node_id = f"{socket.gethostname()}/{index_name or os.getpid()}"
     embeddings = EmbeddingRuntime(

@@ -684,6 +684,23 @@ def audit_enabled(settings: Settings) -> bool:
     return audit.mode == "on"
 
 
+def cache_enabled(settings: Settings) -> bool:
+    """Whether any model's answers may be cached (the cache stage is installed)."""
+    cache = settings.cache
+    return cache.mode != "off" or any(m.mode not in (None, "off") for m in cache.models.values())
+
+
+def semantic_enabled(settings: Settings) -> bool:
+    """Whether any model is cached semantically (the embedding model is needed)."""
+    cache = settings.cache
+    return cache.mode == "semantic" or any(m.mode == "semantic" for m in cache.models.values())
+
+
+def index_wanted(settings: Settings) -> bool:
+    """Whether a node needs the shared embedding index (semantic cache or vector stores)."""
+    return semantic_enabled(settings) or settings.vector_stores.enabled
+
+
 def _check_alerts(alerts: AlertSettings) -> None:
     for threshold in alerts.budget_thresholds:
         if not 0 < threshold <= 10:

@@ -16,23 +16,13 @@ import orjson
 from smartflow.cache.entries import FLUSH_CHANNEL, EntryStore
 from smartflow.cache.metacache import MetaCache, SemanticBackend
 from smartflow.cache.stats import CacheStats
-from smartflow.config import Settings
+from smartflow.config import Settings, semantic_enabled
 
 if TYPE_CHECKING:
     from smartflow.embeddings.runtime import EmbeddingRuntime
     from smartflow.store.fast_client import StoreClient
 
 logger = logging.getLogger("smartflow.cache")
-
-
-def cache_enabled(settings: Settings) -> bool:
-    cache = settings.cache
-    return cache.mode != "off" or any(m.mode not in (None, "off") for m in cache.models.values())
-
-
-def semantic_enabled(settings: Settings) -> bool:
-    cache = settings.cache
-    return cache.mode == "semantic" or any(m.mode == "semantic" for m in cache.models.values())
 
 
 def build_cache(settings: Settings, store: StoreClient,

@@ -33,13 +33,6 @@ FEED_STREAM = "sf:idx:feed"
 MAINTAIN_EVERY_S = 30.0
 
 
-def index_wanted(settings: Settings) -> bool:
-    """Whether this node needs the shared index (the semantic cache or vector stores)."""
-    cache = settings.cache
-    return (cache.mode == "semantic" or settings.vector_stores.enabled
-            or any(model.mode == "semantic" for model in cache.models.values()))
-
-
 def create_node_index(settings: Settings, name: str) -> SharedIndex:
     """The supervisor's: the node's segment, before the first fork."""
     from smartflow.embeddings.shared_index import SharedIndex

@@ -13,7 +13,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smartflow.config import Settings
+from smartflow.config import Settings, index_wanted, semantic_enabled
 from smartflow.process.binding import bind_listener, is_something_listening
 from smartflow.process.exit_codes import EXIT_BIND_FAILED, EXIT_CONFIG_ERROR, StartupError
 from smartflow.process.tls import build_server_ssl_context
@@ -113,7 +113,6 @@ def create_node_index(settings: Settings, supervisor_pid: int) -> str:
     """The node's shared-memory embedding index, made before the first fork so
     every worker attaches the same one; its name, or "" when nothing needs it."""
     from smartflow.embeddings.runtime import create_node_index as create
-    from smartflow.embeddings.runtime import index_wanted
 
     if not index_wanted(settings):
         return ""
@@ -129,8 +128,6 @@ def preload_encoder(settings: Settings) -> object | None:
     copied into each. (onnxruntime runs on the calling thread with one
     intra-op thread, so a forked child inherits no thread pool.) None when the
     semantic cache is off: a worker that needs the model loads it itself."""
-    from smartflow.cache.runtime import semantic_enabled
-
     if not semantic_enabled(settings):
         return None
     from pathlib import Path
