@@ -16,7 +16,14 @@ import orjson
 
 from smartflow.admin.context import AdminContext, forbidden, json_answer
 from smartflow.cache import entries as entry_codec
-from smartflow.cache.entries import ENTRY_PATTERN, FLUSH_CHANNEL, STATS_KEY
+from smartflow.cache.entries import (
+    ENTRY_PATTERN,
+    FILTER_FIELDS,
+    FLUSH_CHANNEL,
+    STATS_KEY,
+    selected_by,
+)
+from smartflow.cache.keys import entry_id_of
 from smartflow.cache.metacache import INDEX_PREFIX
 from smartflow.cache.stats import summarize
 from smartflow.http.errors import HTTPError
@@ -31,7 +38,7 @@ if TYPE_CHECKING:
 
 STATS_PATH = "/api/cache/stats"
 CACHE_PATH = "/api/cache"
-FILTERS = ("namespace", "model", "key")
+FILTERS = tuple(FILTER_FIELDS)
 SCAN_BATCH = 500
 
 
@@ -70,21 +77,11 @@ def register_cache_routes(router: Router, admin: AdminContext, cache: MetaCache 
                 await cache.semantic.feed.publish_removal(INDEX_PREFIX + scope, ids)
         await redis.publish(FLUSH_CHANNEL, orjson.dumps(wanted or {"all": True}))
         if cache is not None:  # this worker at once, the others on the message
-            from smartflow.cache.runtime import flush_matcher
-
-            if wanted:
-                cache.l1.clear(flush_matcher(wanted))
-            else:
-                cache.l1.clear()
+            cache.l1.clear(lambda entry: not selected_by(entry.fields, wanted))
         return json_answer({"deleted": deleted, "filters": wanted})
 
     router.add("GET", STATS_PATH, stats)
     router.add("DELETE", CACHE_PATH, delete)
-
-
-def _matches(fields: dict[str, Any], wanted: dict[str, str]) -> bool:
-    return all(fields.get({"namespace": "ns"}.get(name, name)) == value
-               for name, value in wanted.items())
 
 
 async def _delete_entries(redis: Redis, wanted: dict[str, str]
@@ -103,14 +100,12 @@ async def _delete_entries(redis: Redis, wanted: dict[str, str]
                 if not wanted and value is not None:
                     doomed.append(key)  # an unreadable entry goes with "all"
                 continue
-            if wanted and not _matches(entry.fields, wanted):
+            if not selected_by(entry.fields, wanted):
                 continue
             doomed.append(key)
             scope = entry.fields.get("scope")
             exact = entry.fields.get("x")
             if isinstance(scope, str) and isinstance(exact, str):
-                from smartflow.cache.keys import entry_id_of
-
                 by_scope[scope].append(entry_id_of(exact))
         if doomed:
             if cluster_mget is not None:  # keys in many slots: one DEL each

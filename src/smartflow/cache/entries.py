@@ -36,6 +36,16 @@ FLUSH_CHANNEL = PREFIX + "flush"
 ENTRY_PATTERN = PREFIX + "e:*"
 
 
+# DELETE /api/cache's filters, each with the entry field it compares.
+FILTER_FIELDS = {"namespace": "ns", "model": "model", "key": "key"}
+
+
+def selected_by(fields: dict[str, Any], filters: dict[str, Any]) -> bool:
+    """Whether an entry matches every filter given (no filter: every entry)."""
+    return all(fields.get(FILTER_FIELDS[name]) == value for name, value in filters.items()
+               if name in FILTER_FIELDS and value is not None)
+
+
 def entry_key(exact: str) -> str:
     return f"{PREFIX}e:{exact[:16]}"
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import orjson
 
-from smartflow.cache.entries import FLUSH_CHANNEL, EntryStore
+from smartflow.cache.entries import FLUSH_CHANNEL, EntryStore, selected_by
 from smartflow.cache.metacache import MetaCache, SemanticBackend
 from smartflow.cache.stats import CacheStats
 from smartflow.config import Settings, semantic_enabled
@@ -39,21 +39,6 @@ def build_cache(settings: Settings, store: StoreClient,
                      verifier=verifier)  # type: ignore[arg-type]
 
 
-def flush_matcher(message: dict[str, Any]) -> Any:
-    """A predicate over L1 entries: True keeps the entry."""
-    namespace, model, key = message.get("namespace"), message.get("model"), message.get("key")
-
-    def keep(entry: Any) -> bool:
-        fields = entry.fields
-        if namespace is not None and fields.get("ns") != namespace:
-            return True
-        if model is not None and fields.get("model") != model:
-            return True
-        return key is not None and fields.get("key") != key
-
-    return keep
-
-
 class FlushListener:
     """Applies flush messages to this worker's L1."""
 
@@ -69,10 +54,7 @@ class FlushListener:
         except orjson.JSONDecodeError:
             return
         if isinstance(message, dict):
-            if not any(message.get(k) is not None for k in ("namespace", "model", "key")):
-                self._cache.l1.clear()
-            else:
-                self._cache.l1.clear(flush_matcher(message))
+            self._cache.l1.clear(lambda entry: not selected_by(entry.fields, message))
 
     def start(self) -> None:
         from smartflow.store.subscription import listen_forever
