@@ -145,8 +145,12 @@ def build_app(
             register_routing_status_route(router, admin, proxy_context.routing)
         from smartflow.admin.cache_routes import register_cache_routes
 
-        register_cache_routes(router, admin, proxy_context.cache,
-                              _scan_client(settings, store_url or "", redis),
+        # SCAN must reach every shard of a cluster: the embeddings' cluster-aware
+        # client (closed with them); off a cluster, the worker's own.
+        embeddings = proxy_context.embeddings
+        scan_client = (embeddings.redis if settings.state.redis_cluster and embeddings is not None
+                       else redis)
+        register_cache_routes(router, admin, proxy_context.cache, scan_client,
                               mode=settings.cache.mode)
     if on_shutdown is not None:
         on_shutdown.append(proxy_context.aclose)
@@ -186,15 +190,6 @@ def _add_cache(settings: Settings, context: ProxyContext, store_client: StoreCli
     listener.start()
     if on_shutdown is not None:
         on_shutdown.append(listener.aclose)
-
-
-def _scan_client(settings: Settings, store_url: str, redis: Redis) -> Redis:
-    """A client that can SCAN every shard (the worker's own one, off a cluster)."""
-    if not settings.state.redis_cluster or not store_url:
-        return redis
-    from redis.asyncio import RedisCluster
-
-    return RedisCluster.from_url(store_url)  # type: ignore[return-value]
 
 
 def _add_bench_routes(router: Router) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from smartflow.cache import entries as entry_codec
@@ -73,7 +73,6 @@ class Lookup:
     threshold: float
     vector: Any = None  # the prompt's embedding, once computed
     hit: Hit | None = None
-    refused: list[str] = field(default_factory=list)  # verifier refusals seen
 
 
 class MetaCache:
@@ -135,7 +134,6 @@ class MetaCache:
                 verdict = verifier.verify_signatures(query_signature,
                                                      verifier.analyse(stored_prompt))
                 if not verdict.ok:
-                    state.refused.append(verdict.check)
                     continue
             return Hit(entry, "l2", float(score))
         return None

@@ -10,7 +10,6 @@ kept once it completed cleanly, a whole one from the body sent.
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,6 @@ KEY_HEADER = "x-smartflow-cache-key"
 TIER_HEADER = "x-smartflow-cache-tier"
 SIMILARITY_HEADER = "x-smartflow-cache-similarity"
 OUTCOMES = {"l1": "hit_l1", "l3": "hit_exact", "l2": "hit_semantic"}
-_ID_PREFIX = {"openai": "chatcmpl-", "anthropic": "msg_", "responses": "resp_"}
 
 
 def partition_of(principal: Principal | None, partition: str) -> str:
@@ -163,7 +161,7 @@ class CacheStage(Stage):
         from smartflow.cache import replay
 
         dialect = call.dialect.name
-        new_id = _ID_PREFIX.get(dialect, "") + secrets.token_hex(12)
+        new_id = replay.fresh_id(dialect)
         created = int(time.time())
         answer = hit.entry.answer
         call.cost = Cost(0.0, 0, 0)

@@ -70,12 +70,6 @@ class EmbeddingRuntime:
 
     # -- the model -----------------------------------------------------------
 
-    def batcher(self) -> EmbeddingBatcher:
-        """The batcher, loading the model now if it is not loaded (blocks once)."""
-        if self._batcher is None:
-            self._batcher = self._load()
-        return self._batcher
-
     def _load(self) -> EmbeddingBatcher:
         from pathlib import Path
 
