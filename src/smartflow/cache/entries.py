@@ -28,12 +28,12 @@ from typing import Any
 
 import orjson
 
+from smartflow.store import keyspace
 from smartflow.store.fast_client import StoreClient
 
-PREFIX = "sf:cache:"
-STATS_KEY = PREFIX + "stats"
-FLUSH_CHANNEL = PREFIX + "flush"
-ENTRY_PATTERN = PREFIX + "e:*"
+STATS_KEY = keyspace.CACHE_STATS
+FLUSH_CHANNEL = keyspace.CACHE_FLUSH_CHANNEL
+ENTRY_PATTERN = keyspace.CACHE_ENTRY_PATTERN
 
 
 # DELETE /api/cache's filters, each with the entry field it compares.
@@ -47,15 +47,15 @@ def selected_by(fields: dict[str, Any], filters: dict[str, Any]) -> bool:
 
 
 def entry_key(exact: str) -> str:
-    return f"{PREFIX}e:{exact[:16]}"
+    return keyspace.cache_entry(exact[:16])
 
 
 def drift_key(exact: str) -> str:
-    return f"{PREFIX}d:{exact[:16]}"
+    return keyspace.cache_drift(exact[:16])
 
 
 def entry_key_of_id(entry_id: int) -> str:
-    return f"{PREFIX}e:{entry_id & 0xFFFFFFFFFFFFFFFF:016x}"
+    return keyspace.cache_entry(f"{entry_id & 0xFFFFFFFFFFFFFFFF:016x}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,6 +44,8 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 
+from smartflow.store import keyspace
+
 if TYPE_CHECKING:
     import redis.asyncio
 
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STREAM_KEY = "sf:idx:feed"
+DEFAULT_STREAM_KEY = keyspace.INDEX_FEED
 BATCH = 1000
 _BACKOFF_MIN_S = 0.1
 _BACKOFF_MAX_S = 5.0

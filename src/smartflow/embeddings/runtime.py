@@ -18,6 +18,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from smartflow.config import EmbeddingSettings, Settings
+from smartflow.store import keyspace
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("smartflow.embeddings")
 
 DIM = 384
-FEED_STREAM = "sf:idx:feed"
+FEED_STREAM = keyspace.INDEX_FEED
 MAINTAIN_EVERY_S = 30.0
 
 

@@ -24,7 +24,10 @@ Per scope (a key, a team or a user):
 
 Global (single-key, any slot): ``sf:vkh:<sha256>`` (key hash -> id), the
 sets ``sf:vkeys``, ``sf:teams``, ``sf:users``, the vault, the auth keys, and
-routing's chains, groups and revision (``sf:routing:*``).
+routing's chains, groups and revision (``sf:routing:*``). Also the audit
+stream, stored Responses answers, MetaCache entries (``sf:cache:*``), the
+embedding index feed (``sf:idx:feed``) and vector stores (``sf:vs:*``, one
+hash tag per store).
 """
 
 from __future__ import annotations
@@ -150,3 +153,39 @@ AUDIT_GROUP = "shippers"
 
 def stored_response(response_id: str) -> str:
     return f"{PREFIX}resp:{response_id}"
+
+
+# -- MetaCache (cache/entries.py documents the values) ------------------------------
+# An entry by the first 16 hex of its exact key; the drift of its answers; the
+# counters every worker adds to; the channel that flushes every worker's L1.
+CACHE_PREFIX = PREFIX + "cache:"
+CACHE_STATS = CACHE_PREFIX + "stats"
+CACHE_FLUSH_CHANNEL = CACHE_PREFIX + "flush"
+CACHE_ENTRY_PATTERN = CACHE_PREFIX + "e:*"
+
+
+def cache_entry(exact_prefix: str) -> str:
+    return f"{CACHE_PREFIX}e:{exact_prefix}"
+
+
+def cache_drift(exact_prefix: str) -> str:
+    return f"{CACHE_PREFIX}d:{exact_prefix}"
+
+
+# -- The embedding index feed ------------------------------------------------------
+# A stream of index writes (adds, removals) every node's index applies.
+INDEX_FEED = PREFIX + "idx:feed"
+
+
+# -- Vector stores (vectorstores/store.py documents the values) --------------------
+# A store's keys share its hash tag; the owner's set of store ids is global.
+VECTOR_STORE_PREFIX = PREFIX + "vs:"
+
+
+def vector_store_owner(owner: str) -> str:
+    return f"{VECTOR_STORE_PREFIX}owner:{owner}"
+
+
+def vector_store_key(store_id: str, part: str) -> str:
+    """``part``: meta, files, forder, f:<seq>:text, f:<seq>:vec."""
+    return f"{VECTOR_STORE_PREFIX}{{{store_id}}}:{part}"

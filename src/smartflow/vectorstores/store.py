@@ -49,7 +49,9 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import WatchError
 
-PREFIX = "sf:vs:"
+from smartflow.store import keyspace
+
+PREFIX = keyspace.VECTOR_STORE_PREFIX
 ALL_STORES = PREFIX + "all"
 CHUNK_BITS = 20
 MAX_CHUNKS_PER_FILE = 1 << CHUNK_BITS
@@ -65,27 +67,27 @@ class StoreConflict(Exception):
 
 
 def owner_stores(owner: str) -> str:
-    return f"{PREFIX}owner:{owner}"
+    return keyspace.vector_store_owner(owner)
 
 
 def meta_key(store_id: str) -> str:
-    return f"{PREFIX}{{{store_id}}}:meta"
+    return keyspace.vector_store_key(store_id, "meta")
 
 
 def files_key(store_id: str) -> str:
-    return f"{PREFIX}{{{store_id}}}:files"
+    return keyspace.vector_store_key(store_id, "files")
 
 
 def file_order_key(store_id: str) -> str:
-    return f"{PREFIX}{{{store_id}}}:forder"
+    return keyspace.vector_store_key(store_id, "forder")
 
 
 def text_key(store_id: str, seq: int) -> str:
-    return f"{PREFIX}{{{store_id}}}:f:{seq}:text"
+    return keyspace.vector_store_key(store_id, f"f:{seq}:text")
 
 
 def vector_key(store_id: str, seq: int) -> str:
-    return f"{PREFIX}{{{store_id}}}:f:{seq}:vec"
+    return keyspace.vector_store_key(store_id, f"f:{seq}:vec")
 
 
 def namespace_of(store_id: str) -> str:
