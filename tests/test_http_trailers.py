@@ -342,7 +342,7 @@ async def h2_exchange(port: int, path: str, method: str = "GET") -> tuple[int, l
 
 
 async def test_h2_sends_data_then_trailers_ending_the_stream(server: Running) -> None:
-    stream_id, events = await h2_exchange(server.port, "/with")
+    _stream_id, events = await h2_exchange(server.port, "/with")
     kinds = [type(e) for e in events]
     response = events[0]
     assert isinstance(response, h2.events.ResponseReceived)

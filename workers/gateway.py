@@ -103,7 +103,7 @@ async def _serve(context: WorkerContext, sock: socket.socket) -> int:
     closers: list[Callable[[], Awaitable[None]]] = []
     app = build_app(settings, redis, metrics_dir=context.metrics_dir, on_shutdown=closers,
                     store_url=context.redis_url, index_name=context.index_name,
-                    encoder=context.encoder,
+                    encoder=context.encoder, ner=context.ner,
                     consume_index_feed=context.role == "gateway" and context.slot == 1)
     server = HTTPServer(
         app, settings.server, ssl_context=build_server_ssl_context(settings.server),

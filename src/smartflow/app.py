@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
+    from smartflow.admin.context import AdminContext
+    from smartflow.audit.log_query import LogReader
     from smartflow.config import Settings
     from smartflow.http.transport import RequestObserver
+    from smartflow.policy.runtime import PolicyRuntime
     from smartflow.proxy.context import ProxyContext
     from smartflow.store.fast_client import StoreClient
     from smartflow.telemetry.access_log import AccessLog
@@ -51,6 +54,7 @@ def build_app(
     index_name: str = "",
     consume_index_feed: bool = True,
     encoder: object | None = None,
+    ner: object | None = None,
 ) -> Router:
     """The worker's Router: health, readiness, metrics, bench routes and the proxy.
 
@@ -59,7 +63,8 @@ def build_app(
     ``index_name``: the node's shared-memory embedding index, made by the
     supervisor ("": this process makes its own); ``consume_index_feed``:
     this process is the node's one consumer of the index feed. ``encoder``:
-    the embedding model the supervisor loaded before forking (shared pages).
+    the embedding model the supervisor loaded before forking (shared pages);
+    ``ner`` likewise the guardrails' name-and-address model.
 
     Call it with the worker's event loop running. Whatever must be closed
     when the worker exits (the proxy's upstream pool) is appended to
@@ -125,6 +130,13 @@ def build_app(
         proxy_context.audit.start()
     _add_cache(settings, proxy_context, store_client, store_url, redis, on_shutdown,
                index_name=index_name, consume_index_feed=consume_index_feed, encoder=encoder)
+    if settings.policy.enabled:
+        from smartflow.policy.runtime import build_policy_runtime
+
+        proxy_context.policy = build_policy_runtime(
+            settings, store_client=store_client, redis_url=store_url,
+            embeddings=proxy_context.embeddings, ner=ner)
+        proxy_context.policy.start_soon()
     register_proxy_routes(router, proxy_context)
     if keys is not None:
         from smartflow.admin import register_admin_routes
@@ -152,11 +164,29 @@ def build_app(
                        else redis)
         register_cache_routes(router, admin, proxy_context.cache, scan_client,
                               mode=settings.cache.mode)
+        _add_policy_routes(router, admin, proxy_context.policy, log_reader)
     if on_shutdown is not None:
         on_shutdown.append(proxy_context.aclose)
         if store_client is not None:
             on_shutdown.append(store_client.aclose)
     return router
+
+
+def _add_policy_routes(router: Router, admin: AdminContext, policy: PolicyRuntime | None,
+                       log_reader: LogReader | None) -> None:
+    """Guardrails, policies, attachments; documents and feedback; compliance."""
+    from smartflow.admin.compliance_routes import register_compliance_routes
+
+    register_compliance_routes(router, admin, log_reader)
+    if policy is None or policy.store is None:
+        return
+    from smartflow.admin.policy_routes import register_policy_routes
+
+    register_policy_routes(router, admin, policy.store, policy.engine)
+    if policy.learning is not None:
+        from smartflow.admin.learning_routes import register_learning_routes
+
+        register_learning_routes(router, admin, policy.learning)
 
 
 def _add_cache(settings: Settings, context: ProxyContext, store_client: StoreClient | None,
@@ -167,7 +197,7 @@ def _add_cache(settings: Settings, context: ProxyContext, store_client: StoreCli
     import socket
 
     from smartflow.cache.runtime import FlushListener, build_cache
-    from smartflow.config import cache_enabled, index_wanted, semantic_enabled
+    from smartflow.config import cache_enabled, encoder_wanted, index_wanted
     from smartflow.embeddings.runtime import EmbeddingRuntime
 
     node_id = f"{socket.gethostname()}/{index_name or os.getpid()}"
@@ -176,7 +206,7 @@ def _add_cache(settings: Settings, context: ProxyContext, store_client: StoreCli
         node_id=node_id, index_name=index_name, encoder=encoder,
         consume_feed=consume_index_feed and bool(store_url) and index_wanted(settings))
     context.embeddings = embeddings
-    embeddings.start(warm=semantic_enabled(settings))
+    embeddings.start(warm=encoder_wanted(settings))
     if store_client is None or not store_url or not cache_enabled(settings):
         return
     try:

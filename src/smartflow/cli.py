@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", metavar="DIR",
                        help="embedded redis, metrics and access log (default ./.smartflow)")
 
+    compliance = commands.add_parser(
+        "compliance", help="serve the compliance API (/api/compliance/*) as its own process")
+    compliance.add_argument("--config", metavar="FILE",
+                            help="config file (default: ./config.toml if present)")
+    compliance.add_argument("--host", default="127.0.0.1", help="listen address")
+    compliance.add_argument("--port", type=int, required=True, help="listen port")
+
     check = commands.add_parser("check-config", help="validate a config file and summarise it")
     check.add_argument("file", nargs="?", metavar="FILE",
                        help="config file (default: ./config.toml if present, else built-in "
@@ -97,10 +104,35 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(settings, config_path=path, overrides=overrides)
 
 
+def _compliance(args: argparse.Namespace) -> int:
+    """The compliance API alone: for a highly available reporting endpoint
+    that stays up while gateway nodes restart (it reads PostgreSQL and the
+    users in Redis, nothing of a gateway's)."""
+    path = args.config if args.config is not None else default_config_path()
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        return _config_error(str(exc))
+    import asyncio
+
+    import uvloop
+
+    from smartflow.compliance.server import serve_compliance
+
+    try:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve_compliance(settings, args.host, args.port))
+    except ConfigError as exc:
+        return _config_error(str(exc))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return _check_config(args)
+    if args.command == "compliance":
+        return _compliance(args)
     return _serve(args)
 
 

@@ -240,6 +240,26 @@ class VectorStoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class PolicySettings:
+    # Guardrails run on every proxied call that reaches a provider. With no
+    # attachment matching a call, ``default_policy`` applies ("" for none): the
+    # built-in "default" holds the two built-in guardrails, pii and
+    # prompt_injection, both with action "flag".
+    enabled: bool = True
+    default_policy: str = "default"
+    # The model-based checks (names and addresses, the injection and toxicity
+    # classifiers, compliance clauses): each request's text is embedded once.
+    # Off: the pattern checks alone (emails, cards, keys, injection rules).
+    model_checks: bool = True
+    check_output: bool = True  # answers too (whole, and streams as they pass)
+    # A stream's text is held back at most this many characters, so a finding
+    # that straddles two events is caught before either leaves.
+    stream_window: int = 128
+    max_scan_chars: int = 100000  # of one request's text (the rest is not scanned)
+    remember_decisions_s: float = 604800.0  # how long feedback on a call is accepted
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     provider: str
@@ -280,6 +300,7 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     vector_stores: VectorStoreSettings = field(default_factory=VectorStoreSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
     models: tuple[ModelConfig, ...] = ()
     # The provider SDKs' own variables (OPENAI_API_KEY, ...), read here once so
     # a model resolved by name prefix can use them; nothing else reads the env.
@@ -304,6 +325,7 @@ _SECTIONS: dict[str, type] = {
     "cache": CacheSettings,
     "embeddings": EmbeddingSettings,
     "vector_stores": VectorStoreSettings,
+    "policy": PolicySettings,
 }
 
 # Built-in models when no config file names any: the mock provider answers
@@ -557,6 +579,7 @@ def _check_values(settings: Settings) -> None:
     _check_alerts(settings.alerts)
     _check_audit(settings.audit)
     _check_cache(settings)
+    _check_policy(settings.policy)
     worker_timeout = settings.supervisor.worker_timeout
     if not worker_timeout >= 0:  # also refuses nan
         raise ConfigError(
@@ -572,6 +595,15 @@ def _check_values(settings: Settings) -> None:
                 f"models[{i}].provider: unknown provider {model.provider!r} "
                 f"(one of: {', '.join(PROVIDERS)})"
             )
+
+
+def _check_policy(policy: PolicySettings) -> None:
+    if policy.stream_window < 16:
+        raise ConfigError("policy.stream_window: must be >= 16 (characters)")
+    if policy.max_scan_chars < 1000:
+        raise ConfigError("policy.max_scan_chars: must be >= 1000")
+    if not policy.remember_decisions_s > 0:
+        raise ConfigError("policy.remember_decisions_s: must be > 0")
 
 
 def _check_cache(settings: Settings) -> None:
@@ -694,6 +726,16 @@ def semantic_enabled(settings: Settings) -> bool:
     """Whether any model is cached semantically (the embedding model is needed)."""
     cache = settings.cache
     return cache.mode == "semantic" or any(m.mode == "semantic" for m in cache.models.values())
+
+
+def policy_models_enabled(settings: Settings) -> bool:
+    """Whether guardrails run their model-based checks (the embedding model is needed)."""
+    return settings.policy.enabled and settings.policy.model_checks
+
+
+def encoder_wanted(settings: Settings) -> bool:
+    """Whether workers embed on the request path (worth loading before the fork)."""
+    return semantic_enabled(settings) or policy_models_enabled(settings)
 
 
 def index_wanted(settings: Settings) -> bool:

@@ -198,7 +198,7 @@ def parse_filters(query: Mapping[str, Sequence[str]]) -> LogFilters:
 
 # -- SQL -----------------------------------------------------------------------------
 
-class _Conditions:
+class Conditions:
     """WHERE conditions and their bind parameters ($1, $2, ... in order)."""
 
     def __init__(self) -> None:
@@ -216,7 +216,7 @@ class _Conditions:
         return " AND ".join(f"({part})" for part in self.parts) or "TRUE"
 
 
-def _add_scope(where: _Conditions, principal: AdminPrincipal) -> None:
+def add_scope(where: Conditions, principal: AdminPrincipal) -> None:
     if principal.reads_everything:
         return
     visible: list[str] = []
@@ -230,7 +230,7 @@ def _add_scope(where: _Conditions, principal: AdminPrincipal) -> None:
     where.add(" OR ".join(visible) or "FALSE")
 
 
-def _add_filters(where: _Conditions, filters: LogFilters) -> None:
+def _add_filters(where: Conditions, filters: LogFilters) -> None:
     for column in TEXT_FILTERS:
         value = getattr(filters, column)
         if value is not None:
@@ -253,8 +253,8 @@ def _add_filters(where: _Conditions, filters: LogFilters) -> None:
 
 def list_query(filters: LogFilters, principal: AdminPrincipal) -> tuple[str, list[Any]]:
     """One page of summaries, plus one row to tell whether another page follows."""
-    where = _Conditions()
-    _add_scope(where, principal)
+    where = Conditions()
+    add_scope(where, principal)
     _add_filters(where, filters)
     limit = where.bind(filters.limit + 1)
     sql = (f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM {TABLE} WHERE {where.sql()} "
@@ -265,8 +265,8 @@ def list_query(filters: LogFilters, principal: AdminPrincipal) -> tuple[str, lis
 def get_query(call_id: str, principal: AdminPrincipal) -> tuple[str, list[Any]]:
     """The whole record of one call. The table is unique on (call_id, ts) only (its
     partitions demand ts in the key), so should a call_id repeat, the newest wins."""
-    where = _Conditions()
-    _add_scope(where, principal)
+    where = Conditions()
+    add_scope(where, principal)
     where.add(f"call_id = {where.bind(call_id)}")
     sql = (f"SELECT {', '.join(COLUMN_NAMES)} FROM {TABLE} WHERE {where.sql()} "
            "ORDER BY ts DESC LIMIT 1")
@@ -395,6 +395,10 @@ class LogReader:
             await asyncio.wait_for(pool.close(), timeout=self.query_timeout)
         except Exception:  # noqa: BLE001 - shutting down: drop what is left
             pool.terminate()
+
+    async def fetch(self, sql: str, args: Sequence[Any]) -> Rows:
+        """Rows of any read-only query over the log (compliance reports build their own)."""
+        return await self._fetch(sql, args)
 
     async def _fetch(self, sql: str, args: Sequence[Any]) -> Rows:
         driver = _asyncpg()

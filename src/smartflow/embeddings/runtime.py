@@ -21,9 +21,11 @@ from smartflow.config import EmbeddingSettings, Settings
 from smartflow.store import keyspace
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import numpy as np
 
-    from smartflow.embeddings.batcher import EmbeddingBatcher
+    from smartflow.embeddings.batcher import EmbeddingBatcher, TextEncoder
     from smartflow.embeddings.index_feed import IndexFeed
     from smartflow.embeddings.shared_index import SharedIndex
 
@@ -97,6 +99,17 @@ class EmbeddingRuntime:
         batcher = await self._loading
         self._batcher = batcher
         return batcher
+
+    def encoder_now(self) -> TextEncoder:
+        """The model for a synchronous caller (a stream's output guardrails),
+        loaded on this thread if the warm-up has not loaded it yet."""
+        if self._batcher is None:
+            self._batcher = self._load()
+        return self._batcher.encoder
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        batcher = await self.ready_batcher()
+        return await batcher.embed(texts)
 
     async def embed_one(self, text: str) -> np.ndarray:
         batcher = await self.ready_batcher()

@@ -103,6 +103,7 @@ class Arbiter:
         self._metrics_dir = ""
         self._index_name = ""
         self._encoder: object | None = None
+        self._ner: object | None = None
         self._supervisor_metrics: SupervisorMetrics | None = None
         self._port_holder: socket.socket | None = None
         self._signals = SignalPipe()
@@ -148,6 +149,7 @@ class Arbiter:
         self._metrics_dir = startup.prepare_metrics_dir(settings)
         self._index_name = startup.create_node_index(settings, self._pid)
         self._encoder = startup.preload_encoder(settings)
+        self._ner = startup.preload_ner(settings)
         # The imports overlap with redis-server's own start-up.
         for role in self._roles.values():
             self._entries[role.name] = load_role_entry(role)
@@ -348,7 +350,7 @@ class Arbiter:
                 settings=self._settings, redis_url=self._redis_url,
                 metrics_dir=self._metrics_dir, ready_fd=ready_fd, generation=generation,
                 supervisor_pid=self._pid, role=role.name, slot=slot, heartbeat=heartbeat,
-                index_name=self._index_name, encoder=self._encoder,
+                index_name=self._index_name, encoder=self._encoder, ner=self._ner,
             )
             run_child(entry, context, title=role.title(slot),
                       release_inherited=self._release_in_child)

@@ -13,7 +13,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smartflow.config import Settings, index_wanted, semantic_enabled
+from smartflow.config import Settings, encoder_wanted, index_wanted, policy_models_enabled
 from smartflow.process.binding import bind_listener, is_something_listening
 from smartflow.process.exit_codes import EXIT_BIND_FAILED, EXIT_CONFIG_ERROR, StartupError
 from smartflow.process.tls import build_server_ssl_context
@@ -123,12 +123,13 @@ def create_node_index(settings: Settings, supervisor_pid: int) -> str:
 
 
 def preload_encoder(settings: Settings) -> object | None:
-    """With the semantic cache on, the embedding model, loaded before the first
-    fork: its ~110 MB of weights are then shared by every worker instead of
-    copied into each. (onnxruntime runs on the calling thread with one
-    intra-op thread, so a forked child inherits no thread pool.) None when the
-    semantic cache is off: a worker that needs the model loads it itself."""
-    if not semantic_enabled(settings):
+    """With the semantic cache or the guardrails' model checks on, the embedding
+    model, loaded before the first fork: its ~110 MB of weights are then
+    shared by every worker instead of copied into each. (onnxruntime runs on
+    the calling thread with one intra-op thread, so a forked child inherits no
+    thread pool.) None when nothing embeds on the request path: a worker that
+    needs the model loads it itself."""
+    if not encoder_wanted(settings):
         return None
     from pathlib import Path
 
@@ -147,6 +148,24 @@ def preload_encoder(settings: Settings) -> object | None:
         log_event("warning", "embedding_model_unavailable", message=str(exc))
         return None
     return encoder
+
+
+def preload_ner(settings: Settings) -> object | None:
+    """With the guardrails' model checks on, the NER model (names, addresses),
+    loaded before the first fork for the same reason as the embedding model.
+    None when they are off or the model is not installed (names and
+    addresses are then not detected; every other check works)."""
+    if not policy_models_enabled(settings):
+        return None
+    from smartflow.policy.ner import NerUnavailable, load_ner
+
+    try:
+        return load_ner()
+    except (NerUnavailable, OSError) as exc:
+        from smartflow.process.json_log import log_event
+
+        log_event("warning", "ner_model_unavailable", message=str(exc))
+        return None
 
 
 def remove_node_index(name: str) -> None:

@@ -29,6 +29,7 @@ class WorkerContext:
     heartbeat: Heartbeat | None = None  # beat every HEARTBEAT_INTERVAL_S once ready
     index_name: str = ""        # the node's shared-memory embedding index ("": none)
     encoder: object | None = None  # the embedding model, loaded before the fork (or None)
+    ner: object | None = None  # the guardrails' NER model, loaded before the fork (or None)
 
     def report_ready(self) -> None:
         with contextlib.suppress(OSError):

@@ -99,6 +99,7 @@ class Call:
     policies: tuple[str, ...] = ()
     guardrails: tuple[dict[str, Any], ...] = ()
     verdict: str | None = None
+    policy_state: Any = None  # the guardrail stage's, from the input check to the output's
     # Responses API: the earlier turns ``previous_response_id`` names (loaded by
     # a stage; None when it names none the gateway stored) and the response
     # object this call produced, kept for the next turn

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from smartflow.cache.metacache import MetaCache
     from smartflow.embeddings.runtime import EmbeddingRuntime
     from smartflow.keys.runtime import KeysRuntime
+    from smartflow.policy.runtime import PolicyRuntime
     from smartflow.routing.runtime import RoutingRuntime
     from smartflow.store.fast_client import StoreClient
 
@@ -50,6 +51,7 @@ class ProxyContext:
     store: StoreClient | None = None  # shared state, cluster-aware (Responses API answers)
     cache: MetaCache | None = None  # the response cache (None: [cache] mode off everywhere)
     embeddings: EmbeddingRuntime | None = None  # the local model and the node's index
+    policy: PolicyRuntime | None = None  # guardrails and policies (None: [policy] enabled off)
 
     def adapter_for(self, provider: str) -> ProviderAdapter:
         """The provider's adapter, imported on first use and kept."""
@@ -69,6 +71,8 @@ class ProxyContext:
             await self.audit.aclose()
         if self.cache is not None:
             await self.cache.aclose()
+        if self.policy is not None:
+            await self.policy.aclose()
         if self.embeddings is not None:
             await self.embeddings.aclose()
         if self.routing is not None:

@@ -307,7 +307,8 @@ class CallRunner:
         call.answer_body = answer.body
         await self._finish(call)
         headers = self._headers(call, upstream)
-        return Response(200, answer.body, headers)
+        # An output guardrail may have masked the answer or refused it (an error body).
+        return Response(call.status, call.answer_body, headers)
 
     async def _native_whole(self, call: Call, upstream: Upstream, content_type: str) -> Reply:
         if call.request.method == "HEAD":
@@ -328,7 +329,9 @@ class CallRunner:
                                       phase=Phase.BEFORE_FIRST_BYTE)
         await self._finish(call)
         headers = self._headers(call, None) + _native_headers(upstream)
-        return Response(status, data, headers, content_type)
+        if call.status != status:  # an output guardrail refused the answer
+            return Response(call.status, call.answer_body or b"", headers)
+        return Response(status, call.answer_body or b"", headers, content_type)
 
     def _stream(self, call: Call, plan: Exchange, upstream: Upstream, status: int,
                 content_type: str) -> StreamingResponse:

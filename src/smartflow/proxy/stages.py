@@ -295,6 +295,10 @@ def default_stages(context: ProxyContext) -> list[Stage]:
         from smartflow.proxy.local_embeddings import LocalEmbeddingStage
 
         stages.append(LocalEmbeddingStage(context.embeddings.ready_batcher))
+    if context.policy is not None:
+        from smartflow.policy.stage import GuardrailStage
+
+        stages.append(GuardrailStage(context.policy))
     if context.cache is not None:
         from smartflow.cache.stage import CacheStage
 

@@ -28,6 +28,16 @@ routing's chains, groups and revision (``sf:routing:*``). Also the audit
 stream, stored Responses answers, MetaCache entries (``sf:cache:*``), the
 embedding index feed (``sf:idx:feed``) and vector stores (``sf:vs:*``, one
 hash tag per store).
+
+Policies (``policy.store``), one hash tag ``{p}``: ``sf:policy:{p}:guardrails``
+/ ``:policies`` / ``:attachments`` (hash name|id -> JSON, current), ``:ver``
+(hash ``g:|p:<name>`` -> last version), ``:h:g:<name>`` / ``:h:p:<name>``
+(hash version -> JSON, kept after a delete), ``:rev`` (counter); channel
+``sf:policy:changed``. The learning engine's documents, clauses, classifier
+state and per-call decisions (``sf:policy:doc*``, ``sf:policy:learn*``,
+``sf:policy:call:<call id>``, named in ``policy.documents``,
+``policy.learning`` and ``policy.decision_log``); channel
+``sf:policy:learning:changed``.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""The policy and compliance engine: guardrails, policies, the learning loop."""

@@ -1,0 +1,187 @@
+"""The PII detector: pattern and checksum recognisers plus the NER model.
+
+Structured types (EMAIL, PHONE, CREDIT_CARD, IBAN, US_SSN, IP_ADDRESS,
+API_KEY) come from ``pii_patterns``. PERSON comes from the NER model,
+scored up or down by context (a title, "my name is", a greeting, a
+signature line raise it; a lone capitalised word with no such support, a
+token that looks like code, fall below the threshold), plus the context
+rules alone for the clear cases the model misses. ADDRESS is structural
+(``pii_address``) with the model's place names confirming city parts.
+
+Without the model (``ner=None``) PERSON falls back to the context rules and
+ADDRESS to structure alone; every other type is unaffected.
+
+Findings are sorted by start and never overlap: where two overlap, the
+higher score wins, then the longer span.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from smartflow.policy.findings import ADDRESS, PERSON, PII_TYPES, Finding
+from smartflow.policy.ner import NerModel
+from smartflow.policy.pii_address import find_addresses
+from smartflow.policy.pii_patterns import RECOGNISERS
+
+_NAME_WORD = r"[A-Z][a-zà-ÿ'’]+(?:-[A-Z][a-zà-ÿ'’]+)?"
+_NAME = _NAME_WORD + r"(?:\s(?:(?:van|von|de|da|del|der|la|le|di|bin|al|ibn|dos)\s)?" \
+    + _NAME_WORD + r"){0,3}"
+_TITLE = r"(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Dame|Madam|Mme|Mlle|Herr|Frau|Sr|Sra)\.?"
+# Context that says the next capitalised words are a person's name.
+_PERSON_RULES = tuple((name, re.compile(p)) for name, p in (
+    ("title", r"\b" + _TITLE + r"\s(" + _NAME + r")"),
+    ("name-is", r"(?i:\b(?:my name is|my name's|i am|i'm|this is|call me|name:|"
+                r"signed,?|attn:?|attention:?)\s)(" + _NAME + r")"),
+    ("role", r"\b(?i:customer|client|user|employee|applicant|account holder|holder|colleague|"
+             r"patient|tenant|owner|candidate|contact|recipient|to|from|by|with|for)\s(" + _NAME
+             + r")(?=\s*[,.;:)\n]|\s(?:called|said|asked|wrote|will|and|is|was|has|from|at)\b)"),
+    ("greeting", r"(?m)^(?i:hi|hello|hey|dear|thanks|thank you|cc)\s(" + _NAME + r")\s*[,!:\n]"),
+    ("signature", r"(?i:regards|best|cheers|thanks|thank you|sincerely|warmly|best wishes|"
+                  r"kind regards|cordialement|grüße|saludos),?[ \t]*\n[ \t]*(?:[-–—][ \t]*)?("
+                  + _NAME + r")[ \t]*(?:\n|$)"),
+))
+_TITLE_BEFORE = re.compile(_TITLE + r"\s$")
+# Words that name a role, a day or a greeting rather than a person, found by
+# the rules' capitalised-word patterns at the start of a sentence.
+_NOT_NAMES = frozenset(["I", "Im", "Team", "All", "Everyone", "Folks", "Guys", "There", "Support", "Sales", "Admin", "Customer", "Service", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "Sir", "Madam", "Hi", "Hello", "Thanks", "Regards", "The", "This", "That", "Please", "Sorry", "Yes", "No", "Ok", "Okay", "Happy", "Good", "Going", "Here", "Back", "Not", "Sure", "Just", "Also", "Looking", "Trying", "Working", "Writing", "Available", "Interested", "New", "Glad", "Still"])
+_CODE_CHARS = frozenset("_/\\@=<>{}[]()#$%^*|`0123456789")
+
+
+def _in_backticks(text: str, start: int, end: int) -> bool:
+    line_start = text.rfind("\n", 0, start) + 1
+    return text.count("`", line_start, start) % 2 == 1
+
+
+def _person_findings(text: str, ner_ents: Sequence[tuple[str, int, int, float]]
+                     ) -> list[Finding]:
+    out: list[Finding] = []
+    supported: list[tuple[int, int, str]] = []
+    for rule, rx in _PERSON_RULES:
+        for m in rx.finditer(text):
+            s, e = m.start(1), m.end(1)
+            if text[s:e].split()[0] in _NOT_NAMES:
+                continue
+            supported.append((s, e, rule))
+    for label, s, e, score in ner_ents:
+        if label != PERSON:
+            continue
+        value = text[s:e]
+        if "\n" in value:  # the model ran on across a line break (a signature)
+            e = s + value.index("\n")
+            value = text[s:e]
+        # Trim a possessive and surrounding punctuation the tokeniser kept.
+        for tail in ("'s", "’s"):
+            if value.endswith(tail):
+                e -= len(tail)
+                value = value[: -len(tail)]
+        if not value or any(ch in _CODE_CHARS for ch in value) or not value[0].isupper():
+            continue
+        if value.isupper() and len(value) > 3:  # SHOUTED words and acronyms
+            continue
+        if _in_backticks(text, s, e):
+            continue
+        words = value.split()
+        context = [r for (rs, re_, r) in supported if rs < e and s < re_]
+        if context or _TITLE_BEFORE.search(text, max(0, s - 6), s):
+            score = 0.95
+        elif len(words) >= 2 and all(w[0].isupper() for w in words):
+            score = 0.85
+        else:
+            # One capitalised word, no context: as often a product or a
+            # project as a person.
+            score = 0.45
+        out.append(Finding(PERSON, s, e, score, "ner"))
+    for s, e, rule in supported:
+        if not any(f.start < e and s < f.end for f in out):
+            out.append(Finding(PERSON, s, e, 0.7, "rule:" + rule))
+    return out
+
+
+class PiiDetector:
+    """Finds PII in one text; see the module docstring for how."""
+
+    def __init__(self, entities: Collection[str] | None = None, *, ner: NerModel | None = None,
+                 min_score: float = 0.5, allow: Sequence[re.Pattern[str]] = ()) -> None:
+        chosen = tuple(PII_TYPES) if entities is None else tuple(entities)
+        unknown = [t for t in chosen if t not in PII_TYPES]
+        if unknown:
+            raise ValueError(f"unknown PII type(s) {unknown}; known: {list(PII_TYPES)}")
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must be between 0 and 1, got {min_score}")
+        self.entities = frozenset(chosen)
+        self.ner = ner
+        self.min_score = min_score
+        self.allow = tuple(allow)
+
+    def detect(self, text: str, embedding: np.ndarray | None = None) -> list[Finding]:
+        # The embedding is accepted for the TextDetector contract; the model
+        # here reads tokens, not sentence vectors.
+        del embedding
+        found: list[Finding] = []
+        for kind, recognise in RECOGNISERS.items():
+            if kind in self.entities:
+                found.extend(recognise(text))
+        if PERSON in self.entities or ADDRESS in self.entities:
+            ents = self.ner.entities(text) if self.ner is not None else []
+            if PERSON in self.entities:
+                found.extend(_person_findings(text, ents))
+            if ADDRESS in self.entities:
+                places = [(s, e) for label, s, e, _ in ents if label == ADDRESS]
+                detail = "street+ner" if self.ner is not None else "street"
+                found.extend(Finding(ADDRESS, s, e, 0.9, detail)
+                             for s, e in find_addresses(text, places))
+        found = [f for f in found if f.score >= self.min_score]
+        if self.allow and found:
+            allowed = [(m.start(), m.end()) for rx in self.allow for m in rx.finditer(text)]
+            found = [f for f in found
+                     if not any(s <= f.start and f.end <= e for s, e in allowed)]
+        return _resolve_overlaps(found)
+
+
+def _resolve_overlaps(found: list[Finding]) -> list[Finding]:
+    kept: list[Finding] = []
+    for f in sorted(found, key=lambda f: (-f.score, -(f.end - f.start), f.start)):
+        if all(f.end <= k.start or k.end <= f.start for k in kept):
+            kept.append(f)
+    kept.sort(key=lambda f: f.start)
+    return kept
+
+
+def pii_detector_from_config(config: Mapping[str, Any], ner: NerModel | None) -> PiiDetector:
+    """Build a detector from a guardrail's ``config``; ValueError names what is wrong."""
+    if not isinstance(config, Mapping):
+        raise ValueError(  # noqa: TRY004 - the contract: bad config is a ValueError
+            f"pii config must be an object, got {type(config).__name__}")
+    known = {"entities", "min_score", "allow"}
+    extra = sorted(set(config) - known)
+    if extra:
+        raise ValueError(f"pii config: unknown key(s) {extra}; allowed: {sorted(known)}")
+    entities = config.get("entities")
+    if entities is not None:
+        if not isinstance(entities, list) or not all(isinstance(t, str) for t in entities):
+            raise ValueError("pii config: 'entities' must be a list of type names")
+        unknown = [t for t in entities if t not in PII_TYPES]
+        if unknown:
+            raise ValueError(f"pii config: 'entities' has unknown type(s) {unknown}; "
+                             f"known: {list(PII_TYPES)}")
+    min_score = config.get("min_score", 0.5)
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)):
+        raise ValueError(  # noqa: TRY004 - the contract: bad config is a ValueError
+            "pii config: 'min_score' must be a number between 0 and 1")
+    if not 0.0 <= float(min_score) <= 1.0:
+        raise ValueError(f"pii config: 'min_score' must be between 0 and 1, got {min_score}")
+    allow_raw = config.get("allow", [])
+    if not isinstance(allow_raw, list) or not all(isinstance(p, str) for p in allow_raw):
+        raise ValueError("pii config: 'allow' must be a list of regular expressions (strings)")
+    allow: list[re.Pattern[str]] = []
+    for pattern in allow_raw:
+        try:
+            allow.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(f"pii config: 'allow' has a bad regex {pattern!r}: {exc}") from exc
+    return PiiDetector(entities, ner=ner, min_score=float(min_score), allow=allow)

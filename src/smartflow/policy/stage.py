@@ -1,0 +1,244 @@
+"""The guardrail stage: policies resolved per call, input judged before the
+provider is asked, output judged as it leaves.
+
+It sits in the ``pre_call`` slot: after authenticate and admit (so a
+refused caller costs no model run) and before the cache (so a cached answer
+is never served to a request a guardrail blocks, and a masked request is
+cached under its masked text). Its exit hook runs before the cache keeps an
+answer and before the record is written, so neither sees an answer the
+output guardrails blocked or masked.
+
+Headers on every answer it judged: ``x-smartflow-policies`` (the matched
+policies, comma-separated; ``none``) and ``x-smartflow-guardrails``
+(``<guardrail>=<outcome>`` for each input decision; on a whole answer also
+``<guardrail>/output=<outcome>``). A blocked call is refused with an error
+in the caller's dialect that names the policy, the guardrail and the
+finding types, never the text that triggered it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from smartflow.gateway_error import GatewayError, Phase, Reason
+from smartflow.policy.call_text import checks_calls_of, input_pieces, output_pieces
+from smartflow.policy.engine import Decision, verdict_of
+from smartflow.policy.masking import Masker
+from smartflow.policy.stream_guard import OutputGuard
+from smartflow.proxy.headers import TAGS_HEADER
+from smartflow.proxy.pipeline import Reply, Stage
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from smartflow.policy.runtime import PolicyRuntime
+    from smartflow.proxy.call import Call
+    from smartflow.proxy.relay import StreamTransform
+
+logger = logging.getLogger(__name__)
+
+POLICIES_HEADER = "x-smartflow-policies"
+GUARDRAILS_HEADER = "x-smartflow-guardrails"
+BLOCKED_CODE = "guardrail_blocked"
+MAX_HEADER_TAGS = 32
+# Prompt injection is a threat in what reaches the model; an answer that
+# discusses one is not an attack on the gateway.
+INPUT_ONLY_TYPES = frozenset({"prompt_injection"})
+
+
+@dataclass(slots=True)
+class PolicyState:
+    policies: tuple[str, ...]
+    output_guardrails: tuple[Any, ...]
+    decisions: list[Decision] = field(default_factory=list)
+    masker: Masker = field(default_factory=Masker)
+    embedding: np.ndarray | None = None  # the latest user text's, for feedback
+    digest: str = ""
+    guard: OutputGuard | None = None
+
+
+def blocked_error(decision: Decision, *, answer: bool = False) -> GatewayError:
+    what = "answer" if answer else "request"
+    types = ", ".join(decision.finding_types()) or decision.type
+    policy = f"policy '{decision.policy}'" if decision.policy else "a policy"
+    return GatewayError(
+        400, f"The {what} was blocked by {policy}: guardrail '{decision.guardrail}' "
+             f"found {types}.", code=BLOCKED_CODE, reason=Reason.CLIENT,
+        phase=Phase.BEFORE_FIRST_BYTE if answer else Phase.BEFORE_SEND)
+
+
+def _tags_of(call: Call) -> tuple[str, ...]:
+    tags: list[str] = []
+    identity = call.identity
+    entry = identity.entry if identity is not None else None
+    if entry is not None:
+        tags.extend(entry.key.tags)
+        if entry.team is not None:
+            tags.extend(getattr(entry.team, "tags", ()) or ())
+    header = call.request.header(TAGS_HEADER)
+    if header:
+        # A caller's own tags can only attach more policies, never fewer.
+        tags.extend(t.strip() for t in header.split(",")[:MAX_HEADER_TAGS] if t.strip())
+    return tuple(dict.fromkeys(tags))
+
+
+def _header_value(decisions: list[Decision]) -> str:
+    parts = []
+    for decision in decisions:
+        name = decision.guardrail if decision.phase == "input" else f"{decision.guardrail}/output"
+        parts.append(f"{name}={decision.outcome}")
+    return ", ".join(parts)
+
+
+class GuardrailStage(Stage):
+    slot = "pre_call"
+
+    def __init__(self, runtime: PolicyRuntime) -> None:
+        self._runtime = runtime
+        self._engine = runtime.engine
+        settings = runtime.settings
+        self._window = settings.stream_window
+        self._max_chars = settings.max_scan_chars
+        self._check_output = settings.check_output
+
+    async def on_enter(self, call: Call) -> Reply | None:
+        dialect = call.dialect.name
+        if not checks_calls_of(dialect, call.operation):
+            return None
+        identity = call.identity
+        resolution = self._runtime.resolve(
+            identity.team_id if identity is not None else None,
+            identity.key_alias if identity is not None else None,
+            call.model, _tags_of(call))
+        guardrails = tuple(resolution.guardrails)
+        state = PolicyState(tuple(resolution.policies), tuple(
+            g for g in guardrails if g.type not in INPUT_ONLY_TYPES)
+            if self._check_output else ())
+        call.policy_state = state
+        call.policies = state.policies
+        headers = call.response_headers
+        headers.append((POLICIES_HEADER, ",".join(state.policies) or "none"))
+        if not guardrails:
+            return None
+        pieces = input_pieces(dialect, call.operation, call.body)
+        texts: list[str] = []
+        budget = self._max_chars
+        for piece in pieces:
+            text = piece.text[:budget]
+            budget -= len(text)
+            texts.append(text)
+        engine = self._engine
+        embeddings = await engine.embeddings_for(guardrails, texts)
+        decisions = engine.run(guardrails, texts, embeddings, "input")
+        state.decisions = decisions
+        if texts:
+            # The user's own words are what a reviewer's feedback is about.
+            last_user = max((i for i, p in enumerate(pieces) if p.source != "tool"), default=0)
+            state.embedding = embeddings[last_user]
+            state.digest = hashlib.sha256(texts[last_user].encode()).hexdigest()
+        call.guardrails = tuple(d.record() for d in decisions)
+        call.verdict = verdict_of(decisions)
+        headers.append((GUARDRAILS_HEADER, _header_value(decisions)))
+        for decision in decisions:
+            if decision.outcome == "blocked":
+                raise blocked_error(decision)
+        masks: dict[int, list[Any]] = {}
+        for decision in decisions:
+            if decision.outcome == "masked":
+                for index, finding in decision.findings:
+                    masks.setdefault(index, []).append(finding)
+        if masks:
+            for index, findings in masks.items():
+                setter = pieces[index].set_text
+                if setter is not None:
+                    # Only the scanned prefix is masked; an unscanned tail stays as it came.
+                    original = pieces[index].text
+                    scanned = texts[index]
+                    setter(state.masker.mask(scanned, findings) + original[len(scanned):])
+            call.raw_body = orjson.dumps(call.body)
+        return None
+
+    def wrap_stream(self, call: Call, transform: StreamTransform) -> StreamTransform:
+        state = call.policy_state
+        if state is None or not state.output_guardrails:
+            return transform
+        guard = OutputGuard(transform, self._engine, state.output_guardrails, call.dialect.name,
+                            window=self._window, masker=state.masker,
+                            block_error=lambda d: blocked_error(d, answer=True))
+        state.guard = guard
+        return guard
+
+    async def on_exit(self, call: Call) -> None:
+        state = call.policy_state
+        if state is None:
+            return
+        output: list[Decision] = []
+        if state.guard is not None:
+            output = state.guard.decisions
+        elif (state.output_guardrails and call.status == 200 and call.answer_body
+              and not call.is_stream and not call.cache_outcome.startswith("hit")):
+            output = self._judge_answer(call, state)
+        if output:
+            state.decisions.extend(output)
+            call.guardrails = tuple(d.record() for d in state.decisions)
+            call.verdict = verdict_of(state.decisions)
+        log = self._runtime.decision_log
+        if log is not None and state.decisions:
+            log.remember_soon(call.call_id, state.embedding,
+                              [d.record() for d in state.decisions], list(state.policies),
+                              state.digest)
+
+    def _judge_answer(self, call: Call, state: PolicyState) -> list[Decision]:
+        """A whole answer: judged before it is sent; a block replaces it with
+        the error, a mask rewrites its text."""
+        try:
+            answer = orjson.loads(call.answer_body or b"")
+        except orjson.JSONDecodeError:
+            return []
+        if not isinstance(answer, dict):
+            return []
+        pieces = output_pieces(call.dialect.name, answer)
+        if not pieces:
+            return []
+        texts = [p.text[:self._max_chars] for p in pieces]
+        decisions = self._engine.run(state.output_guardrails, texts, [None] * len(texts),
+                                     "output")
+        for decision in decisions:
+            if decision.outcome == "blocked":
+                error = blocked_error(decision, answer=True)
+                call.error = error
+                call.status = error.status
+                call.answer_body = call.dialect.error_body(error)
+                self._replace_header(call, decisions)
+                return decisions
+        by_piece: dict[int, list[Any]] = {}
+        for decision in decisions:
+            if decision.outcome == "masked":
+                for index, finding in decision.findings:
+                    by_piece.setdefault(index, []).append(finding)
+        if by_piece:
+            for index, findings in by_piece.items():
+                setter = pieces[index].set_text
+                if setter is not None:
+                    setter(state.masker.mask(texts[index], findings)
+                           + pieces[index].text[len(texts[index]):])
+            call.answer_body = orjson.dumps(answer)
+        self._replace_header(call, decisions)
+        return decisions
+
+    @staticmethod
+    def _replace_header(call: Call, output: list[Decision]) -> None:
+        value = _header_value(output)
+        if not value:
+            return
+        headers = call.response_headers
+        for i, (name, existing) in enumerate(headers):
+            if name == GUARDRAILS_HEADER:
+                headers[i] = (name, f"{existing}, {value}" if existing else value)
+                return
+        headers.append((GUARDRAILS_HEADER, value))

@@ -1,0 +1,184 @@
+"""The PII detector: each type with exact offsets, checksums, placeholders,
+masking, config validation, the NER model, and speed on hostile input."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+import pytest
+
+from smartflow.policy.findings import Finding
+from smartflow.policy.masking import Masker
+from smartflow.policy.ner import NerUnavailable, load_ner
+from smartflow.policy.pii import PiiDetector, pii_detector_from_config
+
+PATTERNS = PiiDetector(entities=["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN",
+                                 "IP_ADDRESS", "API_KEY"])
+
+
+def spans(text: str, detector: PiiDetector = PATTERNS) -> list[tuple[str, str]]:
+    return [(f.type, text[f.start:f.end]) for f in detector.detect(text)]
+
+
+@pytest.fixture(scope="module")
+def ner_detector() -> PiiDetector:
+    try:
+        return PiiDetector(ner=load_ner())
+    except NerUnavailable as exc:
+        pytest.skip(f"NER model package not installed: {exc}")
+
+
+@pytest.mark.parametrize(("text", "kind", "value"), [
+    ("write to jane.doe@acme-corp.io today", "EMAIL", "jane.doe@acme-corp.io"),
+    ("call (415) 867-5309 after 5", "PHONE", "(415) 867-5309"),
+    ("mobile +44 20 7946 0958.", "PHONE", "+44 20 7946 0958"),
+    ("card 4539 1488 0343 6467 exp 09/27", "CREDIT_CARD", "4539 1488 0343 6467"),
+    ("IBAN GB82 WEST 1234 5698 7654 32 please", "IBAN", "GB82 WEST 1234 5698 7654 32"),
+    ("iban DE89370400440532013000.", "IBAN", "DE89370400440532013000"),
+    ("SSN 536-22-1234 on file", "US_SSN", "536-22-1234"),
+    ("from 81.2.69.160 port 22", "IP_ADDRESS", "81.2.69.160"),
+    ("peer 2a00:1450:4001:80b::200e up", "IP_ADDRESS", "2a00:1450:4001:80b::200e"),
+    ("key=sk-proj-abc123DEF456ghi789JKL012mno345 end", "API_KEY",
+     "sk-proj-abc123DEF456ghi789JKL012mno345"),
+    ("aws AKIAZ3X9Q2L7M4N8P6RT here", "API_KEY", "AKIAZ3X9Q2L7M4N8P6RT"),
+    ("token ghp_8f7Gh2Kk9Lm3Nn4Pp5Qq6Rr7Ss8Tt9Uu0Vv1Ww", "API_KEY",
+     "ghp_8f7Gh2Kk9Lm3Nn4Pp5Qq6Rr7Ss8Tt9Uu0Vv1Ww"),
+    ("x sk-ant-api03-Zq8Lm2Np4Rs6Tu8Vw0Xy2Za4Bc6De8Fg0Hi2Jk y", "API_KEY",
+     "sk-ant-api03-Zq8Lm2Np4Rs6Tu8Vw0Xy2Za4Bc6De8Fg0Hi2Jk"),
+    ("jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+     "API_KEY",
+     "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
+])
+def test_each_pattern_type_with_offsets(text: str, kind: str, value: str) -> None:
+    found = PATTERNS.detect(text)
+    assert [(f.type, text[f.start:f.end]) for f in found] == [(kind, value)]
+    assert found[0].start == text.index(value)
+    assert found[0].end == text.index(value) + len(value)
+
+
+def test_offsets_are_code_points_after_non_ascii() -> None:
+    text = "Grüße 🙂 – mail ana.silva@proton.me"
+    [f] = PATTERNS.detect(text)
+    assert (f.start, f.end) == (text.index("ana"), len(text))
+
+
+def test_checksums_decide_cards_and_ibans() -> None:
+    assert spans("card 4539 1488 0343 6468") == []       # Luhn fails
+    assert spans("card 4539148803436467") == [("CREDIT_CARD", "4539148803436467")]
+    assert spans("IBAN GB83 WEST 1234 5698 7654 32") == []  # mod-97 fails
+    assert spans("IBAN DE89370400440532013001") == []
+    assert spans("amex 3714 496353 98431") == [("CREDIT_CARD", "3714 496353 98431")]
+
+
+@pytest.mark.parametrize("text", [
+    "send it to user@example.com or admin@docs.example.org or a@b.test",
+    "point it at 192.0.2.44, 198.51.100.7, 203.0.113.250 or 2001:db8::7",
+    "the hotline is 555-0142, or (212) 555-0187",
+    "export OPENAI_API_KEY=YOUR_API_KEY",
+    "api_key = \"<your-key>\"",
+    "use sk-xxxxxxxxxxxxxxxxxxxxxxxx for now",
+    "the docs key AKIAIOSFODNN7EXAMPLE",
+    "kill the process on port 8080, version 1.2.3, build 1.4.22.7",
+    "request 3f2b8c1e-9d4a-4f7e-b6a2-1c5d8e9f0a7b, commit 9fceb02d0ae598e95dc970b74767f19372d61af8",
+    "order #48213377 placed 2024-03-14, listening on 0.0.0.0:8080 and 127.0.0.1",
+])
+def test_placeholders_and_look_alikes_are_not_pii(text: str) -> None:
+    assert spans(text) == []
+
+
+def test_masking_is_consistent_within_a_request() -> None:
+    masker = Masker()
+    a = "Mail bo.li@initech.dev and ana.silva@proton.me; again bo.li@initech.dev"
+    b = "Reply to ANA.SILVA@proton.me"
+    masked_a = masker.mask(a, PATTERNS.detect(a))
+    masked_b = masker.mask(b, PATTERNS.detect(b))
+    assert masked_a == "Mail [EMAIL_1] and [EMAIL_2]; again [EMAIL_1]"
+    assert masked_b == "Reply to [EMAIL_2]"
+    # A fresh request numbers from 1 again.
+    assert Masker().mask(b, PATTERNS.detect(b)) == "Reply to [EMAIL_1]"
+
+
+def test_masking_rejects_offsets_outside_the_text() -> None:
+    with pytest.raises(ValueError, match="outside the text"):
+        Masker().mask("short", [Finding("EMAIL", 2, 50, 0.9)])
+
+
+def test_config_builds_detector_and_allow_list() -> None:
+    det = pii_detector_from_config(
+        {"entities": ["EMAIL", "IP_ADDRESS"], "min_score": 0.6,
+         "allow": [r"[\w.]+@acme-corp\.io"]}, None)
+    text = "ops@acme-corp.io, bo.li@initech.dev, 81.2.69.160, (415) 867-5309"
+    assert spans(text, det) == [("EMAIL", "bo.li@initech.dev"), ("IP_ADDRESS", "81.2.69.160")]
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"entities": ["EMAIL", "PASSPORT"]}, "PASSPORT"),
+    ({"entities": "EMAIL"}, "'entities' must be a list"),
+    ({"min_score": "high"}, "'min_score' must be a number"),
+    ({"min_score": 1.5}, "'min_score' must be between 0 and 1"),
+    ({"allow": ["(unclosed"]}, "'allow' has a bad regex"),
+    ({"allow": "x"}, "'allow' must be a list"),
+    ({"threshold": 0.5}, "unknown key"),
+])
+def test_config_errors_name_the_bad_key(config: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        pii_detector_from_config(config, None)
+
+
+def test_findings_never_overlap_and_are_sorted() -> None:
+    text = ("token=sk-proj-abc123DEF456ghi789JKL012mno345 mail bo.li@initech.dev "
+            "ip 81.2.69.160 card 4539148803436467")
+    found = PiiDetector().detect(text)
+    assert [f.type for f in found] == ["API_KEY", "EMAIL", "IP_ADDRESS", "CREDIT_CARD"]
+    assert all(a.end <= b.start for a, b in itertools.pairwise(found))
+
+
+def test_without_model_patterns_and_street_addresses_still_work() -> None:
+    det = PiiDetector(ner=None)
+    text = "Ship to 4821 Oakridge Lane, Springfield, IL 62704 and mail bo.li@initech.dev"
+    assert spans(text, det) == [("ADDRESS", "4821 Oakridge Lane, Springfield, IL 62704"),
+                                ("EMAIL", "bo.li@initech.dev")]
+
+
+def test_ner_person_names(ner_detector: PiiDetector) -> None:
+    text = ("Hi, my name is Priya Raghunathan. Dr. Jean-Luc Moreau restarted Redis on the "
+            "Kubernetes cluster in Berlin.\n\nThanks,\nKwame Mensah")
+    assert [s for s in spans(text, ner_detector) if s[0] == "PERSON"] == [
+        ("PERSON", "Priya Raghunathan"), ("PERSON", "Jean-Luc Moreau"),
+        ("PERSON", "Kwame Mensah")]
+
+
+@pytest.mark.parametrize("address", [
+    "4821 Oakridge Lane, Apt 3B, Springfield, IL 62704",
+    "Flat 4, 22 Acacia Avenue, London SW1A 2AA",
+    "Hauptstraße 12, 10115 Berlin",
+    "12 rue de la Paix, 75002 Paris",
+    "Calle Mayor 5, 28013 Madrid",
+])
+def test_ner_addresses(ner_detector: PiiDetector, address: str) -> None:
+    text = f"Please ship the order to {address}. Thanks!"
+    assert spans(text, ner_detector) == [("ADDRESS", address)]
+
+
+def test_cities_brands_and_titles_alone_are_not_pii(ner_detector: PiiDetector) -> None:
+    text = ("We are hiring a Senior Engineer in Paris. Is Kafka faster than Redis? "
+            "The Apple and Google outage hit Tokyo on Monday.")
+    assert spans(text, ner_detector) == []
+
+
+@pytest.mark.parametrize("hostile", [
+    "a" * 100_000,
+    "1" * 100_000,
+    "1-" * 50_000,
+    "a@" * 50_000,
+    ("a." * 40 + " ") * 1200,
+    "sk-" + "A" * 100_000,
+    ":" * 50_000 + "1" * 50_000,
+    "123 " * 25_000,
+    ("12 Main " * 8 + "\n") * 1200,
+])
+def test_long_adversarial_input_stays_fast(hostile: str) -> None:
+    start = time.perf_counter()
+    PiiDetector(ner=None).detect(hostile)
+    assert time.perf_counter() - start < 2.0
