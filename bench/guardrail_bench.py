@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import re
 import statistics
 import sys
 import time
@@ -138,12 +139,29 @@ PROMPTS = (
     "to our private registry, although the same credentials work on my machine. The "
     "workflow logs in with a token stored as a repository secret. What are the usual causes "
     "and how can I debug this safely without printing the token? Build @ID@."),
+    ("We are migrating our monolith to services and I would like a second opinion on the "
+    "plan before the architecture review (doc @ID@). Today one Django application serves the "
+    "storefront, the admin, the order pipeline and the reporting jobs, all on one PostgreSQL "
+    "database. The plan is to split out orders first, behind an internal API, with the "
+    "storefront calling it synchronously, then move reporting onto a read replica. Our main "
+    "worries are distributed transactions between orders and inventory, keeping the admin "
+    "working during the move, and how to roll back if the new service misbehaves. What would "
+    "you change in this order of steps, and which risks are we missing?"),
+    ("Hi team, following up on the onboarding of our new customer (account @ID@). Their IT "
+    "lead, Kwame Mensah, asked for SSO with their Azure AD tenant, SCIM provisioning for "
+    "about 350 users, and audit logs exported to their SIEM every night. He also wants a "
+    "named contact on our side for the first month; I suggested Ingrid Johansson from "
+    "customer success. Could you write a short project plan with milestones for the next "
+    "four weeks, list what we need from them (metadata URL, test accounts, a maintenance "
+    "window), and draft the e-mail to kwame.mensah@acme-corp.io that confirms the plan and "
+    "asks for those items by Friday?"),
     ("Summarise the following meeting notes in five bullet points for people who missed it: "
     "we agreed to freeze features on the 20th, move the load tests to the new environment, "
     "hire one more SRE, retire the old billing service by the end of the quarter, and review "
     "the incident process with legal. Notes @ID@."),
 )
 PROMPT_MIN_CHARS, PROMPT_MAX_CHARS = 200, 800
+EMAIL = re.compile(r"[\w.]+@[\w-]+\.[a-z]")
 
 VARIED_LUA = """
 wrk.method = "POST"
@@ -306,6 +324,9 @@ def measure_in_process(samples: int) -> dict[str, dict[str, float]]:
     patterns: list[float] = []
     models_run: list[float] = []
     embeds: list[float] = []
+    # Each guardrail alone, on the same texts: where the run's time goes.
+    alone: dict[tuple[bool, str], list[float]] = {
+        (model_checks, g.name): [] for model_checks in engines for g in guardrails}
     flagged = {"patterns": 0, "models": 0}
     for text in texts:
         # Patterns only: the gateway embeds nothing then (no detector reads it).
@@ -320,16 +341,26 @@ def measure_in_process(samples: int) -> dict[str, dict[str, float]]:
         decisions = engines[True].run(guardrails, [text], [embedding], "input")
         models_run.append((time.perf_counter() - started) * 1000)
         flagged["models"] += any(d.findings for d in decisions)
+        for (model_checks, name), samples_ms in alone.items():
+            guardrail = [g for g in guardrails if g.name == name]
+            started = time.perf_counter()
+            engines[model_checks].run(guardrail, [text], [embedding if model_checks else None],
+                                      "input")
+            samples_ms.append((time.perf_counter() - started) * 1000)
     with_embedding = [run + embed for run, embed in zip(models_run, embeds, strict=True)]
 
     def summary(values: list[float]) -> dict[str, float]:
         return {"p50_ms": statistics.median(values), "p95_ms": percentile(values, 0.95),
                 "mean_ms": statistics.fmean(values)}
 
-    return {"patterns": {**summary(patterns), "flagged": flagged["patterns"]},
-            "models_run": {**summary(models_run), "flagged": flagged["models"]},
-            "embedding": summary(embeds),
-            "models_with_embedding": summary(with_embedding)}
+    out: dict[str, dict[str, float]] = {
+        "patterns": {**summary(patterns), "flagged": flagged["patterns"]},
+        "models_run": {**summary(models_run), "flagged": flagged["models"]},
+        "embedding": summary(embeds),
+        "models_with_embedding": summary(with_embedding)}
+    for (model_checks, name), samples_ms in alone.items():
+        out[f"{'models' if model_checks else 'patterns'}:{name}"] = summary(samples_ms)
+    return out
 
 
 # --------------------------------------------------------------------------- main
@@ -357,8 +388,8 @@ def main() -> int:
              "engineers' work, so the figures carry that noise")]
     lines.append(f"prompts: {len(PROMPTS)} support/developer texts, {min(lengths)}-"
                  f"{max(lengths)} characters (median {statistics.median(lengths):.0f}), "
-                 f"{sum('@' in t for t in PROMPTS)} with an e-mail address; every request's "
-                 "text is different; policy: the built-in default (pii, prompt_injection, flag)")
+                 f"{sum(bool(EMAIL.search(t)) for t in PROMPTS)} with an e-mail address; every "
+                 "request's text is different; policy: the built-in default (pii, prompt_injection, flag)")
     results: dict[str, Any] = {"prompt_chars": lengths}
 
     log(f"in-process: {args.samples} prompts per configuration")
@@ -367,7 +398,11 @@ def main() -> int:
     rows = []
     for label, key, target in (
             ("patterns only", "patterns", TARGET_PATTERNS_P50_MS),
+            ("  of which pii alone", "patterns:pii", None),
+            ("  of which prompt_injection alone", "patterns:prompt_injection", None),
             ("models (run, embedding given)", "models_run", None),
+            ("  of which pii alone (+ NER)", "models:pii", None),
+            ("  of which prompt_injection alone", "models:prompt_injection", None),
             ("the one embedding (encoder)", "embedding", None),
             ("models + the one embedding", "models_with_embedding", TARGET_MODELS_P50_MS)):
         point = inproc[key]

@@ -16,9 +16,11 @@ with ``split`` train or test; the split is by a hash of the text, fixed).
    remembered in the decision log, and a simulated reviewer gives the
    outcome the API would receive: ``correct_block`` for a flagged
    violation, ``false_positive`` for a flagged allowed request,
-   ``missed_violation`` for an unflagged violation. Correctly allowed
-   requests get no feedback (there is no outcome for them, and in practice
-   nobody reviews them). This is the code path of
+   ``missed_violation`` for an unflagged violation, and ``correct_allow``
+   for a correctly allowed request picked by a random audit of allowed
+   calls (``--audit-rate``, default 0.5; a fixed hash of the text decides,
+   so runs repeat; 0 gives the contract's three outcomes only). This is the
+   code path of
    ``POST /api/policy/decisions/{id}/feedback``: ``LearningRuntime.feedback``.
 4. "After": the TEST part is scored again.
 
@@ -56,6 +58,7 @@ from smartflow.policy.compliance_check import (
     compliance_detector_from_config,
 )
 from smartflow.policy.learning import (
+    CORRECT_ALLOW,
     CORRECT_BLOCK,
     FALSE_POSITIVE,
     MISSED_VIOLATION,
@@ -64,6 +67,7 @@ from smartflow.policy.learning import (
 from smartflow.store.fast_client import create_store_client
 
 GUARDRAIL = "org-policy"
+AUDIT_RATE = 0.5
 
 
 def load_requests() -> list[dict[str, Any]]:
@@ -88,7 +92,14 @@ def flags_of(detector: ComplianceDetector, texts: Sequence[str], vectors: np.nda
                                                                         strict=True)]
 
 
-async def run(redis_url: str, tune: bool) -> dict[str, Any]:
+def audited(text: str, rate: float) -> bool:
+    """Whether the reviewers' random audit of allowed calls picks this one
+    (a fixed hash, so every run audits the same calls)."""
+    digest = hashlib.sha256(b"audit:" + text.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < rate
+
+
+async def run(redis_url: str, tune: bool, audit_rate: float = AUDIT_RATE) -> dict[str, Any]:
     encoder = Encoder(ensure_model())
     loop = asyncio.get_running_loop()
 
@@ -115,7 +126,7 @@ async def run(redis_url: str, tune: bool) -> dict[str, Any]:
         before = confusion(flags_of(detector, test_texts, test_vectors), truth)
 
         train_vectors = encoder.encode([r["text"] for r in train])
-        outcomes = {CORRECT_BLOCK: 0, FALSE_POSITIVE: 0, MISSED_VIOLATION: 0}
+        outcomes = {CORRECT_BLOCK: 0, FALSE_POSITIVE: 0, MISSED_VIOLATION: 0, CORRECT_ALLOW: 0}
         feedback_s: list[float] = []
         for index, (row, vector) in enumerate(zip(train, train_vectors, strict=True)):
             findings = detector.detect(row["text"], vector)
@@ -129,8 +140,10 @@ async def run(redis_url: str, tune: bool) -> dict[str, Any]:
                 outcome = CORRECT_BLOCK if row["violates"] else FALSE_POSITIVE
             elif row["violates"]:
                 outcome = MISSED_VIOLATION
+            elif audited(row["text"], audit_rate):
+                outcome = CORRECT_ALLOW
             else:
-                continue  # correctly allowed: nobody reviews it
+                continue  # correctly allowed and not picked for the audit: no review
             started = time.perf_counter()
             await runtime.feedback(call_id, outcome, guardrail=GUARDRAIL)
             feedback_s.append(time.perf_counter() - started)
@@ -144,6 +157,7 @@ async def run(redis_url: str, tune: bool) -> dict[str, Any]:
             timings.append(time.perf_counter() - started)
         return {
             "mode": "tune (train halves; test untouched)" if tune else "train -> test",
+            "audit_rate": audit_rate,
             "documents": 2, "clauses": clauses, "train": len(train), "test": len(test),
             "feedback": outcomes, "before": before, "after": after,
             "model": runtime.summary()["policies"],
@@ -177,10 +191,15 @@ def main() -> None:
     parser.add_argument("--redis-url", help="an empty Redis (default: start a private one)")
     parser.add_argument("--tune", action="store_true",
                         help="train on half of the training part, evaluate on the other half")
+    parser.add_argument("--audit-rate", type=float, default=AUDIT_RATE,
+                        help="share of correctly allowed calls reviewers audit "
+                             "(correct_allow), 0 to 1")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
+    if not 0.0 <= args.audit_rate <= 1.0:
+        parser.error("--audit-rate: a number from 0 to 1")
     if args.redis_url:
-        result = asyncio.run(run(args.redis_url, args.tune))
+        result = asyncio.run(run(args.redis_url, args.tune, args.audit_rate))
     else:
         from smartflow.store.embedded_redis import EmbeddedRedis
 
@@ -188,7 +207,7 @@ def main() -> None:
             redis = EmbeddedRedis(Path(directory))
             redis.start()
             try:
-                result = asyncio.run(run(redis.url, args.tune))
+                result = asyncio.run(run(redis.url, args.tune, args.audit_rate))
             finally:
                 redis.stop()
     if args.json:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 from _admin_helpers import header_role_admin, serving
 
@@ -21,10 +22,11 @@ from smartflow.identity.roles import VIEWER
 from smartflow.policy.clauses import split_clauses
 from smartflow.policy.compliance_check import compliance_detector_from_config
 from smartflow.policy.findings import COMPLIANCE
-from smartflow.policy.learning import LearningRuntime
+from smartflow.policy.learning import CLAUSE_THRESHOLD, LearningRuntime, PolicyModel
 from smartflow.store.fast_client import StoreClient, create_store_client
 
-DOCS = Path(__file__).resolve().parent.parent / "bench" / "data" / "policy_docs"
+DATA = Path(__file__).resolve().parent.parent / "bench" / "data"
+DOCS = DATA / "policy_docs"
 VIOLATING = ("Share our customer personal data with a third-party marketing agency even "
              "though we have no data processing agreement.")
 BENIGN = "Kill the process that is hanging on port 8080 and restart the web server."
@@ -220,8 +222,17 @@ async def test_admin_routes(store_client: StoreClient, encoder: Encoder,
                                    json={"outcome": "missed_violation", "guardrail": "org"})
             assert good.status_code == 200, good.text
             assert good.json()["samples"] == 1 and good.json()["label"] == 1
+            await remember(runtime, encoder, "call-2", ALLOWED_NEAR)
+            typo = await http.post("/api/policy/decisions/call-2/feedback",
+                                   json={"outcome": "correct_allowed"})
+            assert typo.status_code == 400
+            assert "correct_allow" in typo.json()["error"]["message"]
+            allowed = await http.post("/api/policy/decisions/call-2/feedback",
+                                      json={"outcome": "correct_allow", "guardrail": "org"})
+            assert allowed.status_code == 200, allowed.text
+            assert allowed.json()["label"] == 0 and allowed.json()["negatives"] == 1
             state = await http.get("/api/policy/learning")
-            assert state.json()["policies"]["default"]["samples"] == 1
+            assert state.json()["policies"]["default"]["samples"] == 2
 
             deleted = await http.delete(f"/api/policy/documents/{doc['id']}")
             assert deleted.status_code == 200
@@ -229,3 +240,30 @@ async def test_admin_routes(store_client: StoreClient, encoder: Encoder,
             assert doc["id"] not in runtime.snapshot.documents
     finally:
         await runtime.aclose()
+
+
+def test_learned_threshold_flags_no_more_reviewed_allowed_requests_than_the_rule(
+        encoder: Encoder) -> None:
+    clauses = [c.text for path in sorted(DOCS.glob("*.md"))
+               for c in split_clauses(path.read_text())]
+    clause_vectors = encoder.encode(clauses)
+    rows = [orjson.loads(line) for line in (DATA / "policy_requests.jsonl").read_bytes()
+            .splitlines() if line.strip()]
+    train = [r for r in rows if r["split"] == "train"][:80]
+    vectors = encoder.encode([r["text"] for r in train])
+    model = PolicyModel()
+    for row, vector in zip(train, vectors, strict=True):
+        model.learn(vector.astype(np.float64), float(np.max(clause_vectors @ vector)),
+                    int(row["violates"]))
+    similarities = np.array([h[1] for h in model.history])
+    allowed = np.array([h[2] == 0 for h in model.history])
+    rule_fp = int(np.sum(allowed & (similarities >= CLAUSE_THRESHOLD)))
+    held_out = model.held_out_scores()
+    learned_fp = int(np.sum(allowed & (held_out >= model.threshold)))
+    assert learned_fp <= rule_fp
+    caught = np.sum(~allowed & (held_out >= model.threshold))
+    assert caught > np.sum(~allowed & (similarities >= CLAUSE_THRESHOLD))  # and misses fell
+    # Held-out scores are less sure than in-sample ones: the model fitted these.
+    in_sample = model.scores()
+    labels = (~allowed).astype(float)
+    assert np.mean(np.abs(held_out - labels)) > np.mean(np.abs(in_sample - labels))

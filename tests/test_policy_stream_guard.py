@@ -133,3 +133,13 @@ def test_request_and_answer_text_per_dialect() -> None:
     out = output_pieces("anthropic", answer)
     out[0].set_text("HELLO")  # type: ignore[misc]
     assert answer["content"][0]["text"] == "HELLO"  # type: ignore[index]
+
+
+def test_flags_alone_hold_nothing_back() -> None:
+    g = guard("flag")
+    first = chunk("write to " + EMAIL)
+    assert g.feed(first) == first  # sent at once, though it holds an e-mail
+    rest = chunk(" and " + "z" * 100)
+    assert g.feed(rest) == rest
+    assert g.close() == b""
+    assert g.decisions[0].outcome == "flagged"

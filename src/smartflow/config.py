@@ -251,6 +251,10 @@ class PolicySettings:
     # classifiers, compliance clauses): each request's text is embedded once.
     # Off: the pattern checks alone (emails, cards, keys, injection rules).
     model_checks: bool = True
+    # Whether the default policy (calls no attachment matched) runs them too.
+    # Off by default: they cost ~10 ms of CPU a call (bench/guardrail_bench.py),
+    # which every call would pay; policies you attach get them.
+    default_model_checks: bool = False
     check_output: bool = True  # answers too (whole, and streams as they pass)
     # A stream's text is held back at most this many characters, so a finding
     # that straddles two events is caught before either leaves.
@@ -728,14 +732,17 @@ def semantic_enabled(settings: Settings) -> bool:
     return cache.mode == "semantic" or any(m.mode == "semantic" for m in cache.models.values())
 
 
-def policy_models_enabled(settings: Settings) -> bool:
-    """Whether guardrails run their model-based checks (the embedding model is needed)."""
-    return settings.policy.enabled and settings.policy.model_checks
+def policy_models_on_every_call(settings: Settings) -> bool:
+    """Whether every call's guardrails run the model-based checks (the default
+    policy's too): then the models are worth loading before the fork. Else a
+    worker loads them when a policy that needs them first runs."""
+    policy = settings.policy
+    return policy.enabled and policy.model_checks and policy.default_model_checks
 
 
 def encoder_wanted(settings: Settings) -> bool:
-    """Whether workers embed on the request path (worth loading before the fork)."""
-    return semantic_enabled(settings) or policy_models_enabled(settings)
+    """Whether workers embed on every call (worth loading before the fork)."""
+    return semantic_enabled(settings) or policy_models_on_every_call(settings)
 
 
 def index_wanted(settings: Settings) -> bool:

@@ -8,7 +8,10 @@
 * ``GET /api/policy/documents``, ``GET /api/policy/documents/{id}`` (with its
   clauses), ``DELETE /api/policy/documents/{id}``.
 * ``POST /api/policy/decisions/{call_id}/feedback``: ``{"outcome",
-  "guardrail"?, "policy"?, "note"?}``; 200 with what changed.
+  "guardrail"?, "policy"?, "note"?}``, outcome one of ``correct_block``,
+  ``false_positive``, ``missed_violation`` or ``correct_allow`` (a reviewer
+  confirming an allowed call; an extension to the contract); 200 with what
+  changed.
 * ``GET /api/policy/learning``: every policy's model (threshold, samples).
 
 Writes are for proxy admins; reads for the roles that read everything.
@@ -23,7 +26,12 @@ from smartflow.http.errors import HTTPError
 from smartflow.http.request import Request
 from smartflow.http.response import Response
 from smartflow.http.router import Router
-from smartflow.policy.learning import FeedbackError, LearningRuntime, UnknownCall
+from smartflow.policy.learning import (
+    OUTCOME_LABELS,
+    FeedbackError,
+    LearningRuntime,
+    UnknownCall,
+)
 from smartflow.vectorstores.multipart import UploadError, is_multipart, parse_form, upload_text
 
 DOCUMENTS_PATH = "/api/policy/documents"
@@ -155,8 +163,8 @@ def register_learning_routes(router: Router, admin: AdminContext,
         body = await read_json_object(request)
         outcome = body.get("outcome")
         if not isinstance(outcome, str):
-            raise _bad("outcome: required, one of correct_block, false_positive, "
-                       "missed_violation.", "outcome", "missing_required_parameter")
+            raise _bad(f"outcome: required, one of {', '.join(OUTCOME_LABELS)}.", "outcome",
+                       "missing_required_parameter")
         call_id = request.path_params["call_id"]
         try:
             answer = await learning.feedback(

@@ -33,10 +33,14 @@ logger = logging.getLogger(__name__)
 
 class PolicyRuntime:
     def __init__(self, settings: PolicySettings, engine: GuardrailEngine, *,
+                 pattern_engine: GuardrailEngine | None = None,
                  watcher: PolicyWatcher | None = None,
                  learning: LearningRuntime | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        # The default policy's, unless it runs the model checks too.
+        self.default_engine = (engine if settings.default_model_checks or pattern_engine is None
+                               else pattern_engine)
         self.watcher = watcher
         self.learning = learning
         self._default = settings.default_policy or None
@@ -120,4 +124,6 @@ def build_policy_runtime(settings: Settings, *, store_client: StoreClient | None
             learning.decision_log = DecisionLog(store_client,
                                                 ttl_s=int(policy.remember_decisions_s))
             services.learning = learning
-    return PolicyRuntime(policy, GuardrailEngine(services), watcher=watcher, learning=learning)
+    pattern_engine = GuardrailEngine(DetectorServices(model_checks=False))
+    return PolicyRuntime(policy, GuardrailEngine(services), pattern_engine=pattern_engine,
+                         watcher=watcher, learning=learning)

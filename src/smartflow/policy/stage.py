@@ -27,7 +27,7 @@ import orjson
 
 from smartflow.gateway_error import GatewayError, Phase, Reason
 from smartflow.policy.call_text import checks_calls_of, input_pieces, output_pieces
-from smartflow.policy.engine import Decision, verdict_of
+from smartflow.policy.engine import Decision, GuardrailEngine, verdict_of
 from smartflow.policy.masking import Masker
 from smartflow.policy.stream_guard import OutputGuard
 from smartflow.proxy.headers import TAGS_HEADER
@@ -60,6 +60,7 @@ class PolicyState:
     embedding: np.ndarray | None = None  # the latest user text's, for feedback
     digest: str = ""
     guard: OutputGuard | None = None
+    engine: GuardrailEngine | None = None
 
 
 def blocked_error(decision: Decision, *, answer: bool = False) -> GatewayError:
@@ -101,6 +102,7 @@ class GuardrailStage(Stage):
     def __init__(self, runtime: PolicyRuntime) -> None:
         self._runtime = runtime
         self._engine = runtime.engine
+        self._default_engine = runtime.default_engine
         settings = runtime.settings
         self._window = settings.stream_window
         self._max_chars = settings.max_scan_chars
@@ -132,7 +134,11 @@ class GuardrailStage(Stage):
             text = piece.text[:budget]
             budget -= len(text)
             texts.append(text)
-        engine = self._engine
+        # Only the default policy applies (no attachment matched): its
+        # engine, the pattern checks alone unless configured otherwise.
+        engine = (self._default_engine if any(
+            step.get("step") == "default" for step in resolution.explanation) else self._engine)
+        state.engine = engine
         embeddings = await engine.embeddings_for(guardrails, texts)
         decisions = engine.run(guardrails, texts, embeddings, "input")
         state.decisions = decisions
@@ -167,7 +173,7 @@ class GuardrailStage(Stage):
         state = call.policy_state
         if state is None or not state.output_guardrails:
             return transform
-        guard = OutputGuard(transform, self._engine, state.output_guardrails, call.dialect.name,
+        guard = OutputGuard(transform, state.engine or self._engine, state.output_guardrails, call.dialect.name,
                             window=self._window, masker=state.masker,
                             block_error=lambda d: blocked_error(d, answer=True))
         state.guard = guard
@@ -206,7 +212,7 @@ class GuardrailStage(Stage):
         if not pieces:
             return []
         texts = [p.text[:self._max_chars] for p in pieces]
-        decisions = self._engine.run(state.output_guardrails, texts, [None] * len(texts),
+        decisions = (state.engine or self._engine).run(state.output_guardrails, texts, [None] * len(texts),
                                      "output")
         for decision in decisions:
             if decision.outcome == "blocked":

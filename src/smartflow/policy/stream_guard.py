@@ -12,7 +12,9 @@ longer than the window.
 
 A block ends the stream with one error event in the caller's dialect (what
 was held is dropped; what was sent before is clean). A mask rewrites the
-held events' text; other events leave as the very same bytes.
+held events' text; other events leave as the very same bytes. When no
+guardrail of the call blocks or masks, nothing is held: the text is judged
+(for the record) as it passes.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ BlockError = Callable[[Decision], GatewayError]
 
 
 class OutputGuard:
-    __slots__ = ("_block_error", "_codec", "_context", "_engine", "_guardrails", "_inner",
-                 "_masker", "_pending", "_pending_chars", "_seen", "_window", "decisions")
+    __slots__ = ("_block_error", "_codec", "_context", "_engine", "_guardrails", "_holds",
+                 "_inner", "_masker", "_pending", "_pending_chars", "_seen", "_window",
+                 "decisions")
 
     def __init__(self, inner: StreamTransform, engine: GuardrailEngine,
                  guardrails: Sequence[Any], dialect: str, *, window: int,
@@ -49,6 +52,9 @@ class OutputGuard:
         self._pending_chars = 0
         self._context = ""  # the tail of the text already sent
         self._seen: set[tuple[str, str, str]] = set()
+        # Only a block or a mask needs to see text before it leaves; flags and
+        # logs are judged as the text passes, delaying nothing.
+        self._holds = any(g.action in ("block", "mask") for g in guardrails)
         # One decision per guardrail for the whole answer, filled as findings come.
         self.decisions = [Decision(g.name, g.type, getattr(g, "policy", ""), "output", g.action)
                           for g in guardrails]
@@ -81,6 +87,12 @@ class OutputGuard:
                 text = codec.text_of(event) or ""
                 self._pending.append((event, text))
                 self._pending_chars += len(text)
+        if not self._holds:
+            if self._pending and (final or self._pending_chars >= self._window):
+                if self._pending_chars:
+                    self._scan()
+                self._release(final=True)  # already sent: this only moves the context on
+            return out
         if not self._pending:
             return b""
         if not final and self._pending_chars < self._window:

@@ -13,7 +13,7 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from smartflow.config import Settings, encoder_wanted, index_wanted, policy_models_enabled
+from smartflow.config import Settings, encoder_wanted, index_wanted, policy_models_on_every_call
 from smartflow.process.binding import bind_listener, is_something_listening
 from smartflow.process.exit_codes import EXIT_BIND_FAILED, EXIT_CONFIG_ERROR, StartupError
 from smartflow.process.tls import build_server_ssl_context
@@ -151,11 +151,12 @@ def preload_encoder(settings: Settings) -> object | None:
 
 
 def preload_ner(settings: Settings) -> object | None:
-    """With the guardrails' model checks on, the NER model (names, addresses),
-    loaded before the first fork for the same reason as the embedding model.
-    None when they are off or the model is not installed (names and
-    addresses are then not detected; every other check works)."""
-    if not policy_models_enabled(settings):
+    """With the guardrails' model checks on for every call, the NER model
+    (names, addresses), loaded before the first fork for the same reason as
+    the embedding model. None otherwise (a worker loads it when a policy
+    first needs it) or when it is not installed (names and addresses are then
+    not detected; every other check works)."""
+    if not policy_models_on_every_call(settings):
         return None
     from smartflow.policy.ner import NerUnavailable, load_ner
 
