@@ -233,3 +233,49 @@ def test_large_input_stays_fast(detector: InjectionDetector) -> None:
     elapsed = time.perf_counter() - started
     assert elapsed < 2.0, elapsed
     assert findings and all(f.start >= 49_000 for f in findings)
+
+
+def _every_rule_match(text: str) -> set[tuple[int, int, str, str]]:
+    """What the rules find with no gate at all: every rule over every view."""
+    from smartflow.policy.injection import _RULES
+
+    found = set()
+    for view in normalize(text).views:
+        for rule in _RULES:
+            for m in rule.pattern.finditer(view.text):
+                found.add((*view.span(m.start(), m.end()), view.kind, rule.category))
+    return found
+
+
+def _gated_rule_match(text: str) -> set[tuple[int, int, str, str]]:
+    from smartflow.policy.injection import _RULES, _GateView
+
+    found = set()
+    for view in normalize(text).views:
+        gate = _GateView.of(view.text)
+        for rule in _RULES:
+            if rule.may_match(gate):
+                for m in rule.pattern.finditer(view.text):
+                    found.add((*view.span(m.start(), m.end()), view.kind, rule.category))
+    return found
+
+
+def test_rule_gate_never_skips_a_rule_that_matches() -> None:
+    # The gate (literal words read from each pattern) only decides which
+    # regexes are worth running; on every training text and disguised
+    # variants of it, it must keep every rule that matches.
+    import json
+    from importlib import resources
+
+    path = Path(str(resources.files("smartflow") / "data" / "injection_train.jsonl"))
+    texts = [json.loads(line)["text"] for line in path.read_text("utf-8").splitlines()
+             if line.strip()]
+    variants = [v for t in texts for v in (
+        t, t.upper(), t.title(), t.replace(" ", "\n"), t.replace(" ", "_"), t.replace("s", "\u017f"),
+        base64.b64encode(t.encode()).decode(), codecs.encode(t, "rot13"))]
+    matched = 0
+    for text in variants:
+        expected = _every_rule_match(text)
+        assert _gated_rule_match(text) == expected, text
+        matched += bool(expected)
+    assert matched > len(texts)  # the corpus does exercise the rules

@@ -10,7 +10,7 @@ import pytest
 
 from smartflow.policy.findings import Finding
 from smartflow.policy.masking import Masker
-from smartflow.policy.ner import NerUnavailable, load_ner
+from smartflow.policy.ner import NerUnavailable, candidate_sentences, load_ner
 from smartflow.policy.pii import PiiDetector, pii_detector_from_config
 
 PATTERNS = PiiDetector(entities=["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "US_SSN",
@@ -182,3 +182,46 @@ def test_long_adversarial_input_stays_fast(hostile: str) -> None:
     start = time.perf_counter()
     PiiDetector(ner=None).detect(hostile)
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    # Coordination and lists: a known first name on one side carries the list.
+    ("Kofi Boateng and Sione Tupou will pair on the incident review.",
+     ["Kofi Boateng", "Sione Tupou"]),
+    ("Invite Ana Silva, Jun Watanabe and Omar Farouk to the retro.",
+     ["Ana Silva", "Jun Watanabe", "Omar Farouk"]),
+    ("Hi Priya, the build is green.", ["Priya"]),
+    ("Thanks, Tomás! That fixed it.", ["Tomás"]),
+    ("Ticket assigned to Lucia Moreno, reported by Kenji Tanaka.",
+     ["Lucia Moreno", "Kenji Tanaka"]),
+    ("cc: Freya Larsen", ["Freya Larsen"]),
+    ("@Marek can you take a look?", ["Marek"]),
+    ("I borrowed Hannah Cohen's charger.", ["Hannah Cohen"]),
+])
+def test_person_context_rules(ner_detector: PiiDetector, text: str, names: list[str]) -> None:
+    assert [v for t, v in spans(text, ner_detector) if t == "PERSON"] == names
+
+
+@pytest.mark.parametrize("text", [
+    "Google Cloud and Amazon Web Services both had an outage.",
+    "Best Practices, Release Notes and Change Log are in the wiki.",
+    "New York and Los Angeles offices will close early.",
+    "Ask Jira, then check Grafana and Kafka dashboards.",
+])
+def test_capitalised_lists_without_a_name_are_not_people(ner_detector: PiiDetector,
+                                                          text: str) -> None:
+    assert spans(text, ner_detector) == []
+
+
+def test_coordination_needs_a_cue_even_without_the_model() -> None:
+    # Without the model there is no first-name table: the structure alone
+    # must not make people of two capitalised pairs.
+    det = PiiDetector(ner=None)
+    assert spans("Elif Kaya and Emeka Costa will review the plan.", det) == []
+
+
+def test_model_sees_only_candidate_sentences() -> None:
+    text = ("The payment failed. Can you retry it?\nbuild ok\n"
+            "Elif Kaya will review. Thanks!\nSee the Redis docs.")
+    assert [text[s:e].strip() for s, e in candidate_sentences(text)] == [
+        "Elif Kaya will review.", "See the Redis docs."]

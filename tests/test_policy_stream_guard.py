@@ -143,3 +143,12 @@ def test_flags_alone_hold_nothing_back() -> None:
     assert g.feed(rest) == rest
     assert g.close() == b""
     assert g.decisions[0].outcome == "flagged"
+
+
+def test_crlf_framed_events_keep_their_bytes_and_are_masked_in_place() -> None:
+    g = guard("mask")
+    crlf = [chunk(p).replace(b"\n\n", b"\r\n\r\n") for p in ("Mail ", EMAIL, " now")]
+    sent = b"".join(g.feed(e) for e in crlf) + g.close()
+    assert sent.count(b"\r\n\r\n") == 3 and b"\n\n" not in sent.replace(b"\r\n\r\n", b"")
+    assert crlf[0] in sent and crlf[2] in sent
+    assert b"[EMAIL_1]" in sent and EMAIL.encode() not in sent

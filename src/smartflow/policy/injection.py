@@ -24,6 +24,7 @@ previous instructions'") is, because the model reads the quote all the same.
 from __future__ import annotations
 
 import re
+import re._parser as sre_parse  # type: ignore[import-not-found]  # stdlib; no stub
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -79,15 +80,215 @@ _NO_LIMITS = (r"(?:no|without(?:\s+any)?|(?:never|not)\s+(?:been\s+)?(?:given|tr
 
 
 @dataclass(frozen=True, slots=True)
+class _WordGroup:
+    """Words of which every match of a rule contains at least one (lower-case)."""
+
+    # Words that start where no ASCII letter precedes them: found as the
+    # start of a letter run, a set lookup.
+    word_starts: frozenset[str]
+    # Any other word: a substring test.
+    anywhere: frozenset[str]
+
+    def present(self, lowered: str, run_prefixes: frozenset[str]) -> bool:
+        if not self.word_starts.isdisjoint(run_prefixes):
+            return True
+        for word in self.anywhere:
+            if word in lowered:
+                return True
+        return False
+
+
+@dataclass(frozen=True, slots=True)
 class _Rule:
     category: str
     pattern: re.Pattern[str]
     # A rule written for another language reports "multilingual".
     language: str = "en"
+    # Checked before the regex, which is far slower than these lookups.
+    required: tuple[_WordGroup, ...] = ()
+    # Every match contains a non-Latin word (Cyrillic, CJK): no ASCII text can match.
+    needs_non_ascii: bool = False
+
+    def may_match(self, view: _GateView) -> bool:
+        if view.is_ascii and self.needs_non_ascii:
+            return False
+        # A plain loop: this runs ~100 times per request.
+        for group in self.required:
+            if not group.present(view.lowered, view.run_prefixes):
+                return False
+        return True
 
 
 def _rule(category: str, pattern: str, language: str = "en") -> _Rule:
-    return _Rule(category, re.compile(pattern, re.IGNORECASE), language)
+    groups = _required_words(pattern)
+    required = tuple(_WordGroup(frozenset(w for w, start in g if start and _is_letters(w)),
+                                frozenset(w for w, start in g if not (start and _is_letters(w))))
+                     for g in groups if all(w.isascii() for w, _ in g))
+    # No non-ASCII letter case-folds to ASCII except the twins below, and a
+    # twin never occurs in these words, so an ASCII text cannot match them.
+    needs_non_ascii = any(all(not w.isascii() and _ASCII_CASE_TWINS.isdisjoint(w) for w, _ in g)
+                          for g in groups)
+    return _Rule(category, re.compile(pattern, re.IGNORECASE), language, required,
+                 needs_non_ascii)
+
+
+# ---------------------------------------------------------------- rule gate
+#
+# Running ~50 regexes over two views of every request is the detector's
+# main cost, and on ordinary text nearly all of them fail. Each rule gets a
+# gate derived from its own pattern (so it cannot drift from it): groups of
+# literal words, one of each must be in the text for the regex to possibly
+# match. The gate only skips regexes that cannot match, so results are
+# exactly those of running every rule.
+
+# A (lower-case word, starts-at-a-word-start) pair from a pattern.
+_Word = tuple[str, bool]
+# A shorter word would occur in nearly every text: not worth a check.
+_MIN_REQUIRED = 3
+# Non-ASCII characters that IGNORECASE matching (or str.lower) equates with
+# an ASCII letter ("\u017f" with "s", the Kelvin sign with "k"). In a text that
+# has one, lowered-text lookups could miss what the regex matches.
+_ASCII_CASE_TWINS = frozenset("\u0130\u0131\u017f\u212a")
+_LETTER_RUN = re.compile(r"[a-z]+")
+_WORD_START_AT = frozenset((sre_parse.AT_BOUNDARY, sre_parse.AT_BEGINNING,
+                            sre_parse.AT_BEGINNING_STRING))
+
+
+@dataclass(frozen=True, slots=True)
+class _GateView:
+    """What the gates look up in one view's text."""
+
+    lowered: str
+    is_ascii: bool
+    # Every prefix of every maximal run of ASCII letters in ``lowered``.
+    run_prefixes: frozenset[str]
+
+    @classmethod
+    def of(cls, text: str) -> _GateView:
+        lowered = text.lower()
+        runs = set(_LETTER_RUN.findall(lowered))
+        prefixes = frozenset(run[:k] for run in runs
+                             for k in range(_MIN_REQUIRED, min(len(run), _LONGEST_WORD_START) + 1))
+        return cls(lowered, text.isascii(), prefixes)
+
+
+def _is_letters(word: str) -> bool:
+    return word.isascii() and word.isalpha()
+
+
+def _required_words(pattern: str) -> list[set[_Word]]:
+    """Groups of literal words of which every match of ``pattern`` contains one each.
+
+    Read from the regex itself with the stdlib parser; anything the walk does
+    not understand just adds no requirement, which only costs speed.
+    """
+    try:
+        return _sequence_requirements(list(sre_parse.parse(pattern, re.IGNORECASE)), True)
+    except Exception:  # noqa: BLE001 - an unexpected parser shape means "no gate", never an error
+        return []
+
+
+def _sequence_requirements(items: list[Any], word_start: bool) -> list[set[_Word]]:
+    """Requirements of a sequence of parsed items.
+
+    ``word_start`` tracks whether the text before the current item is
+    certain not to end in an ASCII letter (start of text, after ``\\b``, a
+    space or punctuation): a word found there starts a letter run.
+    """
+    groups: list[set[_Word]] = []
+    run: list[str] = []
+    run_start = False
+    here = word_start
+
+    def close_run() -> None:
+        if run:
+            groups.append({("".join(run).lower(), run_start)})
+            run.clear()
+
+    for op, arg in items:
+        if op is sre_parse.LITERAL:
+            if not run:
+                run_start = here
+            run.append(chr(arg))
+            here = not chr(arg).isalpha()
+            continue
+        close_run()
+        if op is sre_parse.SUBPATTERN:
+            groups.extend(_sequence_requirements(list(arg[-1]), here))
+            here = False
+        elif op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT):
+            if arg[0] >= 1:
+                groups.extend(_sequence_requirements(list(arg[2]), here))
+                here = _non_letters(list(arg[2]))
+            else:
+                here = here and _non_letters(list(arg[2]))
+        elif op is sre_parse.BRANCH:
+            groups.extend(_branch_requirements(
+                [_sequence_requirements(list(b), here) for b in arg[1]]))
+            here = False
+        elif op is sre_parse.AT:
+            here = here or arg in _WORD_START_AT
+        elif op in (sre_parse.ASSERT, sre_parse.ASSERT_NOT):
+            pass  # zero-width: what precedes is unchanged
+        else:
+            here = _non_letters([(op, arg)])
+    close_run()
+    return _most_selective(groups)
+
+
+def _non_letters(items: list[Any]) -> bool:
+    """Whether a one-character item surely matches no ASCII letter (spaces, punctuation)."""
+    if len(items) != 1:
+        return False
+    op, arg = items[0]
+    if op is sre_parse.LITERAL:
+        return not chr(arg).isalpha()
+    if op is sre_parse.IN:
+        return all(o is sre_parse.LITERAL and not chr(a).isalpha()
+                   or o is sre_parse.CATEGORY and a is sre_parse.CATEGORY_SPACE
+                   for o, a in arg)
+    return False
+
+
+def _branch_requirements(branches: list[list[set[_Word]]]) -> list[set[_Word]]:
+    """Groups every alternative satisfies: one group of each, joined, for each combination."""
+    if any(not groups for groups in branches):
+        return []
+    combined: list[set[_Word]] = [set()]
+    for groups in branches:
+        # Each alternative's few best groups keep the combinations bounded.
+        combined = [done | group for done in combined for group in groups[:_BRANCH_GROUPS]]
+    return _most_selective(combined)
+
+
+# Words so common in ordinary text that a group holding one rarely rules a
+# rule out; only used to rank groups (which group is checked, not what it means).
+_COMMON = frozenset((
+    "the", "you", "your", "all", "any", "are", "was", "were", "what", "how", "did", "have",
+    "not", "don", "new", "true", "real", "from", "act", "read", "see", "list", "show", "print",
+    "give", "tell", "system", "rule", "text", "message", "process", "content", "play", "enter",
+    "post", "rate", "mark", "stop", "must", "send", "delete", "answer", "only", "just", "before",
+    "above", "and", "can", "this", "that", "with", "output", "copy", "share", "write",
+))
+_BRANCH_GROUPS = 2
+
+
+def _most_selective(groups: list[set[_Word]]) -> list[set[_Word]]:
+    """Usable groups, likeliest to fail on ordinary text first (dropping a group is safe)."""
+    usable = [g for g in groups if g and all(
+        (len(w) >= _MIN_REQUIRED if w.isascii() else _ASCII_CASE_TWINS.isdisjoint(w))
+        for w, _ in g)]
+    unique: list[set[_Word]] = []
+    for group in sorted(usable, key=_weakness):
+        if not any(kept <= group for kept in unique):
+            unique.append(group)
+    return unique
+
+
+def _weakness(group: set[_Word]) -> tuple[int, int, int, int]:
+    common = sum(1 for w, _ in group if any(w in c for c in _COMMON))
+    anywhere = sum(1 for w, start in group if not start)
+    return (common, anywhere, len(group), -min(len(w) for w, _ in group))
 
 
 _RULES: tuple[_Rule, ...] = (
@@ -254,6 +455,10 @@ _RULES: tuple[_Rule, ...] = (
                     r"(?:무시|잊어)", "ko"),
 )
 
+# Run prefixes longer than every word-start word are never looked up.
+_LONGEST_WORD_START = max((len(w) for rule in _RULES for g in rule.required for w in g.word_starts),
+                          default=_MIN_REQUIRED)
+
 # Sentences a planted instruction tends to contain; only windows with one of
 # these are embedded, so a long benign page costs no extra model calls.
 _CUE = re.compile(
@@ -332,8 +537,13 @@ class InjectionDetector:
     def _rule_hits(self, norm: NormalizedText) -> list[_Hit]:
         hits: list[_Hit] = []
         for view in norm.views:
+            text = view.text
+            # Lowered-text lookups agree with IGNORECASE only without the twins.
+            gate = _GateView.of(text) if _ASCII_CASE_TWINS.isdisjoint(text) else None
             for rule in _RULES:
-                for match in rule.pattern.finditer(view.text):
+                if gate is not None and not rule.may_match(gate):
+                    continue
+                for match in rule.pattern.finditer(text):
                     start, end = view.span(match.start(), match.end())
                     hits.append(_Hit(start, end, RULE_SCORE,
                                      _category(rule, view, norm, start, end, match.group())))

@@ -31,7 +31,10 @@ from smartflow.policy.pii_patterns import RECOGNISERS
 _NAME_WORD = r"[A-Z][a-zà-ÿ'’]+(?:-[A-Z][a-zà-ÿ'’]+)?"
 _NAME = _NAME_WORD + r"(?:\s(?:(?:van|von|de|da|del|der|la|le|di|bin|al|ibn|dos)\s)?" \
     + _NAME_WORD + r"){0,3}"
-_TITLE = r"(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Sir|Dame|Madam|Mme|Mlle|Herr|Frau|Sr|Sra)\.?"
+# The same, within one line (a name never runs across a line break).
+_NAME_SP = _NAME.replace(r"\s", r"[ \t]")
+_TITLE = (r"(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Professor|Sir|Dame|Madam|Mme|Mlle|Herr|Frau|Sr|Sra|"
+          r"Rev|Capt|Col|Lt|Sgt|Judge|Senator|Rep)\.?")
 # Context that says the next capitalised words are a person's name.
 _PERSON_RULES = tuple((name, re.compile(p)) for name, p in (
     ("title", r"\b" + _TITLE + r"\s(" + _NAME + r")"),
@@ -41,10 +44,25 @@ _PERSON_RULES = tuple((name, re.compile(p)) for name, p in (
              r"patient|tenant|owner|candidate|contact|recipient|to|from|by|with|for)\s(" + _NAME
              + r")(?=\s*[,.;:)\n]|\s(?:called|said|asked|wrote|will|and|is|was|has|from|at)\b)"),
     ("greeting", r"(?m)^(?i:hi|hello|hey|dear|thanks|thank you|cc)\s(" + _NAME + r")\s*[,!:\n]"),
+    ("sign-off", r"(?m)(?:^|[.!]\s)(?i:thanks|thank you|cheers|hi|hello|hey),?[ \t]("
+                 + _NAME_SP + r")\s*(?:[.!,]|$)"),
+    ("assigned", r"(?i:assigned to|reported by|raised by|opened by|created by|approved by|"
+                 r"reviewed by|submitted by|requested by|owned by|escalated to|handed to|"
+                 r"assignee:?|reporter:?|reviewer:?|owner:?|cc:)\s@?(" + _NAME_SP
+                 + r")\b(?!\s[A-Z])"),
+    ("mention", r"(?<![\w.])@(" + _NAME_WORD + r"(?:[ \t]" + _NAME_WORD + r")?)\b(?!\.\w)"),
     ("signature", r"(?i:regards|best|cheers|thanks|thank you|sincerely|warmly|best wishes|"
                   r"kind regards|cordialement|grüße|saludos),?[ \t]*\n[ \t]*(?:[-–—][ \t]*)?("
                   + _NAME + r")[ \t]*(?:\n|$)"),
 ))
+# "A B" — a two-word name (with an optional particle), ending at a word end
+# that is not followed by another capitalised word.
+_PAIR = (_NAME_WORD + r"[ \t](?:(?:van|von|de|da|del|der|la|le|di|bin|al|ibn|dos)[ \t])?"
+         + _NAME_WORD + r"(?![\w'’-]|[ \t][A-Z])")
+# A coordination or list of pairs: "A B and C D", "A B, C D and E F".
+_PAIR_LIST = re.compile(r"(?<![\w'’-])" + _PAIR + r"(?:(?:,[ \t]|,?[ \t](?:and|&|or)[ \t])"
+                        + _PAIR + r")+")
+_PAIR_ONE = re.compile(_PAIR)
 _TITLE_BEFORE = re.compile(_TITLE + r"\s$")
 # Words that name a role, a day or a greeting rather than a person, found by
 # the rules' capitalised-word patterns at the start of a sentence.
@@ -57,6 +75,30 @@ def _in_backticks(text: str, start: int, end: int) -> bool:
     return text.count("`", line_start, start) % 2 == 1
 
 
+def _name_like(words: Sequence[str]) -> bool:
+    return not any(w in _NOT_NAMES for w in words)
+
+
+def _cued_structures(text: str, model_people: Sequence[tuple[int, int]]
+                     ) -> list[tuple[int, int, str]]:
+    """Names found by structure, each needing the model to agree.
+
+    In "A B, C D and E F" two sides the model calls people make the whole
+    list people. One model tag alone is not enough ("Visual Studio and
+    Android Studio": the model calls the second a person).
+    """
+    out: list[tuple[int, int, str]] = []
+    for m in _PAIR_LIST.finditer(text):
+        pairs = [(p.start() + m.start(), p.end() + m.start(), p.group(0).split())
+                 for p in _PAIR_ONE.finditer(m.group(0))]
+        if not all(_name_like(words) for _, _, words in pairs):
+            continue
+        tagged = sum(any(ms < e and s < me for ms, me in model_people) for s, e, _ in pairs)
+        if tagged >= 2:
+            out.extend((s, e, "rule:coordination") for s, e, _ in pairs)
+    return out
+
+
 def _person_findings(text: str, ner_ents: Sequence[tuple[str, int, int, float]]
                      ) -> list[Finding]:
     out: list[Finding] = []
@@ -67,6 +109,8 @@ def _person_findings(text: str, ner_ents: Sequence[tuple[str, int, int, float]]
             if text[s:e].split()[0] in _NOT_NAMES:
                 continue
             supported.append((s, e, rule))
+    model_people = [(s, e) for label, s, e, _ in ner_ents if label == PERSON]
+    structured = _cued_structures(text, model_people)
     for label, s, e, score in ner_ents:
         if label != PERSON:
             continue
@@ -99,6 +143,13 @@ def _person_findings(text: str, ner_ents: Sequence[tuple[str, int, int, float]]
     for s, e, rule in supported:
         if not any(f.start < e and s < f.end for f in out):
             out.append(Finding(PERSON, s, e, 0.7, "rule:" + rule))
+    for s, e, detail in structured:
+        if _in_backticks(text, s, e):
+            continue
+        # Where the model found part of the name, the structure's full span wins.
+        out = [f for f in out if not (s <= f.start and f.end <= e and (f.start, f.end) != (s, e))]
+        if not any(f.start < e and s < f.end for f in out):
+            out.append(Finding(PERSON, s, e, 0.8, detail))
     return out
 
 

@@ -7,6 +7,7 @@ changed its text; every other event leaves as the very same bytes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -89,6 +90,22 @@ _CODECS: dict[str, tuple[bytes, Getter, Setter]] = {
 }
 
 
+_BOUNDARY = re.compile(rb"\r\n\r\n|\n\n|\r\r")
+
+
+def split_events(data: bytes) -> list[bytes]:
+    """Whole events, each with its own blank-line ending, the bytes unchanged
+    (an upstream relayed natively may frame with CRLF)."""
+    events = []
+    start = 0
+    for match in _BOUNDARY.finditer(data):
+        events.append(data[start:match.end()])
+        start = match.end()
+    if start < len(data):
+        events.append(data[start:])
+    return events
+
+
 class EventText:
     """Reads and rewrites one dialect's text deltas."""
 
@@ -107,7 +124,10 @@ class EventText:
         if event[start:start + 1] == b" ":
             start += 1
         end = event.find(b"\n", start)
-        return start, (len(event) if end < 0 else end)
+        end = len(event) if end < 0 else end
+        if event[end - 1:end] == b"\r":  # CRLF framing stays as it came
+            end -= 1
+        return start, end
 
     def text_of(self, event: bytes) -> str | None:
         if self._marker not in event:

@@ -27,7 +27,7 @@ from smartflow.gateway_error import GatewayError
 from smartflow.policy.engine import Decision, GuardrailEngine
 from smartflow.policy.findings import Finding
 from smartflow.policy.masking import Masker
-from smartflow.policy.sse_text import EventText
+from smartflow.policy.sse_text import EventText, split_events
 from smartflow.proxy.relay import StreamOutcome, StreamTransform
 
 BlockError = Callable[[Decision], GatewayError]
@@ -80,10 +80,7 @@ class OutputGuard:
     def _take(self, out: bytes, *, final: bool) -> bytes:
         if out:
             codec = self._codec
-            for event in out.split(b"\n\n"):
-                if not event:
-                    continue
-                event += b"\n\n"
+            for event in split_events(out):
                 text = codec.text_of(event) or ""
                 self._pending.append((event, text))
                 self._pending_chars += len(text)

@@ -52,7 +52,12 @@ _CONFUSABLES = {
 _LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b",
          "@": "a", "$": "s", "!": "i", "|": "l", "+": "t"}
 
-_WORD = re.compile(r"[^\s.,;:?\"'()\[\]{}<>/\\]+")
+_WORD_CHARS = r"[^\s.,;:?\"'()\[\]{}<>/\\]"
+_WORD = re.compile(_WORD_CHARS + "+")
+# A whole _WORD holding at least one _LEET character: starts only where a
+# word starts, so a word without one costs a single pass.
+_LEET_WORD = re.compile(
+    rf"(?<!{_WORD_CHARS}){_WORD_CHARS}*?[{re.escape(''.join(_LEET))}]{_WORD_CHARS}*")
 # Three or more single letters each followed by one separator: "i g n o r e".
 _SPACED = re.compile(r"(?<![^\s])(?:[^\W_][ ._\-*]){3,}[^\W_](?![^\s])")
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
@@ -125,6 +130,13 @@ def _plain_view(text: str, base: int, end: int) -> TextView:
     chars: list[str] = []
     offsets: list[int] = []
     tricks: set[str] = set()
+    if text.isascii():
+        # Invisible, tag and look-alike characters are all non-ASCII: the
+        # character pass below would copy every character as it is.
+        out, offsets = _map_words(text, list(range(base, base + len(text))), tricks)
+        out, offsets = _collapse_spaced(out, offsets, tricks)
+        offsets.append(end)
+        return TextView(out, offsets, "plain", tricks)
     for index, char in enumerate(text):
         code = ord(char)
         if char in _INVISIBLE:
@@ -161,6 +173,15 @@ def _plain_view(text: str, base: int, end: int) -> TextView:
 def _map_words(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, list[int]]:
     """Homoglyph and leetspeak folding, word by word (one char for one)."""
     chars = list(text)
+    if text.isascii():
+        # Only leetspeak can apply, and only to words holding a leet character.
+        for match in _LEET_WORD.finditer(text):
+            word = match.group()
+            if _is_leet(word):
+                tricks.add("leetspeak")
+                for i, c in enumerate(word):
+                    chars[match.start() + i] = _LEET.get(c, c)
+        return "".join(chars), offsets
     latin_words = sum(1 for m in _WORD.finditer(text) if m.group().isascii())
     for match in _WORD.finditer(text):
         word = match.group()
