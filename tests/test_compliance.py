@@ -435,3 +435,39 @@ async def test_compliance_runs_as_its_own_process_role(audit_dsn: str, redis_url
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+def test_the_cli_serves_the_compliance_api_alone_and_stops_on_sigterm(
+        audit_dsn: str, redis_url: str, tmp_path: Any) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    config = tmp_path / "compliance.toml"
+    config.write_text(f'[auth]\nmaster_key = "sk-master-cli"\n[state]\nredis_url = "{redis_url}"\n'
+                      f'[audit]\npostgres_dsn = "{audit_dsn}"\n')
+    process = subprocess.Popen([sys.executable, "-m", "smartflow.cli", "compliance", "--config",
+                                str(config), "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        health = None
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert health is not None and health.status_code == 200, process.poll()
+        frameworks = httpx.get(f"http://127.0.0.1:{port}/api/compliance/frameworks",
+                               headers={"authorization": "Bearer sk-master-cli"}, timeout=10)
+        assert frameworks.status_code == 200
+        assert {f["name"] for f in frameworks.json()["data"]} >= {"gdpr", "hipaa"}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
