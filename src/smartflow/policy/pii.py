@@ -28,8 +28,9 @@ from smartflow.policy.ner import NerModel
 from smartflow.policy.pii_address import find_addresses
 from smartflow.policy.pii_patterns import RECOGNISERS
 
-_NAME_WORD = r"[A-Z][a-zà-ÿ'’]+(?:-[A-Z][a-zà-ÿ'’]+)?"
-_NAME = _NAME_WORD + r"(?:\s(?:(?:van|von|de|da|del|der|la|le|di|bin|al|ibn|dos)\s)?" \
+_NAME_WORD = r"[A-ZÀ-ÞĀ-Ž][a-zß-ÿā-ž'’]+(?:-[A-ZÀ-ÞĀ-Ž][a-zß-ÿā-ž'’]+)?"
+# Words, particles ("van", "bin") and middle initials ("Catherine E. Montgomery").
+_NAME = _NAME_WORD + r"(?:\s(?:(?:van|von|de|da|del|der|la|le|di|bin|al|ibn|dos)\s|[A-Z]\.\s)?" \
     + _NAME_WORD + r"){0,3}"
 # The same, within one line (a name never runs across a line break).
 _NAME_SP = _NAME.replace(r"\s", r"[ \t]")
@@ -41,18 +42,34 @@ _PERSON_RULES = tuple((name, re.compile(p)) for name, p in (
     ("name-is", r"(?i:\b(?:my name is|my name's|i am|i'm|this is|call me|name:|"
                 r"signed,?|attn:?|attention:?)\s)(" + _NAME + r")"),
     ("role", r"\b(?i:customer|client|user|employee|applicant|account holder|holder|colleague|"
-             r"patient|tenant|owner|candidate|contact|recipient|to|from|by|with|for)\s(" + _NAME
-             + r")(?=\s*[,.;:)\n]|\s(?:called|said|asked|wrote|will|and|is|was|has|from|at)\b)"),
+             r"patient|tenant|owner|candidate|contact|recipient|new hire|to|from|by|with|for)\s("
+             + _NAME + r")(?=\s*[,.;:)\n]|\s(?:called|said|asked|wrote|will|and|is|was|has|from|"
+             r"at)\b)"),
+    # A noun for a person before the name and a verb after: "our new hire A B starts".
+    ("role-verb", r"\b(?i:customer|client|employee|applicant|colleague|patient|tenant|"
+                  r"candidate|recipient|new hire|intern|contractor)\s(" + _NAME_SP
+                  + r")(?=\s(?:starts|started|joins|joined|left|leaves|prefers|needs|wants)\b)"),
+    # A form field or list label: "Dependent: Mason Reed", "Attendees: A B, C D".
+    ("label", r"(?m)(?:^|[.;]\s)(?i:name|full name|patient|dependent|beneficiary|employee|guest|"
+              r"passenger|traveller|traveler|attendees?|participants?|present|applicant|"
+              r"emergency contact|next of kin|spouse|child|driver|insured|account holder|"
+              r"deliver to|ship to|bill to|send to|sold to)"
+              r"[ \t]*:[ \t]*(" + _NAME_SP + r")(?=[ \t]*(?:[,;(\n]|$))"),
+    # "call Nadia Iyer back", "email Jo Bloggs about": a verb of contact and
+    # a full name (two words or more: "ask Jenkins to" is a build server).
+    ("contact", r"\b(?i:call|ring|phone|email|e-mail|ask|tell|remind|thank)[ \t]("
+                + _NAME_WORD + r"(?:[ \t]" + _NAME_WORD + r"){1,2})"
+                r"(?=[ \t](?:back|about|to|if|when|that|for)\b|[ \t]*[,.?!])"),
     ("greeting", r"(?m)^(?i:hi|hello|hey|dear|thanks|thank you|cc)\s(" + _NAME + r")\s*[,!:\n]"),
     ("sign-off", r"(?m)(?:^|[.!]\s)(?i:thanks|thank you|cheers|hi|hello|hey),?[ \t]("
                  + _NAME_SP + r")\s*(?:[.!,]|$)"),
-    ("assigned", r"(?i:assigned to|reported by|raised by|opened by|created by|approved by|"
+    ("assigned", r"(?i:assigned to|signed by|countersigned by|co-signed by|reported by|raised by|opened by|created by|approved by|"
                  r"reviewed by|submitted by|requested by|owned by|escalated to|handed to|"
                  r"assignee:?|reporter:?|reviewer:?|owner:?|cc:)\s@?(" + _NAME_SP
                  + r")\b(?!\s[A-Z])"),
     ("mention", r"(?<![\w.])@(" + _NAME_WORD + r"(?:[ \t]" + _NAME_WORD + r")?)\b(?!\.\w)"),
     ("signature", r"(?i:regards|best|cheers|thanks|thank you|sincerely|warmly|best wishes|"
-                  r"kind regards|cordialement|grüße|saludos),?[ \t]*\n[ \t]*(?:[-–—][ \t]*)?("
+                  r"kind regards|cordialement|grüße|saludos),?[ \t]*\n(?:[ \t]*\n)?[ \t]*(?:[-–—][ \t]*)?("
                   + _NAME + r")[ \t]*(?:\n|$)"),
 ))
 # "A B" — a two-word name (with an optional particle), ending at a word end
@@ -67,6 +84,8 @@ _TITLE_BEFORE = re.compile(_TITLE + r"\s$")
 # Words that name a role, a day or a greeting rather than a person, found by
 # the rules' capitalised-word patterns at the start of a sentence.
 _NOT_NAMES = frozenset(["I", "Im", "Team", "All", "Everyone", "Folks", "Guys", "There", "Support", "Sales", "Admin", "Customer", "Service", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "Sir", "Madam", "Hi", "Hello", "Thanks", "Regards", "The", "This", "That", "Please", "Sorry", "Yes", "No", "Ok", "Okay", "Happy", "Good", "Going", "Here", "Back", "Not", "Sure", "Just", "Also", "Looking", "Trying", "Working", "Writing", "Available", "Interested", "New", "Glad", "Still"])
+# "Jackson 2.17", "Upgrade Jackson to 2.17": a version after the name makes it software.
+_VERSION_AFTER = re.compile(r"[ \t]+(?:to[ \t]+|from[ \t]+|v)?\d+\.\d+")
 _CODE_CHARS = frozenset("_/\\@=<>{}[]()#$%^*|`0123456789")
 
 
@@ -79,13 +98,19 @@ def _name_like(words: Sequence[str]) -> bool:
     return not any(w in _NOT_NAMES for w in words)
 
 
-def _cued_structures(text: str, model_people: Sequence[tuple[int, int]]
-                     ) -> list[tuple[int, int, str]]:
+# Rules whose cue names a person outright, strong enough to stand in for a
+# second model tag in a coordination ("signed by A B and C D").
+_STRONG_RULES = frozenset({"title", "name-is", "assigned", "signature", "label", "greeting"})
+
+
+def _cued_structures(text: str, model_people: Sequence[tuple[int, int]],
+                     strong: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int, str]]:
     """Names found by structure, each needing the model to agree.
 
-    In "A B, C D and E F" two sides the model calls people make the whole
-    list people. One model tag alone is not enough ("Visual Studio and
-    Android Studio": the model calls the second a person).
+    In "A B, C D and E F" two sides the model calls people (or a strong
+    context rule names) make the whole list people. One model tag alone is
+    not enough ("Visual Studio and Android Studio": the model calls the
+    second a person).
     """
     out: list[tuple[int, int, str]] = []
     for m in _PAIR_LIST.finditer(text):
@@ -94,6 +119,7 @@ def _cued_structures(text: str, model_people: Sequence[tuple[int, int]]
         if not all(_name_like(words) for _, _, words in pairs):
             continue
         tagged = sum(any(ms < e and s < me for ms, me in model_people) for s, e, _ in pairs)
+        tagged += sum(any(ms <= s and e <= me for ms, me in strong) for s, e, _ in pairs)
         if tagged >= 2:
             out.extend((s, e, "rule:coordination") for s, e, _ in pairs)
     return out
@@ -110,7 +136,8 @@ def _person_findings(text: str, ner_ents: Sequence[tuple[str, int, int, float]]
                 continue
             supported.append((s, e, rule))
     model_people = [(s, e) for label, s, e, _ in ner_ents if label == PERSON]
-    structured = _cued_structures(text, model_people)
+    strong = [(s, e) for s, e, rule in supported if rule in _STRONG_RULES]
+    structured = _cued_structures(text, model_people, strong)
     for label, s, e, score in ner_ents:
         if label != PERSON:
             continue
@@ -150,6 +177,29 @@ def _person_findings(text: str, ner_ents: Sequence[tuple[str, int, int, float]]
         out = [f for f in out if not (s <= f.start and f.end <= e and (f.start, f.end) != (s, e))]
         if not any(f.start < e and s < f.end for f in out):
             out.append(Finding(PERSON, s, e, 0.8, detail))
+    orgs = [(s, e) for label, s, e, _ in ner_ents if label == "ORG"]
+    out = [f for f in out if not _not_a_person(text, f, orgs)]
+    return out + _repeats(text, out)
+
+
+def _not_a_person(text: str, f: Finding, orgs: Sequence[tuple[int, int]]) -> bool:
+    if _VERSION_AFTER.match(text, f.end):
+        return True
+    # One word after a title that the model calls a brand: "Dr Pepper".
+    # Only after a title: the model calls too many real names after other
+    # cues organisations for its ORG tag to veto them.
+    return f.detail == "rule:title" and " " not in text[f.start:f.end] and any(
+        s <= f.start and f.end <= e for s, e in orgs)
+
+
+def _repeats(text: str, found: Sequence[Finding]) -> list[Finding]:
+    """Other mentions of a full name already found: a name is a name throughout."""
+    out: list[Finding] = []
+    names = {text[f.start:f.end] for f in found if f.score >= 0.7 and " " in text[f.start:f.end]}
+    for name in names:
+        for m in re.finditer(r"(?<![\w'’-])" + re.escape(name) + r"(?![\w-])", text):
+            if not any(f.start < m.end() and m.start() < f.end for f in (*found, *out)):
+                out.append(Finding(PERSON, m.start(), m.end(), 0.8, "repeat"))
     return out
 
 
@@ -179,19 +229,42 @@ class PiiDetector:
                 found.extend(recognise(text))
         if PERSON in self.entities or ADDRESS in self.entities:
             ents = self.ner.entities(text) if self.ner is not None else []
-            if PERSON in self.entities:
-                found.extend(_person_findings(text, ents))
+            people = _person_findings(text, ents) if PERSON in self.entities else []
             if ADDRESS in self.entities:
                 places = [(s, e) for label, s, e, _ in ents if label == ADDRESS]
                 detail = "street+ner" if self.ner is not None else "street"
-                found.extend(Finding(ADDRESS, s, e, 0.9, detail)
-                             for s, e in find_addresses(text, places))
+                addresses = find_addresses(text, places)
+                people, addresses = _towns_taken_for_people(text, people, addresses)
+                found.extend(Finding(ADDRESS, s, e, 0.9, detail) for s, e in addresses)
+            found.extend(people)
         found = [f for f in found if f.score >= self.min_score]
         if self.allow and found:
             allowed = [(m.start(), m.end()) for rx in self.allow for m in rx.finditer(text)]
             found = [f for f in found
                      if not any(s <= f.start and f.end <= e for s, e in allowed)]
         return _resolve_overlaps(found)
+
+
+_TOWN_AFTER_ADDRESS = re.compile(r",[ \t]")
+_TOWN_END = re.compile(r"[ \t]*(?:[.;!?\n]|$)")
+
+
+def _towns_taken_for_people(text: str, people: list[Finding],
+                            addresses: list[tuple[int, int]]
+                            ) -> tuple[list[Finding], list[tuple[int, int]]]:
+    """A "person" that closes an address ("Lange Voorhout 9, Den Haag.") is its town."""
+    if not people or not addresses:
+        return people, addresses
+    out_addresses = []
+    for s, e in addresses:
+        sep = _TOWN_AFTER_ADDRESS.match(text, e)
+        town = next((p for p in people if sep and p.start == sep.end()
+                     and _TOWN_END.match(text, p.end)), None) if sep else None
+        if town is not None:
+            people = [p for p in people if p is not town]
+            e = town.end
+        out_addresses.append((s, e))
+    return people, out_addresses
 
 
 def _resolve_overlaps(found: list[Finding]) -> list[Finding]:

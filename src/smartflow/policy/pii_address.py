@@ -18,18 +18,23 @@ from collections.abc import Sequence
 _SUFFIX = (
     r"(?:Street|St|Avenue|Ave|Av|Road|Rd|Lane|Ln|Boulevard|Blvd|Drive|Dr|Court|Ct|Way|Place|Pl|"
     r"Terrace|Ter|Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Crescent|Close|Gardens|Grove|"
-    r"Mews|Row|Hill|Trail|Trl|Path|Walk|Loop|Pike|Alley|Plaza|Broadway|Esplanade|Green)"
+    r"Mews|Row|Hill|Trail|Trl|Path|Walk|Loop|Pike|Alley|Plaza|Broadway|Esplanade|Green|Parade|"
+    r"Pde|Quay|Wharf|Rise|View|Vale|Gate|Embankment|Promenade|Crossing|Heights|Highway)"
 )
 _CAPWORD = r"(?:[A-Z][A-Za-z'’.-]{0,24}|\d{1,3}(?:st|nd|rd|th)|of|the|de|la)"
-_UNIT_PREFIX = r"(?:(?:Flat|Apt\.?|Apartment|Unit|Suite)\s+\w{1,5},?\s+)?"
+_UNIT_WORD = r"(?:Flat|Apt\.?|Apartment|Unit|Suite|Ste\.?|Level|Floor|Shop|Room)"
+_UNIT_PREFIX = r"(?:" + _UNIT_WORD + r"\s+\w{1,5},?\s+)?"
+# Australian and NZ "8/14 Bondi Road": unit 8 of number 14.
+_HOUSE_NUMBER = r"(?:\d{1,4}[A-Za-z]?/)?\d{1,6}[A-Za-z]?(?:-\d{1,4})?"
 
 _STREET_LINES = tuple(re.compile(p) for p in (
     # 4821 Oakridge Lane / 221B Baker Street / 1600 Pennsylvania Avenue NW
-    _UNIT_PREFIX + r"(?<![\w.,-])\d{1,6}[A-Za-z]?(?:-\d{1,4})?\s+(?:" + _CAPWORD + r"\s+){1,4}"
-    + _SUFFIX + r"\b\.?(?:\s+(?:NW|NE|SW|SE|N|S|E|W)\b)?",
+    _UNIT_PREFIX + r"(?<![\w.,/-])" + _HOUSE_NUMBER + r"\s+(?:" + _CAPWORD + r"\s+){1,4}"
+    + _SUFFIX + r"\b\.?(?:\s+(?:NW|NE|SW|SE|N|S|E|W|North|South|East|West)\b)?",
     # Hauptstraße 12 / Prinsengracht 263 / Storgatan 5
     (r"(?<![\w-])[A-ZÄÖÜÅØÆ][\wäöüßåøæé-]{1,30}(?:straße|strasse|str\.|weg|gasse|platz|allee|"
-    r"ring|damm|ufer|gracht|laan|straat|plein|dijk|kade|vej|gatan|gade|vägen|veien)"
+    r"ring|damm|ufer|gracht|laan|straat|plein|dijk|kade|vej|gatan|gata|gate|gade|vägen|väg|"
+    r"veien|vei|vegen|torget|torg|katu)"
     r"\s+\d{1,4}[a-z]?\b"),
     # Calle Mayor 5 / Via Roma 10 / Rua Augusta 274
     (r"(?<![\w-])(?:Calle|Avenida|Plaza|Paseo|Carrer|Via|Viale|Piazza|Corso|Rua|Travessa|"
@@ -37,21 +42,58 @@ _STREET_LINES = tuple(re.compile(p) for p in (
     # 12 rue de la Paix / 8 avenue des Champs-Élysées
     (r"(?<![\w.,-])\d{1,4}(?:\s?(?:bis|ter))?,?\s+(?:rue|avenue|boulevard|bd|place|chemin|allée|"
     r"quai|impasse|route|cours)\s+[^\n,.;:()]{2,50}"),
-    # PO Box 1234
-    r"\bP\.?\s?O\.?\s+Box\s+\d{1,8}\b",
+    # Karl Johans gate 22 / Drottning väg 5: Nordic street words written apart
+    (r"(?<![\w-])[A-ZÄÖÜÅØÆ][\wäöüßåøæé'’-]{1,30}(?:\s[A-ZÄÖÜÅØÆ][\wäöüßåøæé'’-]{1,30})?"
+     r"\s(?:gate|gata|gatan|vei|veien|vej|väg|vägen|tie|katu)\s+\d{1,4}[a-zA-Z]?\b"),
+    # PO Box 1234 / GPO Box 12 / Postfach 10 02 45 / Postbus 2020 / BP 123 / Apartado 45
+    (r"(?<![\w-])(?:(?:G\.?P\.?O\.?|P\.?\s?O\.?)\s*Box|Post\s?Box|Postfach|Postbus|Postboks|"
+     r"B\.P\.|Boîte postale|Apartado(?: de correos)?|Apdo\.?|Casilla|Caixa Postal|"
+     r"Casella postale)\s+\d{1,6}(?:\s\d{2}){0,2}\b"),
+))
+# Street lines too weak to stand alone: they count only when a postal part
+# (postcode, state, city known to the model) follows.
+_WEAK_LINES = tuple(re.compile(p) for p in (
+    # Unit 7, Riverside Business Park, ... / Level 5, ...
+    r"(?<![\w-])" + _UNIT_WORD + r"\s+\w{1,5}(?=,)",
+    # German "Am Sandtorkai 73" / "An der Alster 4" / "Im Mediapark 8"
+    (r"(?<![\w-])(?:Am|An der|An den|Auf der|Auf dem|Im|In der|In den|Zum|Zur|Unter den|"
+     r"Hinter der|Alte|Neue|Große|Kleine) [A-ZÄÖÜ][\wäöüß-]{2,30} \d{1,4}[a-z]?\b"),
+    # Dutch and others with no street word: "Lange Voorhout 9, Den Haag"
+    # (three digits at most: "Windows Server 2019, ..." is a year)
+    r"(?<![\w-])[A-Z][a-zà-ÿ]{2,20} [A-Z][a-zà-ÿ]{2,20} \d{1,3}[a-z]?(?=,)",
+    # Short box words that are also ordinary words: "BP 123, 75001 Paris", "Box 12, ..."
+    r"(?<![\w-])(?:Box|BP|CP)\s\d{1,6}(?=,)",
 ))
 
+_CA_PROVINCES = "AB|BC|MB|NB|NL|NS|NT|NU|ON|PE|QC|SK|YT"
+_AU_STATES = "NSW|VIC|QLD|WA|SA|TAS|ACT|NT"
 _US_STATES = ["AL", "AK", "AZ", "AR", "CA", "CO", "CT", "DE", "FL", "GA", "HI", "ID", "IL", "IN", "IA", "KS", "KY", "LA", "ME", "MD", "MA", "MI", "MN", "MS", "MO", "MT", "NE", "NV", "NH", "NJ", "NM", "NY", "NC", "ND", "OH", "OK", "OR", "PA", "RI", "SC", "SD", "TN", "TX", "UT", "VT", "VA", "WA", "WV", "WI", "WY", "DC"]
-_SEP = re.compile(r"(?:,[ \t]*|[ \t]*\n[ \t]*|[ \t]+(?=[A-Z]{2}\s+\d{5}))")
+_SEP = re.compile(r"(?:,[ \t]*|[ \t]*\n[ \t]*|[ \t]+(?=[A-Z]{2,3}\s+\d{4,5}\b))")
 _STATE_ZIP = re.compile(r"(?:" + "|".join(_US_STATES) + r")\.?\s+\d{5}(?:-\d{4})?\b")
 _UK_POSTCODE = r"[A-Z]{1,2}\d[A-Z\d]?\s?\d[A-Z]{2}\b"
+_CA_POSTAL = r"(?:" + _CA_PROVINCES + r")\.?\s+[A-Z]\d[A-Z]\s?\d[A-Z]\d\b"
+_AU_POSTAL = r"(?:" + _AU_STATES + r")\s+\d{4}\b"
+# A US state named alone at the end ("Hanover, NH"): not followed by more words of a name.
+_STATE_ALONE = r"(?:" + "|".join(_US_STATES) + r"|" + _CA_PROVINCES + r")\b(?![\w'’-]|[ \t]?[A-Z\d])"
+_US_STATE_NAMES = ("Alabama|Alaska|Arizona|Arkansas|California|Colorado|Connecticut|Delaware|"
+                   "Florida|Georgia|Hawaii|Idaho|Illinois|Indiana|Iowa|Kansas|Kentucky|Louisiana|"
+                   "Maine|Maryland|Massachusetts|Michigan|Minnesota|Mississippi|Missouri|Montana|"
+                   "Nebraska|Nevada|New Hampshire|New Jersey|New Mexico|New York|North Carolina|"
+                   "North Dakota|Ohio|Oklahoma|Oregon|Pennsylvania|Rhode Island|South Carolina|"
+                   "South Dakota|Tennessee|Texas|Utah|Vermont|Virginia|Washington|West Virginia|"
+                   "Wisconsin|Wyoming")
 _PLACE = r"[A-Z][A-Za-zÀ-ÿ'’-]{1,24}(?:[ -][A-Z][A-Za-zÀ-ÿ'’-]{1,24}){0,3}"
 _UNIT = re.compile(r"(?:Apt\.?|Apartment|Suite|Ste\.?|Unit|Flat|Floor|Fl\.?|Room|Rm\.?|#)\s*"
                    r"[A-Za-z0-9-]{1,6}\b")
 _POSTAL_PARTS = tuple(re.compile(p) for p in (
     r"(?:" + _PLACE + r"\s+)?" + _STATE_ZIP.pattern,        # Springfield IL 62704 / IL 62704
+    r"(?:" + _PLACE + r"\s+)?" + _CA_POSTAL,               # Toronto, ON M5H 2S6
+    r"(?:" + _PLACE + r"\s+)?" + _AU_POSTAL,               # Sydney NSW 2000
+    r"(?:" + _US_STATE_NAMES + r")\s+\d{5}(?:-\d{4})?\b",   # California 93035
     r"(?:" + _PLACE + r"\s+)?" + _UK_POSTCODE,             # London SW1A 2AA
-    r"(?:[A-Z]{1,2}-)?\d{4,5}(?:\s?[A-Z]{2})?\s+" + _PLACE,  # 75002 Paris / 1015 CJ Amsterdam
+    r"(?:[A-Z]{1,2}-)?\d{4,5}(?:\s?[A-Z]{2})?\s+" + _PLACE  # 75002 Paris / 1015 CJ Amsterdam
+    + r"(?:\s(?:am|an der|im|sur|en|upon|on)\s" + _PLACE + r")?",  # Frankfurt am Main
+    _STATE_ALONE,                                          # Hanover, NH
 ))
 _PLAIN_PLACE = re.compile(_PLACE + r"\b")
 _MAX_PARTS = 5
@@ -79,17 +121,20 @@ def find_addresses(text: str, places: Sequence[tuple[int, int]] = ()) -> list[tu
     """Address spans; ``places`` are the model's place-name spans (may be empty)."""
     if not any(ch.isdigit() for ch in text):
         return []
-    lines: list[tuple[int, int]] = []
+    lines: list[tuple[int, int, bool]] = []
     for rx in _STREET_LINES:
-        for m in rx.finditer(text):
-            lines.append((m.start(), m.end()))
-    lines.sort()
+        lines.extend((m.start(), m.end(), False) for m in rx.finditer(text))
+    for rx in _WEAK_LINES:
+        lines.extend((m.start(), m.end(), True) for m in rx.finditer(text))
+    lines.sort(key=lambda line: (line[0], -line[1]))
     out: list[tuple[int, int]] = []
-    for start, end in lines:
+    for start, end, weak in lines:
         if out and start < out[-1][1]:
             continue
-        end = _extend(text, end, places)
-        out.append((start, end))
+        full = _extend(text, end, places)
+        if weak and full == end and not any(s < end and start < e for s, e in places):
+            continue
+        out.append((start, full))
     return out
 
 

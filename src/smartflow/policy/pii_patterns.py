@@ -50,12 +50,18 @@ def _is_doc_domain(domain: str) -> bool:
     return any(d == base or d.endswith("." + base) for base in _DOC_DOMAINS)
 
 
+# "https://user:token@host": credentials in a URL, not a mailbox.
+_URL_USERINFO_BEFORE = re.compile(r"://[^\s/@]{0,200}$")
+
+
 def find_emails(text: str) -> list[Finding]:
     if "@" not in text:
         return []
     out = []
     for m in _EMAIL.finditer(text):
         if _is_doc_domain(m.group(1)):
+            continue
+        if _URL_USERINFO_BEFORE.search(text, max(0, m.start() - 210), m.start()):
             continue
         out.append(Finding(EMAIL, m.start(), m.end(), 0.99, "email"))
     return out
@@ -75,6 +81,12 @@ _INTL = re.compile(
 # DE 030 1234567): only counted next to a word that says it is a phone
 # number, since dates and references look the same.
 _NATIONAL = re.compile(r"(?<![\w+.-])0\d{1,4}(?:[\s.-]?\d{2,4}){1,4}(?![\w-]|\.\d)")
+# A trunk prefix in brackets, "(08) 9321 6650", "(020) 7946 0958": the
+# brackets say "phone number" on their own.
+_BRACKET_TRUNK = re.compile(
+    r"(?<![\w+(])\(0\d{1,4}\)[\s.-]?\d{2,4}(?:[\s.-]?\d{2,4}){1,3}(?![\w-]|\.\d)")
+# An extension written after the number belongs to it.
+_EXTENSION = re.compile(r"(?i),?[ \t]*(?:ext\.?|extension|x|#)[ \t]?\d{1,6}\b")
 _PHONE_CONTEXT = re.compile(
     r"(?i)\b(?:phone|tel|telephone|mobile|cell|call|ring|text|sms|whatsapp|fax|"
     r"contact|reach|number|nr|no\.|handy|téléphone|telefon|telefono|portable)\b")
@@ -84,7 +96,17 @@ def _digits(s: str) -> str:
     return "".join(ch for ch in s if ch.isdigit())
 
 
+def _with_extension(text: str, end: int) -> int:
+    m = _EXTENSION.match(text, end)
+    return m.end() if m else end
+
+
 def find_phones(text: str) -> list[Finding]:
+    out = _find_phones(text)
+    return [Finding(PHONE, f.start, _with_extension(text, f.end), f.score, f.detail) for f in out]
+
+
+def _find_phones(text: str) -> list[Finding]:
     out: list[Finding] = []
     taken: list[tuple[int, int]] = []
     for m in _INTL.finditer(text):
@@ -105,6 +127,12 @@ def find_phones(text: str) -> list[Finding]:
             continue
         out.append(Finding(PHONE, m.start(), m.end(), 0.85, "nanp"))
         taken.append((m.start(), m.end()))
+    for m in _BRACKET_TRUNK.finditer(text):
+        if any(s <= m.start() < e for s, e in taken):
+            continue
+        if 9 <= len(_digits(m.group(0))) <= 11:
+            out.append(Finding(PHONE, m.start(), m.end(), 0.85, "national-bracket"))
+            taken.append((m.start(), m.end()))
     for m in _NATIONAL.finditer(text):
         if any(s <= m.start() < e for s, e in taken):
             continue
@@ -337,6 +365,8 @@ _ASSIGNED_SECRET = re.compile(
     r"(?i)(?:api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|"
     r"client[_-]?secret|password|passwd|token|aws_secret_access_key|private[_-]?key)"
     r"[\"']?\s{0,3}[:=]\s{0,3}[\"']?([A-Za-z0-9_\-./+=]{16,256})")
+# "https://deploy:s3cr3t@host": the password part of a URL's credentials.
+_URL_PASSWORD = re.compile(r"://[^\s/:@]{1,64}:([^\s/@]{8,200})@")
 _BEARER = re.compile(r"(?i)\bBearer\s{1,3}([A-Za-z0-9._~+/-]{20,2048}=*)")
 _PLACEHOLDER_WORDS = re.compile(
     r"(?i)your|example|placeholder|dummy|redacted|changeme|insert|replace|sample|"
@@ -361,6 +391,12 @@ def _looks_random(value: str) -> bool:
     return classes >= 2 and len(set(value)) >= 10
 
 
+# An AWS secret access key: 40 base64 characters, recognisable only next
+# to its access key id.
+_AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])")
+_AWS_SECRET_WINDOW = 200
+
+
 def find_api_keys(text: str) -> list[Finding]:
     out: list[Finding] = []
     for name, rx in _KEY_RULES:
@@ -368,7 +404,17 @@ def find_api_keys(text: str) -> list[Finding]:
             if name != "private-key" and is_placeholder_secret(m.group(0)):
                 continue
             out.append(Finding(API_KEY, m.start(), m.end(), 0.97, "key:" + name))
-    for rx, detail in ((_ASSIGNED_SECRET, "assigned"), (_BEARER, "bearer")):
+            if name == "aws-access-key":
+                lo = max(0, m.start() - _AWS_SECRET_WINDOW)
+                for sm in _AWS_SECRET.finditer(text, lo, m.end() + _AWS_SECRET_WINDOW):
+                    value = sm.group(0)
+                    # Base64 of random bytes has all three classes; a hex digest does not.
+                    mixed = (any(c.islower() for c in value) and any(c.isupper() for c in value)
+                             and any(c.isdigit() for c in value))
+                    if mixed and not is_placeholder_secret(value):
+                        out.append(Finding(API_KEY, sm.start(), sm.end(), 0.9, "key:aws-secret"))
+    for rx, detail in ((_ASSIGNED_SECRET, "assigned"), (_BEARER, "bearer"),
+                       (_URL_PASSWORD, "url-password")):
         for m in rx.finditer(text):
             value = m.group(1)
             if is_placeholder_secret(value) or not _looks_random(value):
