@@ -136,6 +136,9 @@ def main() -> None:
                         help="no embeddings at all: the rules alone")
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--errors", action="store_true", help="print every misclassified text")
+    parser.add_argument("--holdout", type=Path, default=None,
+                        help="an independently written held-out file (e.g. "
+                             "bench/data/injection_holdout_v2.jsonl), scored as split 'holdout'")
     args = parser.parse_args()
 
     encoder = Encoder(ensure_model())
@@ -154,6 +157,8 @@ def main() -> None:
     print(f"mode: {mode}, threshold {args.threshold}")
 
     injection_rows = load(DATA / "injection_eval.jsonl")
+    if args.holdout is not None:
+        injection_rows += [{**r, "split": "holdout"} for r in load(args.holdout)]
     overlap(encoder, load(TRAIN / "injection_train.jsonl"), injection_rows, "injection")
     injection = InjectionDetector(embed, threshold=args.threshold)
     injection.load()

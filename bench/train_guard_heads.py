@@ -1,6 +1,6 @@
 """Train the guardrails' linear heads offline and write them into the package.
 
-    .venv/bin/python bench/train_guard_heads.py
+    .venv/bin/python bench/train_guard_heads.py [injection] [toxicity]
 
 Reads src/smartflow/data/{injection,toxicity}_train.jsonl, embeds every text
 with the project's local sentence model, fits a multinomial logistic
@@ -62,10 +62,18 @@ def train(encoder: Encoder, name: str, c: float) -> None:
           f"{model.coef_.size + model.intercept_.size} floats -> {name}_head.npz")
 
 
+GUARDS = ("injection", "toxicity")
+
+
 def main() -> None:
+    # Naming guards retrains only those: the other heads stay byte for byte.
+    wanted = sys.argv[1:] or list(GUARDS)
+    unknown = sorted(set(wanted) - set(GUARDS))
+    if unknown:
+        raise SystemExit(f"unknown guard(s) {unknown}; choose from {list(GUARDS)}")
     encoder = Encoder(ensure_model())
-    train(encoder, "injection", c=4.0)
-    train(encoder, "toxicity", c=4.0)
+    for name in wanted:
+        train(encoder, name, c=4.0)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ finding types, never the text that triggered it.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -139,8 +140,7 @@ class GuardrailStage(Stage):
         engine = (self._default_engine if any(
             step.get("step") == "default" for step in resolution.explanation) else self._engine)
         state.engine = engine
-        embeddings = await engine.embeddings_for(guardrails, texts)
-        decisions = engine.run(guardrails, texts, embeddings, "input")
+        embeddings, decisions = await self._judge_input(engine, guardrails, texts)
         state.decisions = decisions
         if texts:
             # The user's own words are what a reviewer's feedback is about.
@@ -168,6 +168,30 @@ class GuardrailStage(Stage):
                     setter(state.masker.mask(scanned, findings) + original[len(scanned):])
             call.raw_body = orjson.dumps(call.body)
         return None
+
+    @staticmethod
+    async def _judge_input(engine: GuardrailEngine, guardrails: tuple[Any, ...],
+                           texts: list[str]) -> tuple[list[np.ndarray | None], list[Decision]]:
+        """Every guardrail over the texts, in the guardrails' order. The
+        embedding runs on the model's thread while the guardrails that do not
+        read it (the patterns, the NER model) run here, so a call waits for
+        the longer of the two rather than their sum."""
+        with_embedding = [g for g in guardrails if engine.needs_embedding(g)]
+        if not with_embedding:
+            return [None] * len(texts), engine.run(guardrails, texts, [None] * len(texts),
+                                                   "input")
+        pending = asyncio.ensure_future(engine.embeddings_for(with_embedding, texts))
+        try:
+            without = [g for g in guardrails if not engine.needs_embedding(g)]
+            early = engine.run(without, texts, [None] * len(texts), "input")
+            embeddings = await pending
+        finally:
+            if not pending.done():
+                pending.cancel()
+        late = engine.run(with_embedding, texts, embeddings, "input")
+        by_guardrail = {id(g): d for g, d in zip(without, early, strict=True)}
+        by_guardrail.update((id(g), d) for g, d in zip(with_embedding, late, strict=True))
+        return embeddings, [by_guardrail[id(g)] for g in guardrails]
 
     def wrap_stream(self, call: Call, transform: StreamTransform) -> StreamTransform:
         state = call.policy_state

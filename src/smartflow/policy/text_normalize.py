@@ -49,8 +49,11 @@ _CONFUSABLES = {
     "υ": "u", "χ": "x", "Α": "a", "Β": "b", "Ε": "e", "Η": "h", "Ι": "i", "Κ": "k",
     "Μ": "m", "Ν": "n", "Ο": "o", "Ρ": "p", "Τ": "t", "Υ": "y", "Χ": "x", "Ζ": "z",
 }
-_LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b",
+_LEET = {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "8": "b", "9": "g",
          "@": "a", "$": "s", "!": "i", "|": "l", "+": "t"}
+# With this many clearly leet words in a text, short ones ("n0", "2") are
+# read as leet too: alone they are too ambiguous ("v1", "k8").
+_LEET_CONTEXT = 2
 
 _WORD_CHARS = r"[^\s.,;:?\"'()\[\]{}<>/\\]"
 _WORD = re.compile(_WORD_CHARS + "+")
@@ -175,12 +178,22 @@ def _map_words(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, li
     chars = list(text)
     if text.isascii():
         # Only leetspeak can apply, and only to words holding a leet character.
+        strict: list[tuple[int, str]] = []
+        loose: list[tuple[int, str]] = []
         for match in _LEET_WORD.finditer(text):
             word = match.group()
+            if _is_email_part(text, match.start(), match.end()):
+                continue
             if _is_leet(word):
-                tricks.add("leetspeak")
-                for i, c in enumerate(word):
-                    chars[match.start() + i] = _LEET.get(c, c)
+                strict.append((match.start(), word))
+            elif _is_leet(word, loose=True):
+                loose.append((match.start(), word))
+        if len(strict) >= _LEET_CONTEXT:
+            strict.extend(loose)
+        for start, word in strict:
+            tricks.add("leetspeak")
+            for i, c in enumerate(word):
+                chars[start + i] = _LEET.get(c, c)
         return "".join(chars), offsets
     latin_words = sum(1 for m in _WORD.finditer(text) if m.group().isascii())
     for match in _WORD.finditer(text):
@@ -205,15 +218,22 @@ def _map_words(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, li
     return "".join(chars), offsets
 
 
-def _is_leet(word: str) -> bool:
+def _is_email_part(text: str, start: int, end: int) -> bool:
+    """Whether a word with "@" is the local part and domain of an address ("it@corp.example")."""
+    word = text[start:end]
+    return "@" in word.strip("@") and end < len(text) and text[end] == "."
+
+
+def _is_leet(word: str, *, loose: bool = False) -> bool:
     letters = sum(1 for c in word if c.isalpha())
     leet = sum(1 for c in word if c in _LEET)
-    # "1gn0r3", "pr3v10us", "rul3$" but not "v1", "k8s", "sha256", "$HOME".
-    if letters < 2 or leet == 0 or word[0] in "$+" and word[1:].isalpha():
+    # "1gn0r3", "pr3v10us", "rul3$" but not "v1", "k8s", "sha256", "$HOME";
+    # ``loose`` (only among other leet words) also takes "n0", "m3", "2".
+    if letters < (1 if loose else 2) or leet == 0 or word[0] in "$+" and word[1:].isalpha():
         return False
     if word.replace(".", "").isdigit():
         return False
-    return letters + leet == len(word) and letters >= leet
+    return letters + leet == len(word) and (loose or letters >= leet)
 
 
 def _collapse_spaced(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, list[int]]:
