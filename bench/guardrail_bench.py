@@ -6,11 +6,12 @@ workers each, master key, access log off, cache off, the nginx mock upstream
 of llm_proxy_bench), identical but for ``[policy]``:
 
 * ``off``: ``enabled = false`` (the baseline);
-* ``patterns``: enabled, ``model_checks = false`` (emails, cards, keys, the
-  injection rules);
-* ``models``: enabled, ``model_checks = true`` (the default: also the NER
-  model for names and addresses and the embedding-based injection classifier,
-  over one embedding of the request's text).
+* ``patterns``: enabled, the defaults (the default policy runs the pattern
+  checks only: emails, cards, keys, the injection rules);
+* ``models``: enabled, ``default_model_checks = true`` (also the NER model for
+  names and addresses and the embedding-based injection classifier, over one
+  embedding of the request's text, computed on the model's thread while the
+  pattern and NER checks run).
 
 The default policy applies (the built-in guardrails ``pii`` and
 ``prompt_injection``, action flag), on input and on the answer. wrk POSTs chat
@@ -72,8 +73,8 @@ TARGET_PATTERNS_P50_MS = 1.0
 TARGET_MODELS_P50_MS = 8.0
 CONFIGS = {
     "off": "[policy]\nenabled = false",
-    "patterns": "[policy]\nenabled = true\nmodel_checks = false",
-    "models": "[policy]\nenabled = true\nmodel_checks = true",
+    "patterns": "[policy]\nenabled = true\ndefault_model_checks = false",
+    "models": "[policy]\nenabled = true\nmodel_checks = true\ndefault_model_checks = true",
 }
 MARK = "@ID@"
 _RUNS = itertools.count(time.time_ns() % 10**6)  # every wrk run's texts differ from the last  # replaced by a tag unique to the request

@@ -28,14 +28,13 @@ import re._parser as sre_parse  # type: ignore[import-not-found]  # stdlib; no s
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from smartflow.policy.findings import PROMPT_INJECTION, Embed, Finding
-from smartflow.policy.linear_model import LinearHead
+from smartflow.policy.linear_model import Hit, LinearHead, head_score, merge_hits, packaged_head
 from smartflow.policy.text_normalize import NormalizedText, TextView, normalize
 
 OVERRIDE = "override"
@@ -47,8 +46,6 @@ MULTILINGUAL = "multilingual"
 CATEGORIES = (OVERRIDE, EXTRACTION, ROLEPLAY, OBFUSCATED, INDIRECT, MULTILINGUAL)
 
 HEAD_FILE = "injection_head.npz"
-# Head probability that maps to a score of 0 (see model_score).
-_MODEL_FLOOR = 0.6
 RULE_SCORE = 0.97
 
 # A short stretch within one sentence: the words between a verb and its target.
@@ -595,29 +592,6 @@ _MAX_WINDOWS = 6
 _SHORT_TEXT = 400
 
 
-@dataclass(frozen=True, slots=True)
-class _Hit:
-    start: int
-    end: int
-    score: float
-    category: str
-
-
-def model_score(probability: float) -> float:
-    """The head's non-benign probability on the findings' scale.
-
-    The head alone is less precise than a rule (it has seen a few hundred
-    examples), so it must be sure: probability 0.8 maps to 0.5, the default
-    threshold (chosen on the dev split: no false positive there), and 1.0
-    to 1.0.
-    """
-    return min(max((probability - _MODEL_FLOOR) / (1.0 - _MODEL_FLOOR), 0.0), 1.0)
-
-
-def default_head_path() -> Path:
-    return Path(str(resources.files("smartflow") / "data" / HEAD_FILE))
-
-
 class InjectionDetector:
     """Finds prompt injections in one text (type ``PROMPT_INJECTION``).
 
@@ -635,7 +609,7 @@ class InjectionDetector:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         self._embed = embed
         self._threshold = float(threshold)
-        self._head = LinearHead(head_path or default_head_path())
+        self._head = LinearHead(head_path or packaged_head(HEAD_FILE))
 
     @property
     def threshold(self) -> float:
@@ -654,12 +628,12 @@ class InjectionDetector:
         hits = self._rule_hits(norm)
         hits.extend(self._model_hits(norm, embedding))
         return [Finding(PROMPT_INJECTION, h.start, h.end, h.score, h.category)
-                for h in _merge(hits) if h.score >= self._threshold]
+                for h in merge_hits(hits) if h.score >= self._threshold]
 
     # ------------------------------------------------------------------ rules
 
-    def _rule_hits(self, norm: NormalizedText) -> list[_Hit]:
-        hits: list[_Hit] = []
+    def _rule_hits(self, norm: NormalizedText) -> list[Hit]:
+        hits: list[Hit] = []
         for view in norm.views:
             text = view.text
             # Lowered-text lookups agree with IGNORECASE only without the twins.
@@ -669,13 +643,13 @@ class InjectionDetector:
                     continue
                 for match in rule.pattern.finditer(text):
                     start, end = view.span(match.start(), match.end())
-                    hits.append(_Hit(start, end, RULE_SCORE,
+                    hits.append(Hit(start, end, RULE_SCORE,
                                      _category(rule, view, norm, start, end, match.group())))
         return hits
 
     # ------------------------------------------------------------------ model
 
-    def _model_hits(self, norm: NormalizedText, embedding: np.ndarray | None) -> list[_Hit]:
+    def _model_hits(self, norm: NormalizedText, embedding: np.ndarray | None) -> list[Hit]:
         units, vectors = self._units(norm, embedding)
         if not units:
             return []
@@ -684,12 +658,12 @@ class InjectionDetector:
         benign = classes.index("benign")
         hits = []
         for (start, end, obfuscated), row in zip(units, probs, strict=True):
-            score = model_score(float(1.0 - row[benign]))
+            score = head_score(float(1.0 - row[benign]))
             if score < self._threshold:
                 continue
             ranked = [i for i in np.argsort(-row) if i != benign]
             category = OBFUSCATED if obfuscated else classes[int(ranked[0])]
-            hits.append(_Hit(start, end, score, category))
+            hits.append(Hit(start, end, score, category))
         return hits
 
     def _units(self, norm: NormalizedText, embedding: np.ndarray | None
@@ -775,19 +749,6 @@ def _fold(text: str) -> str:
     # letters do not, so a fullwidth attack still reads as obfuscated.
     decomposed = unicodedata.normalize("NFD", text)
     return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-
-
-def _merge(hits: list[_Hit]) -> list[_Hit]:
-    """One finding per overlapping region: the strongest, spanning them all."""
-    merged: list[_Hit] = []
-    for hit in sorted(hits, key=lambda h: (h.start, -h.end)):
-        if merged and hit.start < merged[-1].end:
-            last = merged[-1]
-            best = last if last.score >= hit.score else hit
-            merged[-1] = _Hit(last.start, max(last.end, hit.end), best.score, best.category)
-        else:
-            merged.append(hit)
-    return merged
 
 
 def injection_detector_from_config(config: Mapping[str, Any], embed: Embed | None

@@ -11,9 +11,53 @@ from __future__ import annotations
 
 import threading
 import zipfile
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
+
+# Head probability that maps to a score of 0 (see ``head_score``).
+MODEL_FLOOR = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """One span a detector's rule or head fired on, before it becomes a Finding."""
+
+    start: int
+    end: int
+    score: float
+    category: str
+
+
+def head_score(probability: float) -> float:
+    """A head's non-benign probability on the findings' scale.
+
+    The head alone is less precise than a rule (it has seen a few hundred
+    examples), so it must be sure: ``MODEL_FLOOR`` maps to 0, probability 0.8
+    to 0.5 (the default threshold, chosen on the dev split: no false
+    positive there), and 1.0 to 1.0.
+    """
+    return min(max((probability - MODEL_FLOOR) / (1.0 - MODEL_FLOOR), 0.0), 1.0)
+
+
+def packaged_head(file_name: str) -> Path:
+    """A head shipped in the package's data directory."""
+    return Path(str(resources.files("smartflow") / "data" / file_name))
+
+
+def merge_hits(hits: list[Hit]) -> list[Hit]:
+    """One hit per overlapping region: the strongest, spanning them all."""
+    merged: list[Hit] = []
+    for hit in sorted(hits, key=lambda h: (h.start, -h.end)):
+        if merged and hit.start < merged[-1].end:
+            last = merged[-1]
+            best = last if last.score >= hit.score else hit
+            merged[-1] = Hit(last.start, max(last.end, hit.end), best.score, best.category)
+        else:
+            merged.append(hit)
+    return merged
 
 
 class LinearHeadError(ValueError):

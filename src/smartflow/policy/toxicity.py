@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from smartflow.policy.findings import TOXICITY, Embed, Finding
-from smartflow.policy.linear_model import LinearHead
+from smartflow.policy.linear_model import Hit, LinearHead, head_score, merge_hits, packaged_head
 from smartflow.policy.text_normalize import normalize
 
 HARASSMENT = "harassment"
@@ -36,8 +34,6 @@ SEXUAL = "sexual"
 CATEGORIES = (HARASSMENT, HATE, THREAT, SELF_HARM, SEXUAL)
 
 HEAD_FILE = "toxicity_head.npz"
-# Head probability that maps to a score of 0 (see model_score).
-_MODEL_FLOOR = 0.6
 RULE_SCORE = 0.95
 
 _INSULT = (r"(?:idiot|moron|imbecile|loser|retard|fool|clown|creep|freak|scum|trash|garbage|"
@@ -103,29 +99,6 @@ _WINDOW_CHARS = 300
 _MAX_WINDOWS = 6
 
 
-@dataclass(frozen=True, slots=True)
-class _Hit:
-    start: int
-    end: int
-    score: float
-    category: str
-
-
-def model_score(probability: float) -> float:
-    """The head's non-benign probability on the findings' scale.
-
-    The head alone is less precise than a rule (it has seen a few hundred
-    examples), so it must be sure: probability 0.8 maps to 0.5, the default
-    threshold (chosen on the dev split: no false positive there), and 1.0
-    to 1.0.
-    """
-    return min(max((probability - _MODEL_FLOOR) / (1.0 - _MODEL_FLOOR), 0.0), 1.0)
-
-
-def default_head_path() -> Path:
-    return Path(str(resources.files("smartflow") / "data" / HEAD_FILE))
-
-
 class ToxicityDetector:
     """Finds toxic content (type ``TOXICITY``); ``detail`` is the category.
 
@@ -138,7 +111,7 @@ class ToxicityDetector:
             raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
         self._embed = embed
         self._threshold = float(threshold)
-        self._head = LinearHead(head_path or default_head_path())
+        self._head = LinearHead(head_path or packaged_head(HEAD_FILE))
 
     def load(self) -> None:
         self._head.load()
@@ -149,16 +122,16 @@ class ToxicityDetector:
         if not text.strip():
             return []
         view = normalize(text, decode=False).plain
-        hits: list[_Hit] = []
+        hits: list[Hit] = []
         for category, pattern in _RULES:
             for match in pattern.finditer(view.text):
                 start, end = view.span(match.start(), match.end())
-                hits.append(_Hit(start, end, RULE_SCORE, category))
+                hits.append(Hit(start, end, RULE_SCORE, category))
         hits.extend(self._model_hits(text, embedding))
         return [Finding(TOXICITY, h.start, h.end, h.score, h.category)
-                for h in _merge(hits) if h.score >= self._threshold]
+                for h in merge_hits(hits) if h.score >= self._threshold]
 
-    def _model_hits(self, text: str, embedding: np.ndarray | None) -> list[_Hit]:
+    def _model_hits(self, text: str, embedding: np.ndarray | None) -> list[Hit]:
         spans: list[tuple[int, int]] = []
         vectors: np.ndarray | None = None
         if len(text) <= _SHORT_TEXT and embedding is not None:
@@ -178,10 +151,10 @@ class ToxicityDetector:
         benign = classes.index("benign")
         hits = []
         for (start, end), row in zip(spans, probs, strict=True):
-            score = model_score(float(1.0 - row[benign]))
+            score = head_score(float(1.0 - row[benign]))
             if score >= self._threshold:
                 ranked = [int(i) for i in np.argsort(-row) if i != benign]
-                hits.append(_Hit(start, end, score, classes[ranked[0]]))
+                hits.append(Hit(start, end, score, classes[ranked[0]]))
         return hits
 
 
@@ -199,18 +172,6 @@ def _windows(text: str) -> list[tuple[int, int]]:
         step = len(spans) / _MAX_WINDOWS
         spans = [spans[int(i * step)] for i in range(_MAX_WINDOWS)]
     return spans
-
-
-def _merge(hits: list[_Hit]) -> list[_Hit]:
-    merged: list[_Hit] = []
-    for hit in sorted(hits, key=lambda h: (h.start, -h.end)):
-        if merged and hit.start < merged[-1].end:
-            last = merged[-1]
-            best = last if last.score >= hit.score else hit
-            merged[-1] = _Hit(last.start, max(last.end, hit.end), best.score, best.category)
-        else:
-            merged.append(hit)
-    return merged
 
 
 def toxicity_detector_from_config(config: Mapping[str, Any], embed: Embed | None
