@@ -311,3 +311,59 @@ def test_more_person_cues(ner_detector: PiiDetector, text: str, names: list[str]
 ])
 def test_brands_and_libraries_are_not_people(ner_detector: PiiDetector, text: str) -> None:
     assert [v for t, v in spans(text, ner_detector) if t == "PERSON"] == []
+
+
+def _gate_corpus() -> list[str]:
+    """Texts that hit every rule: this file's examples, the dev set, and variants."""
+    import json
+    import pathlib
+
+    here = pathlib.Path(__file__).resolve().parent.parent / "bench" / "data" / "pii_dev.jsonl"
+    texts = [json.loads(line)["text"] for line in here.read_text().splitlines() if line]
+    texts += [t.upper() for t in texts] + [t.lower() for t in texts]
+    texts += ["Our new hire Ana Silva starts Monday; patient Jo Bloggs needs rest.",
+              "Dear Ana Silva, signed by Jo Bloggs.\nBest regards,\nKim Lee",
+              "Am Sandtorkai 73, 20457 Hamburg; Box 12, 75001 Paris; 8 bis rue X, 1 Y",
+              "Unit 7, Riverside; Karl Johans gate 22; Calle Mayor 5; PO Box 44"]
+    return texts
+
+
+def test_every_rule_match_holds_one_of_its_gate_needles() -> None:
+    # A gate skips a rule when none of its needles is in the text; that is
+    # exact only if every match the rule can make contains a needle.
+    from smartflow.policy import pii, pii_address, pii_patterns
+
+    checked = 0
+    for text in _gate_corpus():
+        for name, needles, rx in pii_patterns._KEY_RULES:
+            for m in rx.finditer(text):
+                assert any(n in m.group(0) for n in needles), name
+                checked += 1
+        for rule, rx in pii._PERSON_RULES:
+            rule_gate = pii._RULE_NEEDLES.get(rule)
+            if rule_gate is None:
+                continue
+            needles, folded = rule_gate
+            for m in rx.finditer(text):
+                # role-verb's verb sits in a look-ahead just past the match.
+                window = text[m.start():m.end() + 10]
+                value = window.lower() if folded else window
+                assert any(n in value for n in needles), rule
+                checked += 1
+        for rxs, gates in ((pii_address._STREET_LINES, pii_address._STREET_NEEDLES),
+                           (pii_address._WEAK_LINES, pii_address._WEAK_NEEDLES)):
+            for rx, line_gate in zip(rxs, gates, strict=True):
+                for m in rx.finditer(text):
+                    # One character past the match: a "(?=,)" look-ahead's comma.
+                    seen = text[m.start():m.end() + 1]
+                    assert pii_address._may_match(line_gate, seen), rx.pattern
+                    checked += 1
+    assert checked > 100
+
+
+def test_case_insensitive_cues_in_non_ascii_text_are_not_skipped() -> None:
+    # "ſ" folds to "s" under IGNORECASE but not under str.lower(): the
+    # lower-case gate must not skip such a text.
+    det = PiiDetector(ner=None)
+    assert spans("My name iſ nothing; Aſſigned to Lucia Moreno, then ok.", det) == \
+        [("PERSON", "Lucia Moreno")]

@@ -64,6 +64,30 @@ _WEAK_LINES = tuple(re.compile(p) for p in (
     # Short box words that are also ordinary words: "BP 123, 75001 Paris", "Box 12, ..."
     r"(?<![\w-])(?:Box|BP|CP)\s\d{1,6}(?=,)",
 ))
+# Literals (case as written) every match of the line pattern at the same
+# index contains, or a pattern every match contains a match of, so a text
+# holding none skips that scan. tests/test_pii.py checks every match holds one.
+_Gate = tuple[str, ...] | re.Pattern[str]
+_STREET_NEEDLES: tuple[_Gate, ...] = (
+    re.compile(_SUFFIX + r"\b"),  # the first line's pattern ends in exactly this
+    ("straße", "strasse", "str.", "weg", "gasse", "platz", "allee", "ring", "damm", "ufer",
+     "gracht", "laan", "straat", "plein", "dijk", "kade", "vej", "gat", "gade", "väg", "vei",
+     "vegen", "torg", "katu"),
+    ("Calle", "Avenida", "Plaza", "Paseo", "Carrer", "Via", "Piazza", "Corso", "Rua",
+     "Travessa", "ul.", "Ulica", "Aleja"),
+    ("rue", "avenue", "boulevard", "bd", "place", "chemin", "allée", "quai", "impasse",
+     "route", "cours"),
+    ("gat", "vei", "vej", "väg", "tie", "katu"),
+    ("Box", "Postfach", "Postbus", "Postboks", "B.P.", "Boîte postale", "Apartado", "Apdo",
+     "Casilla", "Caixa Postal", "Casella postale"),
+)
+_WEAK_NEEDLES: tuple[_Gate, ...] = (
+    ("Flat", "Apt", "Apartment", "Unit", "Suite", "Ste", "Level", "Floor", "Shop", "Room"),
+    ("Am ", "An de", "Auf de", "Im ", "In de", "Zum ", "Zur ", "Unter den ", "Hinter der ",
+     "Alte ", "Neue ", "Große ", "Kleine "),
+    (",",),
+    ("Box", "BP", "CP"),
+)
 
 _CA_PROVINCES = "AB|BC|MB|NB|NL|NS|NT|NU|ON|PE|QC|SK|YT"
 _AU_STATES = "NSW|VIC|QLD|WA|SA|TAS|ACT|NT"
@@ -117,15 +141,23 @@ def _match_part(text: str, pos: int, places: Sequence[tuple[int, int]]) -> tuple
     return -1, False
 
 
+def _may_match(gate: _Gate, text: str) -> bool:
+    if isinstance(gate, re.Pattern):
+        return gate.search(text) is not None
+    return any(n in text for n in gate)
+
+
 def find_addresses(text: str, places: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
     """Address spans; ``places`` are the model's place-name spans (may be empty)."""
     if not any(ch.isdigit() for ch in text):
         return []
     lines: list[tuple[int, int, bool]] = []
-    for rx in _STREET_LINES:
-        lines.extend((m.start(), m.end(), False) for m in rx.finditer(text))
-    for rx in _WEAK_LINES:
-        lines.extend((m.start(), m.end(), True) for m in rx.finditer(text))
+    for rx, needles in zip(_STREET_LINES, _STREET_NEEDLES, strict=True):
+        if _may_match(needles, text):
+            lines.extend((m.start(), m.end(), False) for m in rx.finditer(text))
+    for rx, needles in zip(_WEAK_LINES, _WEAK_NEEDLES, strict=True):
+        if _may_match(needles, text):
+            lines.extend((m.start(), m.end(), True) for m in rx.finditer(text))
     lines.sort(key=lambda line: (line[0], -line[1]))
     out: list[tuple[int, int]] = []
     for start, end, weak in lines:

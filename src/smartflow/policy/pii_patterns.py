@@ -341,23 +341,30 @@ def find_ips(text: str) -> list[Finding]:
 
 # --------------------------------------------------------------------------- API keys
 
-_KEY_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (name, re.compile(pattern)) for name, pattern in (
-        ("anthropic", r"(?<![\w-])sk-ant-[A-Za-z0-9]{2,8}\d{0,2}-[A-Za-z0-9_-]{20,200}"),
-        ("openai", r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,200}"),
-        ("stripe", r"(?<![\w-])(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,120}"),
-        ("aws-access-key", r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
-        ("github", r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{30,255}|github_pat_[A-Za-z0-9_]{22,255})"),
-        ("gitlab", r"(?<![\w-])glpat-[A-Za-z0-9_-]{20,60}"),
-        ("slack", r"(?<![\w-])xox[abposre]-[A-Za-z0-9-]{10,250}"),
-        ("slack-webhook", r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,120}"),
-        ("google", r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])"),
-        ("huggingface", r"(?<![\w-])hf_[A-Za-z0-9]{30,60}(?![\w-])"),
-        ("npm", r"(?<![\w-])npm_[A-Za-z0-9]{36}(?![\w-])"),
-        ("sendgrid", r"(?<![\w-])SG\.[\w-]{16,32}\.[\w-]{30,64}"),
-        ("twilio", r"(?<![\w-])SK[0-9a-f]{32}(?![\w-])"),
-        ("jwt", r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,2000}\.eyJ[A-Za-z0-9_-]{8,4000}\.[A-Za-z0-9_-]{8,2000}"),
-        ("private-key", r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
+# Each rule carries needles: literals every match of its pattern contains,
+# so a text holding none of them cannot match and the scan is skipped
+# (tests/test_pii.py checks each match contains one of its needles).
+_KEY_RULES: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
+    (name, needles, re.compile(pattern)) for name, needles, pattern in (
+        ("anthropic", ("sk-ant-",), r"(?<![\w-])sk-ant-[A-Za-z0-9]{2,8}\d{0,2}-[A-Za-z0-9_-]{20,200}"),
+        ("openai", ("sk-",), r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,200}"),
+        ("stripe", ("_live_", "_test_"), r"(?<![\w-])(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,120}"),
+        ("aws-access-key", ("AKIA", "ASIA", "ABIA", "ACCA"),
+         r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+        ("github", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
+         r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{30,255}|github_pat_[A-Za-z0-9_]{22,255})"),
+        ("gitlab", ("glpat-",), r"(?<![\w-])glpat-[A-Za-z0-9_-]{20,60}"),
+        ("slack", ("xox",), r"(?<![\w-])xox[abposre]-[A-Za-z0-9-]{10,250}"),
+        ("slack-webhook", ("https://hooks.slack.com/services/",),
+         r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,120}"),
+        ("google", ("AIza",), r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])"),
+        ("huggingface", ("hf_",), r"(?<![\w-])hf_[A-Za-z0-9]{30,60}(?![\w-])"),
+        ("npm", ("npm_",), r"(?<![\w-])npm_[A-Za-z0-9]{36}(?![\w-])"),
+        ("sendgrid", ("SG.",), r"(?<![\w-])SG\.[\w-]{16,32}\.[\w-]{30,64}"),
+        ("twilio", ("SK",), r"(?<![\w-])SK[0-9a-f]{32}(?![\w-])"),
+        ("jwt", ("eyJ",), r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,2000}\.eyJ[A-Za-z0-9_-]{8,4000}\.[A-Za-z0-9_-]{8,2000}"),
+        ("private-key", ("-----BEGIN ",),
+         r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
     ))
 # A secret assigned to a telling name: api_key = "...", "token": "...",
 # Authorization: Bearer ...; the value is what is reported.
@@ -365,6 +372,9 @@ _ASSIGNED_SECRET = re.compile(
     r"(?i)(?:api[_-]?key|apikey|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|"
     r"client[_-]?secret|password|passwd|token|aws_secret_access_key|private[_-]?key)"
     r"[\"']?\s{0,3}[:=]\s{0,3}[\"']?([A-Za-z0-9_\-./+=]{16,256})")
+# Every name _ASSIGNED_SECRET accepts contains one of these (lower case),
+# and its value follows a ":" or "=".
+_ASSIGNED_NEEDLES = ("key", "secret", "token", "passw")
 # "https://deploy:s3cr3t@host": the password part of a URL's credentials.
 _URL_PASSWORD = re.compile(r"://[^\s/:@]{1,64}:([^\s/@]{8,200})@")
 _BEARER = re.compile(r"(?i)\bBearer\s{1,3}([A-Za-z0-9._~+/-]{20,2048}=*)")
@@ -399,7 +409,9 @@ _AWS_SECRET_WINDOW = 200
 
 def find_api_keys(text: str) -> list[Finding]:
     out: list[Finding] = []
-    for name, rx in _KEY_RULES:
+    for name, needles, rx in _KEY_RULES:
+        if not any(n in text for n in needles):
+            continue
         for m in rx.finditer(text):
             if name != "private-key" and is_placeholder_secret(m.group(0)):
                 continue
@@ -413,8 +425,17 @@ def find_api_keys(text: str) -> list[Finding]:
                              and any(c.isdigit() for c in value))
                     if mixed and not is_placeholder_secret(value):
                         out.append(Finding(API_KEY, sm.start(), sm.end(), 0.9, "key:aws-secret"))
-    for rx, detail in ((_ASSIGNED_SECRET, "assigned"), (_BEARER, "bearer"),
-                       (_URL_PASSWORD, "url-password")):
+    # Case-insensitive cues are looked up in the lower-cased text, which is
+    # exact only for ASCII (re's IGNORECASE also folds e.g. "ſ" to "s");
+    # other texts take every scan.
+    lower = text.lower() if text.isascii() else None
+    for rx, detail, cued in (
+            (_ASSIGNED_SECRET, "assigned", lower is None or (
+                any(n in lower for n in _ASSIGNED_NEEDLES) and ("=" in text or ":" in text))),
+            (_BEARER, "bearer", lower is None or "bearer" in lower),
+            (_URL_PASSWORD, "url-password", "://" in text and "@" in text)):
+        if not cued:
+            continue
         for m in rx.finditer(text):
             value = m.group(1)
             if is_placeholder_secret(value) or not _looks_random(value):
