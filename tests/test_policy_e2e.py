@@ -341,3 +341,32 @@ def test_policy_documents_drive_a_compliance_guardrail_and_reviewers_give_feedba
                  {"outcome": "maybe"}).status_code == 400
     assert admin("POST", url, "/api/policy/decisions/no-such-call/feedback",
                  {"outcome": "false_positive"}).status_code == 404
+
+
+def test_the_semantic_cache_reuses_the_guardrails_embedding_and_still_matches(
+        redis_server: Any, upstream: tuple[RequestLog, str],
+        gateway_factory: Any) -> None:
+    """With the model checks on every call, the guardrails embed the user's
+    text first; the cache takes that vector for its lookup and its entry, so
+    a paraphrase must still find the entry it filled."""
+    config = _config(redis_server.url, upstream[1])
+    config["cache"] = {"mode": "semantic"}
+    config["policy"] = {"default_model_checks": True}
+    gateway = gateway_factory(config, workers=1)
+    system = f"You are the help desk of Example Corp {unique()}."
+
+    def ask(text: str) -> httpx.Response:
+        body = {"model": "echo-gpt", "messages": [{"role": "system", "content": system},
+                                                  {"role": "user", "content": text}]}
+        return httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=ADMIN,
+                          timeout=60)
+
+    first = ask("How do I reset my password?")
+    assert first.status_code == 200 and first.headers["x-smartflow-cache-hit"] == "false"
+    assert guardrail_outcomes(first)["prompt_injection"] == "pass"
+
+    def paraphrase_hits() -> bool:
+        hit = ask("What are the steps to reset my password?")
+        return hit.headers.get("x-smartflow-cache-tier") == "l2"
+
+    wait_until_sync(paraphrase_hits, timeout_s=20, what="a semantic hit")

@@ -103,7 +103,8 @@ class MetaCache:
         backend = self.semantic
         if not state.semantic or backend is None or identity.prompt is None:
             return None
-        state.vector = await backend.embed(identity.prompt)
+        if state.vector is None:  # else an earlier stage embedded this very text
+            state.vector = await backend.embed(identity.prompt)
         return await self._semantic(state)
 
     async def _semantic(self, state: Lookup) -> Hit | None:

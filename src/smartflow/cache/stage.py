@@ -137,6 +137,9 @@ class CacheStage(Stage):
         lookup = Lookup(identity, scope, controls.namespace,
                         semantic=mode == "semantic" and identity.prompt is not None,
                         threshold=threshold)
+        shared = call.text_embedding
+        if lookup.semantic and shared is not None and shared[0] == identity.prompt:
+            lookup.vector = shared[1]  # the guardrails embedded this text already
         state = _CallCache(lookup, controls.write, ttl_s)
         call.cache_state = state
         call.response_headers.append((KEY_HEADER, identity.exact))

@@ -146,6 +146,8 @@ class GuardrailStage(Stage):
             # The user's own words are what a reviewer's feedback is about.
             last_user = max((i for i, p in enumerate(pieces) if p.source != "tool"), default=0)
             state.embedding = embeddings[last_user]
+            if state.embedding is not None:
+                call.text_embedding = (texts[last_user], state.embedding)
             state.digest = hashlib.sha256(texts[last_user].encode()).hexdigest()
         call.guardrails = tuple(d.record() for d in decisions)
         call.verdict = verdict_of(decisions)

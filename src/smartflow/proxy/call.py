@@ -100,6 +100,10 @@ class Call:
     guardrails: tuple[dict[str, Any], ...] = ()
     verdict: str | None = None
     policy_state: Any = None  # the guardrail stage's, from the input check to the output's
+    # The latest user text's embedding, when a stage already computed it (the
+    # guardrails): (text, vector), so a later stage (the semantic cache)
+    # reuses it instead of running the model again on the same text.
+    text_embedding: tuple[str, Any] | None = None
     # Responses API: the earlier turns ``previous_response_id`` names (loaded by
     # a stage; None when it names none the gateway stored) and the response
     # object this call produced, kept for the next turn
