@@ -31,15 +31,18 @@ async def _rows(dsn: str, query: str) -> list[asyncpg.Record]:
         await connection.close()
 
 
-async def _wait_rows(dsn: str, expected: int, timeout_s: float = 30.0) -> list[asyncpg.Record]:
+async def _wait_rows(dsn: str, call_ids: set[str], timeout_s: float = 30.0
+                     ) -> dict[str, asyncpg.Record]:
+    """The log's rows by call id, once every one of ``call_ids`` has landed (the
+    calls made while the policy was still loading land too, in any order)."""
     deadline = time.monotonic() + timeout_s
-    rows: list[asyncpg.Record] = []
+    rows: dict[str, asyncpg.Record] = {}
     while time.monotonic() < deadline:
         try:
-            rows = await _rows(dsn, "SELECT * FROM vas_log")
+            rows = {row["call_id"]: row for row in await _rows(dsn, "SELECT * FROM vas_log")}
         except (OSError, asyncpg.PostgresError):
-            rows = []
-        if len(rows) >= expected:
+            rows = {}
+        if call_ids <= set(rows):
             return rows
         await asyncio.sleep(0.2)
     return rows
@@ -88,7 +91,7 @@ async def test_decisions_reach_the_audit_log_and_the_compliance_api(
             ids = {name: answer.headers["x-smartflow-call-id"] for name, answer in
                    (("blocked", blocked), ("flagged", flagged), ("clean", clean))}
 
-            rows = {row["call_id"]: row for row in await _wait_rows(dsn, len(ids))}
+            rows = await _wait_rows(dsn, set(ids.values()))
             assert set(ids.values()) <= set(rows)
             row = rows[ids["blocked"]]
             assert row["policies"] == ["pci"]
