@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from _admin_helpers import serving
+from harness.ports import free_port
 from test_audit_logs_api import as_caller, principal_admin
 
 from smartflow.admin.compliance_routes import register_compliance_routes
@@ -393,13 +393,6 @@ async def test_without_an_audit_database_the_routes_say_so() -> None:
 
 
 # -- its own process ------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
 
 async def test_compliance_runs_as_its_own_process_role(audit_dsn: str, redis_url: str) -> None:
     settings = dataclasses.replace(

@@ -34,7 +34,14 @@ from typing import Any
 import numpy as np
 
 from smartflow.policy.findings import PROMPT_INJECTION, Embed, Finding
-from smartflow.policy.linear_model import Hit, LinearHead, head_score, merge_hits, packaged_head
+from smartflow.policy.linear_model import (
+    HeadDetector,
+    Hit,
+    head_score,
+    merge_hits,
+    packaged_head,
+    threshold_from_config,
+)
 from smartflow.policy.text_normalize import NormalizedText, TextView, normalize
 
 OVERRIDE = "override"
@@ -592,7 +599,7 @@ _MAX_WINDOWS = 6
 _SHORT_TEXT = 400
 
 
-class InjectionDetector:
+class InjectionDetector(HeadDetector):
     """Finds prompt injections in one text (type ``PROMPT_INJECTION``).
 
     ``embed`` lets it embed windows of long texts and de-obfuscated text
@@ -605,19 +612,8 @@ class InjectionDetector:
 
     def __init__(self, embed: Embed | None, *, threshold: float = 0.5,
                  head_path: Path | None = None) -> None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        self._embed = embed
-        self._threshold = float(threshold)
-        self._head = LinearHead(head_path or packaged_head(HEAD_FILE))
-
-    @property
-    def threshold(self) -> float:
-        return self._threshold
-
-    def load(self) -> None:
-        """Read the classifier weights now rather than on the first request."""
-        self._head.load()
+        super().__init__(embed, threshold=threshold,
+                         head_path=head_path or packaged_head(HEAD_FILE))
 
     def detect(self, text: str, embedding: np.ndarray | None = None) -> list[Finding]:
         if not isinstance(text, str):
@@ -754,16 +750,4 @@ def _fold(text: str) -> str:
 def injection_detector_from_config(config: Mapping[str, Any], embed: Embed | None
                                    ) -> InjectionDetector:
     """Build from a guardrail's ``config`` (keys: ``threshold`` in (0, 1])."""
-    if not isinstance(config, Mapping):
-        # The contract is ValueError for any bad config, whatever its shape.
-        raise ValueError("prompt_injection config must be an object")  # noqa: TRY004
-    unknown = set(config) - {"threshold"}
-    if unknown:
-        raise ValueError(f"prompt_injection config: unknown key(s) {sorted(unknown)}; "
-                         "allowed: threshold")
-    threshold = config.get("threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
-            0.0 < float(threshold) <= 1.0):
-        raise ValueError(f"prompt_injection config: threshold must be a number in (0, 1], "
-                         f"got {threshold!r}")
-    return InjectionDetector(embed, threshold=float(threshold))
+    return InjectionDetector(embed, threshold=threshold_from_config(config, "prompt_injection"))

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import threading
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from smartflow.policy.findings import Embed
 
 # Head probability that maps to a score of 0 (see ``head_score``).
 MODEL_FLOOR = 0.6
@@ -131,3 +135,40 @@ def save_head(path: Path, weights: np.ndarray, bias: np.ndarray, classes: list[s
     np.savez_compressed(path, weights=np.asarray(weights, dtype=np.float32),
                         bias=np.asarray(bias, dtype=np.float32),
                         classes=np.asarray(classes, dtype=np.str_))
+
+
+def threshold_from_config(config: Mapping[str, Any], kind: str) -> float:
+    """A head-backed guardrail's config: only ``threshold``, in (0, 1] (default
+    0.5); ValueError naming the guardrail type for anything else."""
+    if not isinstance(config, Mapping):
+        # The contract is ValueError for any bad config, whatever its shape.
+        raise ValueError(f"{kind} config must be an object")  # noqa: TRY004
+    unknown = set(config) - {"threshold"}
+    if unknown:
+        raise ValueError(f"{kind} config: unknown key(s) {sorted(unknown)}; allowed: threshold")
+    threshold = config.get("threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
+            0.0 < float(threshold) <= 1.0):
+        raise ValueError(f"{kind} config: threshold must be a number in (0, 1], "
+                         f"got {threshold!r}")
+    return float(threshold)
+
+
+class HeadDetector:
+    """What the detectors with a trained head share: the threshold a finding
+    must reach, the head (read on first use) and the embedder for windows."""
+
+    def __init__(self, embed: Embed | None, *, threshold: float, head_path: Path) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
+        self._embed = embed
+        self._threshold = float(threshold)
+        self._head = LinearHead(head_path)
+
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    def load(self) -> None:
+        """Read the classifier weights now rather than on the first request."""
+        self._head.load()

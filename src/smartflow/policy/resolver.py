@@ -72,6 +72,7 @@ class Resolution:
     policies: tuple[str, ...]
     guardrails: tuple[ResolvedGuardrail, ...]
     explanation: list[dict[str, Any]]
+    by_default: bool = False  # no attachment matched: the default policy's guardrails
 
     def to_json(self) -> dict[str, Any]:
         return {"policies": list(self.policies),
@@ -373,4 +374,5 @@ def resolve(snapshot: PolicySnapshot, scope: CallScope,
                            f"{action_policy.name} ({action_label}); config from the most "
                            f"specific scope, policy {config_policy.name} ({config_label})")})
     return Resolution(policies=tuple(name for _label, name in sources),
-                      guardrails=tuple(resolved), explanation=explanation)
+                      guardrails=tuple(resolved), explanation=explanation,
+                      by_default=sources == [("default", default_policy)])

@@ -117,12 +117,10 @@ def build_policy_runtime(settings: Settings, *, store_client: StoreClient | None
 
         watcher = PolicyWatcher(PolicyStore(store_client), redis_url)
         if embeddings is not None:
-            from smartflow.policy.decision_log import DecisionLog
             from smartflow.policy.learning import LearningRuntime
 
-            learning = LearningRuntime(store_client, embeddings.embed, redis_url=redis_url)
-            learning.decision_log = DecisionLog(store_client,
-                                                ttl_s=int(policy.remember_decisions_s))
+            learning = LearningRuntime(store_client, embeddings.embed, redis_url=redis_url,
+                                       decisions_ttl_s=int(policy.remember_decisions_s))
             services.learning = learning
     pattern_engine = GuardrailEngine(DetectorServices(model_checks=False))
     return PolicyRuntime(policy, GuardrailEngine(services), pattern_engine=pattern_engine,

@@ -137,8 +137,7 @@ class GuardrailStage(Stage):
             texts.append(text)
         # Only the default policy applies (no attachment matched): its
         # engine, the pattern checks alone unless configured otherwise.
-        engine = (self._default_engine if any(
-            step.get("step") == "default" for step in resolution.explanation) else self._engine)
+        engine = self._default_engine if resolution.by_default else self._engine
         state.engine = engine
         embeddings, decisions = await self._judge_input(engine, guardrails, texts)
         state.decisions = decisions
@@ -178,13 +177,15 @@ class GuardrailStage(Stage):
         embedding runs on the model's thread while the guardrails that do not
         read it (the patterns, the NER model) run here, so a call waits for
         the longer of the two rather than their sum."""
-        with_embedding = [g for g in guardrails if engine.needs_embedding(g)]
+        with_embedding: list[Any] = []
+        without: list[Any] = []
+        for guardrail in guardrails:
+            (with_embedding if engine.needs_embedding(guardrail) else without).append(guardrail)
         if not with_embedding:
             return [None] * len(texts), engine.run(guardrails, texts, [None] * len(texts),
                                                    "input")
         pending = asyncio.ensure_future(engine.embeddings_for(with_embedding, texts))
         try:
-            without = [g for g in guardrails if not engine.needs_embedding(g)]
             early = engine.run(without, texts, [None] * len(texts), "input")
             embeddings = await pending
         finally:
@@ -221,9 +222,8 @@ class GuardrailStage(Stage):
             call.verdict = verdict_of(state.decisions)
         log = self._runtime.decision_log
         if log is not None and state.decisions:
-            log.remember_soon(call.call_id, state.embedding,
-                              [d.record() for d in state.decisions], list(state.policies),
-                              state.digest)
+            log.remember_soon(call.call_id, state.embedding, list(call.guardrails),
+                              list(state.policies), state.digest)
 
     def _judge_answer(self, call: Call, state: PolicyState) -> list[Decision]:
         """A whole answer: judged before it is sent; a block replaces it with

@@ -88,7 +88,7 @@ class OutputGuard:
             if self._pending and (final or self._pending_chars >= self._window):
                 if self._pending_chars:
                     self._scan()
-                self._release(final=True)  # already sent: this only moves the context on
+                self._advance(len(self._pending))  # already sent: the context moves on
             return out
         if not self._pending:
             return b""
@@ -175,11 +175,14 @@ class OutputGuard:
                     break
                 remaining -= len(text)
                 count += 1
-        if not count:
-            return b""
-        released = pending[:count]
-        self._pending = pending[count:]
-        sent_text = "".join(text for _, text in released)
-        self._pending_chars -= len(sent_text)
-        self._context = (self._context + sent_text)[-self._window:]
-        return b"".join(event for event, _ in released)
+        return b"".join(event for event, _ in self._advance(count))
+
+    def _advance(self, count: int) -> list[tuple[bytes, str]]:
+        """The first ``count`` held events leave: their text becomes the context."""
+        released = self._pending[:count]
+        if released:
+            self._pending = self._pending[count:]
+            sent_text = "".join(text for _, text in released)
+            self._pending_chars -= len(sent_text)
+            self._context = (self._context + sent_text)[-self._window:]
+        return released

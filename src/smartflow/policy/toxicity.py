@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from smartflow.policy.findings import TOXICITY, Embed, Finding
-from smartflow.policy.linear_model import Hit, LinearHead, head_score, merge_hits, packaged_head
+from smartflow.policy.linear_model import (
+    HeadDetector,
+    Hit,
+    head_score,
+    merge_hits,
+    packaged_head,
+    threshold_from_config,
+)
 from smartflow.policy.text_normalize import normalize
 
 HARASSMENT = "harassment"
@@ -99,7 +106,7 @@ _WINDOW_CHARS = 300
 _MAX_WINDOWS = 6
 
 
-class ToxicityDetector:
+class ToxicityDetector(HeadDetector):
     """Finds toxic content (type ``TOXICITY``); ``detail`` is the category.
 
     Without ``embed`` and without a passed embedding it runs its rules alone.
@@ -107,14 +114,8 @@ class ToxicityDetector:
 
     def __init__(self, embed: Embed | None, *, threshold: float = 0.5,
                  head_path: Path | None = None) -> None:
-        if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
-        self._embed = embed
-        self._threshold = float(threshold)
-        self._head = LinearHead(head_path or packaged_head(HEAD_FILE))
-
-    def load(self) -> None:
-        self._head.load()
+        super().__init__(embed, threshold=threshold,
+                         head_path=head_path or packaged_head(HEAD_FILE))
 
     def detect(self, text: str, embedding: np.ndarray | None = None) -> list[Finding]:
         if not isinstance(text, str):
@@ -177,15 +178,4 @@ def _windows(text: str) -> list[tuple[int, int]]:
 def toxicity_detector_from_config(config: Mapping[str, Any], embed: Embed | None
                                   ) -> ToxicityDetector:
     """Build from a guardrail's ``config`` (keys: ``threshold`` in (0, 1])."""
-    if not isinstance(config, Mapping):
-        # The contract is ValueError for any bad config, whatever its shape.
-        raise ValueError("toxicity config must be an object")  # noqa: TRY004
-    unknown = set(config) - {"threshold"}
-    if unknown:
-        raise ValueError(f"toxicity config: unknown key(s) {sorted(unknown)}; allowed: threshold")
-    threshold = config.get("threshold", 0.5)
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not (
-            0.0 < float(threshold) <= 1.0):
-        raise ValueError(f"toxicity config: threshold must be a number in (0, 1], "
-                         f"got {threshold!r}")
-    return ToxicityDetector(embed, threshold=float(threshold))
+    return ToxicityDetector(embed, threshold=threshold_from_config(config, "toxicity"))

@@ -123,8 +123,8 @@ def create_node_index(settings: Settings, supervisor_pid: int) -> str:
 
 
 def preload_encoder(settings: Settings) -> object | None:
-    """With the semantic cache or the guardrails' model checks on, the embedding
-    model, loaded before the first fork: its ~110 MB of weights are then
+    """With the semantic cache, or the guardrails' model checks on every call,
+    the embedding model, loaded before the first fork: its ~110 MB of weights are then
     shared by every worker instead of copied into each. (onnxruntime runs on
     the calling thread with one intra-op thread, so a forked child inherits no
     thread pool.) None when nothing embeds on the request path: a worker that
