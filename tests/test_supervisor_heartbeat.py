@@ -60,7 +60,7 @@ def test_a_wedged_worker_is_killed_and_replaced_while_the_other_keeps_serving(
     gateway_factory: Callable[..., GatewayProcess], stopped_pids: list[int]
 ) -> None:
     gateway = gateway_factory(_config(WORKER_TIMEOUT_S))
-    wedged, survivor = gateway.wait_worker_pids(2)
+    wedged, survivor = gateway.wait_worker_pids(2, ready=True)
     to_survivor = _connection_to(gateway, survivor)
     try:
         _freeze(wedged, stopped_pids)
@@ -99,7 +99,7 @@ def test_with_worker_timeout_zero_a_wedged_worker_is_left_alone(
     gateway_factory: Callable[..., GatewayProcess], stopped_pids: list[int]
 ) -> None:
     gateway = gateway_factory(_config(0.0))
-    wedged, survivor = gateway.wait_worker_pids(2)
+    wedged, survivor = gateway.wait_worker_pids(2, ready=True)
     _freeze(wedged, stopped_pids)
     watch_until = time.monotonic() + 2 * WORKER_TIMEOUT_S + 1.0
     while time.monotonic() < watch_until:
@@ -122,7 +122,7 @@ def test_a_draining_worker_is_not_killed_by_the_heartbeat_check(
     # deadline, shutdown_timeout plus a grace, may kill it.
     shutdown_timeout_s = 4.0
     gateway = gateway_factory(_config(WORKER_TIMEOUT_S, shutdown_timeout_s))
-    wedged, _survivor = gateway.wait_worker_pids(2)
+    wedged, _survivor = gateway.wait_worker_pids(2, ready=True)
     _freeze(wedged, stopped_pids)
     started = time.monotonic()
     assert gateway.stop(timeout_s=30.0) == 0

@@ -297,12 +297,16 @@ class GatewayProcess(ManagedService):
         """Live direct children of the supervisor other than redis-server."""
         return [p for p in self.child_pids() if not _process_name(p).startswith("redis")]
 
-    def wait_worker_pids(self, count: int, timeout_s: float = 20.0) -> list[int]:
-        """Wait until exactly `count` workers are alive; their pids."""
+    def wait_worker_pids(self, count: int, timeout_s: float = 20.0, *,
+                         ready: bool = False) -> list[int]:
+        """Wait until exactly `count` workers are alive (and with `ready`, each
+        has reported ready: the supervisor watches a worker's heartbeat only
+        from then on); their pids."""
         deadline = time.monotonic() + timeout_s
         while True:
             pids = self.worker_pids()
-            if len(pids) == count:
+            if len(pids) == count and (not ready or set(pids) <= {
+                    event.get("worker_pid") for event in self.log_events("worker_ready")}):
                 return pids
             if time.monotonic() > deadline:
                 raise GatewayError(
