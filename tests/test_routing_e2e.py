@@ -704,8 +704,13 @@ def test_priority_keeps_traffic_on_the_first_tier_and_fails_over_to_the_next(
     assert statuses(failing) == {200: 200}
     assert {a.deployment for a in failing} == {"second"}
     assert second.counts()["ok"] == 200
-    assert max(a.attempts for a in failing) >= 2  # failed over from the first tier ...
-    assert failing[-1].attempts == 1  # ... until the first tier was cooling down
+    attempts = [a.attempts for a in failing]
+    assert max(attempts) >= 2  # failed over from the first tier ...
+    # ... until the first tier was cooling down: from then on one attempt a call.
+    # Counted, not "the last call took one": in one loaded run the call that
+    # completed last was a 3-attempt one, and completion order under load is
+    # not what this test is about.
+    assert sum(1 for n in attempts if n == 1) >= 150, attempts
 
 
 # -- 7. cost ----------------------------------------------------------------------------
