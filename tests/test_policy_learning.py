@@ -267,3 +267,30 @@ def test_learned_threshold_flags_no_more_reviewed_allowed_requests_than_the_rule
     in_sample = model.scores()
     labels = (~allowed).astype(float)
     assert np.mean(np.abs(held_out - labels)) > np.mean(np.abs(in_sample - labels))
+
+
+async def test_the_decision_log_batches_calls_and_keeps_at_most_its_cap(
+        stores: list[StoreClient], redis_url: str) -> None:
+    """Redis memory is bounded by the cap, not by traffic times the TTL: the
+    oldest remembered calls go first, and what is kept stays recallable."""
+    from smartflow.policy.decision_log import CALL_INDEX, DecisionLog
+
+    log = DecisionLog(stores[0], ttl_s=3600, max_calls=50)
+    vector = np.linspace(-1.0, 1.0, 384, dtype=np.float32)
+    for n in range(120):
+        log.remember_soon(f"call-{(n * 37) % 120:03d}-{n}", vector, [{"guardrail": "g", "outcome": "pass"}],
+                          ["default"], f"digest-{n}")
+    await log.drain()
+    names = [f"call-{(n * 37) % 120:03d}-{n}" for n in range(120)]  # not in sorted order
+    assert await stores[1].execute("ZCARD", CALL_INDEX, key=CALL_INDEX) == 50
+    assert await log.recall(names[0]) is None  # the oldest fell off
+    assert await log.recall(names[69]) is None
+    kept = await log.recall(names[119])
+    assert kept is not None and kept.text_digest == "digest-119"
+    assert kept.policies == ["default"]
+    assert kept.embedding is not None
+    assert np.allclose(kept.embedding, vector, atol=1e-2)
+    assert all([await log.recall(name) is not None for name in names[70:]])
+    # Records of calls that fell off are deleted, not left to their TTL.
+    keys = await stores[1].execute("KEYS", "sf:policy:{pc}:c:*", key=CALL_INDEX)
+    assert len(keys) == 50

@@ -261,6 +261,9 @@ class PolicySettings:
     stream_window: int = 128
     max_scan_chars: int = 100000  # of one request's text (the rest is not scanned)
     remember_decisions_s: float = 604800.0  # how long feedback on a call is accepted
+    # At most this many calls are remembered for feedback (~1.2 KB each in
+    # Redis): the oldest go first, so memory does not grow with traffic.
+    remember_max_calls: int = 100000
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,6 +611,8 @@ def _check_policy(policy: PolicySettings) -> None:
         raise ConfigError("policy.max_scan_chars: must be >= 1000")
     if not policy.remember_decisions_s > 0:
         raise ConfigError("policy.remember_decisions_s: must be > 0")
+    if policy.remember_max_calls < 1:
+        raise ConfigError("policy.remember_max_calls: must be >= 1")
 
 
 def _check_cache(settings: Settings) -> None:

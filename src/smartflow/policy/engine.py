@@ -131,6 +131,10 @@ class GuardrailEngine:
     def __init__(self, services: DetectorServices) -> None:
         self._services = services
         self._detectors: dict[tuple[str, str, bytes], TextDetector] = {}
+        # The same guardrail object comes back on every call a resolution is
+        # memoised for: found by identity, its config is not serialised per
+        # call. The object is held, so its id is not reused while here.
+        self._by_object: dict[int, tuple[GuardrailLike, TextDetector]] = {}
 
     @property
     def services(self) -> DetectorServices:
@@ -168,6 +172,9 @@ class GuardrailEngine:
                          f"(one of: {', '.join(GUARDRAIL_TYPES)})")
 
     def detector(self, guardrail: GuardrailLike) -> TextDetector:
+        known = self._by_object.get(id(guardrail))
+        if known is not None and known[0] is guardrail:
+            return known[1]
         key = _detector_key(guardrail)
         detector = self._detectors.get(key)
         if detector is None:
@@ -175,6 +182,9 @@ class GuardrailEngine:
             if len(self._detectors) >= MAX_DETECTORS:
                 self._detectors.clear()  # old versions; rebuilt on demand
             self._detectors[key] = detector
+        if len(self._by_object) >= MAX_DETECTORS:
+            self._by_object.clear()
+        self._by_object[id(guardrail)] = (guardrail, detector)
         return detector
 
     def validate(self, guardrail: GuardrailLike) -> None:

@@ -70,7 +70,7 @@ import numpy as np
 import orjson
 
 from smartflow.policy.clauses import split_clauses
-from smartflow.policy.decision_log import TTL_S, DecisionLog, RememberedCall
+from smartflow.policy.decision_log import MAX_CALLS, TTL_S, DecisionLog, RememberedCall
 from smartflow.policy.documents import DIM, DocumentMeta, DocumentStore
 from smartflow.store.fast_client import Script, StoreClient
 from smartflow.store.keyspace import PREFIX
@@ -441,13 +441,14 @@ class LearningRuntime:
     """
 
     def __init__(self, store: StoreClient, embed: AsyncEmbed, *, redis_url: str,
-                 poll_s: float = POLL_S, decisions_ttl_s: int = TTL_S) -> None:
+                 poll_s: float = POLL_S, decisions_ttl_s: int = TTL_S,
+                 decisions_max: int = MAX_CALLS) -> None:
         self._store = store
         self._embed = embed
         self._redis_url = redis_url
         self._poll_s = poll_s
         self.documents = DocumentStore(store)
-        self.decision_log = DecisionLog(store, ttl_s=decisions_ttl_s)
+        self.decision_log = DecisionLog(store, ttl_s=decisions_ttl_s, max_calls=decisions_max)
         self._snapshot = LearningSnapshot.empty()
         self._state = LearningState()
         self._vectors: dict[str, np.ndarray] = {}

@@ -120,7 +120,8 @@ def build_policy_runtime(settings: Settings, *, store_client: StoreClient | None
             from smartflow.policy.learning import LearningRuntime
 
             learning = LearningRuntime(store_client, embeddings.embed, redis_url=redis_url,
-                                       decisions_ttl_s=int(policy.remember_decisions_s))
+                                       decisions_ttl_s=int(policy.remember_decisions_s),
+                                       decisions_max=policy.remember_max_calls)
             services.learning = learning
     pattern_engine = GuardrailEngine(DetectorServices(model_checks=False))
     return PolicyRuntime(policy, GuardrailEngine(services), pattern_engine=pattern_engine,

@@ -147,7 +147,8 @@ class GuardrailStage(Stage):
             state.embedding = embeddings[last_user]
             if state.embedding is not None:
                 call.text_embedding = (texts[last_user], state.embedding)
-            state.digest = hashlib.sha256(texts[last_user].encode()).hexdigest()
+                # Only a call with an embedding is remembered for feedback.
+                state.digest = hashlib.sha256(texts[last_user].encode()).hexdigest()
         call.guardrails = tuple(d.record() for d in decisions)
         call.verdict = verdict_of(decisions)
         headers.append((GUARDRAILS_HEADER, _header_value(decisions)))
@@ -221,7 +222,9 @@ class GuardrailStage(Stage):
             call.guardrails = tuple(d.record() for d in state.decisions)
             call.verdict = verdict_of(state.decisions)
         log = self._runtime.decision_log
-        if log is not None and state.decisions:
+        # Feedback learns from the request's embedding: a call judged by the
+        # pattern checks alone has none and is not remembered.
+        if log is not None and state.decisions and state.embedding is not None:
             log.remember_soon(call.call_id, state.embedding, list(call.guardrails),
                               list(state.policies), state.digest)
 

@@ -35,7 +35,8 @@ Policies (``policy.store``), one hash tag ``{p}``: ``sf:policy:{p}:guardrails``
 (hash version -> JSON, kept after a delete), ``:rev`` (counter); channel
 ``sf:policy:changed``. The learning engine's documents, clauses, classifier
 state and per-call decisions (``sf:policy:doc*``, ``sf:policy:learn*``,
-``sf:policy:call:<call id>``, named in ``policy.documents``,
+``sf:policy:{pc}:c:<call id>`` with their index ``sf:policy:{pc}:idx``,
+named in ``policy.documents``,
 ``policy.learning`` and ``policy.decision_log``); channel
 ``sf:policy:learning:changed``.
 """
