@@ -464,3 +464,49 @@ def test_the_cli_serves_the_compliance_api_alone_and_stops_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_the_supervisor_runs_the_compliance_api_as_a_role_and_restarts_it(
+        audit_dsn: str, redis_url: str, gateway_factory: Any) -> None:
+    """``[compliance] port``: ``smartflow serve`` forks a ``smartflow: compliance``
+    process that answers on its own port (the gateway's port answers the same
+    routes too), and brings it back when it dies."""
+    import os
+    import signal
+    import time
+
+    from harness.gateway import titled_child
+
+    port = free_port()
+    gateway = gateway_factory({
+        "auth": {"master_key": "sk-master-role"}, "state": {"redis_url": redis_url},
+        "audit": {"postgres_dsn": audit_dsn}, "compliance": {"port": port}}, workers=1)
+    master = {"authorization": "Bearer sk-master-role"}
+
+    def serving_pid(not_pid: int | None = None) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pid = titled_child(gateway.pid, "smartflow: compliance")
+            if pid is not None and pid != not_pid:
+                try:
+                    answer = httpx.get(f"http://127.0.0.1:{port}/api/compliance/frameworks",
+                                       headers=master, timeout=5)
+                except httpx.TransportError:
+                    answer = None
+                if answer is not None and answer.status_code == 200:
+                    assert {f["name"] for f in answer.json()["data"]} >= {"gdpr", "pci_dss"}
+                    return pid
+            time.sleep(0.1)
+        raise AssertionError(f"no compliance process answering on {port}:\n"
+                             f"{gateway.output_tail()}")
+
+    first = serving_pid()
+    # Only the compliance API on its port; the gateway's port has it as well.
+    assert httpx.get(f"http://127.0.0.1:{port}/api/logs", headers=master,
+                     timeout=5).status_code == 404
+    assert httpx.get(f"{gateway.url}/api/compliance/frameworks", headers=master,
+                     timeout=5).status_code == 200
+    os.kill(first, signal.SIGKILL)
+    second = serving_pid(not_pid=first)
+    assert second != first
+    assert gateway.is_running

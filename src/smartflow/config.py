@@ -267,6 +267,16 @@ class PolicySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ComplianceSettings:
+    # The compliance API also answers on every gateway worker (/api/compliance/*).
+    # A port here makes the supervisor run it as a process of its own too
+    # ("smartflow: compliance", restarted like a worker when it dies), so
+    # reports keep answering while workers restart or are saturated.
+    port: int = 0  # 0: no compliance process
+    host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     name: str
     provider: str
@@ -308,6 +318,7 @@ class Settings:
     embeddings: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     vector_stores: VectorStoreSettings = field(default_factory=VectorStoreSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    compliance: ComplianceSettings = field(default_factory=ComplianceSettings)
     models: tuple[ModelConfig, ...] = ()
     # The provider SDKs' own variables (OPENAI_API_KEY, ...), read here once so
     # a model resolved by name prefix can use them; nothing else reads the env.
@@ -333,6 +344,7 @@ _SECTIONS: dict[str, type] = {
     "embeddings": EmbeddingSettings,
     "vector_stores": VectorStoreSettings,
     "policy": PolicySettings,
+    "compliance": ComplianceSettings,
 }
 
 # Built-in models when no config file names any: the mock provider answers
@@ -587,6 +599,8 @@ def _check_values(settings: Settings) -> None:
     _check_audit(settings.audit)
     _check_cache(settings)
     _check_policy(settings.policy)
+    if not 0 <= settings.compliance.port <= 65535:
+        raise ConfigError("compliance.port: must be 0 (off) to 65535")
     worker_timeout = settings.supervisor.worker_timeout
     if not worker_timeout >= 0:  # also refuses nan
         raise ConfigError(

@@ -1,4 +1,6 @@
-"""The compliance API as a process of its own (``smartflow compliance``).
+"""The compliance API as a process of its own: run by the supervisor when
+``[compliance] port`` is set (``workers/compliance.py``), or alone with
+``smartflow compliance``.
 
 It serves ``/api/compliance/*`` and ``/healthz`` (and ``/health``) only, with
 the admin API's authentication: the master key, or a session token checked
@@ -67,7 +69,8 @@ def build_compliance_app(settings: Settings, store_url: str,
 
 async def serve_compliance(settings: Settings, host: str, port: int, *,
                            store_url: str | None = None,
-                           stop: asyncio.Event | None = None) -> None:
+                           stop: asyncio.Event | None = None,
+                           on_listening: Callable[[], None] | None = None) -> None:
     """Serve until ``stop`` is set (default: SIGTERM or SIGINT), then drain.
 
     ``store_url``: the Redis of keys, users and sessions (default ``[state]
@@ -94,6 +97,8 @@ async def serve_compliance(settings: Settings, host: str, port: int, *,
                             ssl_context=build_server_ssl_context(settings.server))
         await server.start(sock)
         log.info("compliance API listening on %s:%d", host, sock.getsockname()[1])
+        if on_listening is not None:
+            on_listening()
         try:
             await stop.wait()
         finally:

@@ -5,7 +5,7 @@ arbiter imports it at start-up (before forking, so every child shares the
 imported code), and nothing in `smartflow` imports `workers` statically, so
 `workers.gateway -> smartflow.app -> ...` never loops back.
 
-Adding a kind of process (the audit shipper) is one more RoleSpec in
+Adding a kind of process (the audit shipper, the compliance API) is one more RoleSpec in
 `default_roles()`; the arbiter runs whatever roles it is given.
 """
 
@@ -58,9 +58,22 @@ SHIPPER_ROLE = RoleSpec(
 )
 
 
+def compliance_count(settings: Settings) -> int:
+    """One compliance API process per node, when it is given a port."""
+    return 1 if settings.compliance.port else 0
+
+
+COMPLIANCE_ROLE = RoleSpec(
+    name="compliance",
+    entry_module="workers.compliance",
+    title_template="smartflow: compliance",
+    count=compliance_count,
+)
+
+
 def default_roles() -> tuple[RoleSpec, ...]:
     """The roles `smartflow serve` runs."""
-    return (GATEWAY_ROLE, SHIPPER_ROLE)
+    return (GATEWAY_ROLE, SHIPPER_ROLE, COMPLIANCE_ROLE)
 
 
 def load_role_entry(role: RoleSpec) -> WorkerEntry:
