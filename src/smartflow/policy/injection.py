@@ -24,9 +24,10 @@ previous instructions'") is, because the model reads the quote all the same.
 from __future__ import annotations
 
 import re
+import re._compiler as sre_compile  # type: ignore[import-not-found]  # stdlib; no stub
 import re._parser as sre_parse  # type: ignore[import-not-found]  # stdlib; no stub
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,18 +123,14 @@ class _WordGroup:
     """Words of which every match of a rule contains at least one (lower-case)."""
 
     # Words that start where no ASCII letter precedes them: found as the
-    # start of a letter run, a set lookup.
+    # start of a letter run.
     word_starts: frozenset[str]
-    # Any other word: a substring test.
+    # Any other word: found anywhere in the text.
     anywhere: frozenset[str]
 
-    def present(self, lowered: str, run_prefixes: frozenset[str]) -> bool:
-        if not self.word_starts.isdisjoint(run_prefixes):
-            return True
-        for word in self.anywhere:
-            if word in lowered:
-                return True
-        return False
+    def tagged(self) -> frozenset[str]:
+        """The group as ``_present_words`` reports what a text holds."""
+        return self.word_starts | frozenset(_ANYWHERE_TAG + w for w in self.anywhere)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +143,21 @@ class _Rule:
     required: tuple[_WordGroup, ...] = ()
     # Every match contains a non-Latin word (Cyrillic, CJK): no ASCII text can match.
     needs_non_ascii: bool = False
+    # ``required`` as tagged word sets, the likeliest to fail first.
+    gate: tuple[frozenset[str], ...] = ()
+    # Finds, in the lower-cased text, every place a match can start (None: unknown).
+    lead: re.Pattern[str] | None = None
+    # Without a lead: a tail of the pattern that every match contains, with
+    # its own lead; where the tail matches nowhere, the rule cannot match.
+    tail: tuple[re.Pattern[str], re.Pattern[str]] | None = None
+    # Leads that lower-casing cannot find (Cyrillic): their first characters,
+    # matched as the rule matches them; a text with none cannot match.
+    first_chars: re.Pattern[str] | None = None
 
     def may_match(self, view: _GateView) -> bool:
         if view.is_ascii and self.needs_non_ascii:
             return False
-        # A plain loop: this runs ~100 times per request.
-        for group in self.required:
-            if not group.present(view.lowered, view.run_prefixes):
-                return False
-        return True
+        return view.present is None or _meets_gate(self, view.present)
 
 
 def _rule(category: str, pattern: str, language: str = "en") -> _Rule:
@@ -166,8 +169,11 @@ def _rule(category: str, pattern: str, language: str = "en") -> _Rule:
     # twin never occurs in these words, so an ASCII text cannot match them.
     needs_non_ascii = any(all(not w.isascii() and _ASCII_CASE_TWINS.isdisjoint(w) for w, _ in g)
                           for g in groups)
+    leads = _lead_literals(pattern)
+    lead = re.compile(_trie(leads)) if leads else None
     return _Rule(category, re.compile(pattern, re.IGNORECASE), language, required,
-                 needs_non_ascii)
+                 needs_non_ascii, tuple(g.tagged() for g in required), lead,
+                 None if lead else _led_tail(pattern), _first_chars(pattern))
 
 
 # ---------------------------------------------------------------- rule gate
@@ -187,27 +193,10 @@ _MIN_REQUIRED = 3
 # an ASCII letter ("\u017f" with "s", the Kelvin sign with "k"). In a text that
 # has one, lowered-text lookups could miss what the regex matches.
 _ASCII_CASE_TWINS = frozenset("\u0130\u0131\u017f\u212a")
-_LETTER_RUN = re.compile(r"[a-z]+")
+# Marks a word found anywhere (not only at a word start) in a set of gate words.
+_ANYWHERE_TAG = "~"
 _WORD_START_AT = frozenset((sre_parse.AT_BOUNDARY, sre_parse.AT_BEGINNING,
                             sre_parse.AT_BEGINNING_STRING))
-
-
-@dataclass(frozen=True, slots=True)
-class _GateView:
-    """What the gates look up in one view's text."""
-
-    lowered: str
-    is_ascii: bool
-    # Every prefix of every maximal run of ASCII letters in ``lowered``.
-    run_prefixes: frozenset[str]
-
-    @classmethod
-    def of(cls, text: str) -> _GateView:
-        lowered = text.lower()
-        runs = set(_LETTER_RUN.findall(lowered))
-        prefixes = frozenset(run[:k] for run in runs
-                             for k in range(_MIN_REQUIRED, min(len(run), _LONGEST_WORD_START) + 1))
-        return cls(lowered, text.isascii(), prefixes)
 
 
 def _is_letters(word: str) -> bool:
@@ -297,6 +286,113 @@ def _branch_requirements(branches: list[list[set[_Word]]]) -> list[set[_Word]]:
         # Each alternative's few best groups keep the combinations bounded.
         combined = [done | group for done in combined for group in groups[:_BRANCH_GROUPS]]
     return _most_selective(combined)
+
+
+def _lead_literals(pattern: str) -> frozenset[str] | None:
+    """Lower-case literals of which every match of ``pattern`` starts with one (None: unknown).
+
+    Lets a rule run only where a match can start instead of trying every
+    position (a pattern opening with ``\\b(?:...)`` gets no prefix scan from re).
+    """
+    try:
+        return _usable_leads(_sequence_leads(list(sre_parse.parse(pattern, re.IGNORECASE))))
+    except Exception:  # noqa: BLE001 - an unexpected parser shape means "unknown", never an error
+        return None
+
+
+def _first_chars(pattern: str) -> re.Pattern[str] | None:
+    try:
+        leads = _sequence_leads(list(sre_parse.parse(pattern, re.IGNORECASE)))
+    except Exception:  # noqa: BLE001 - an unexpected parser shape means "unknown", never an error
+        return None
+    if not leads or not all(leads) or all(lead.isascii() for lead in leads):
+        return None
+    return re.compile("[" + "".join(sorted({re.escape(lead[0]) for lead in leads})) + "]",
+                      re.IGNORECASE)
+
+
+def _usable_leads(leads: set[str] | None) -> frozenset[str] | None:
+    if not leads or not all(lead and lead.isascii() for lead in leads):
+        return None
+    return frozenset(lead.lower() for lead in leads)
+
+
+def _led_tail(pattern: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
+    """The longest tail of ``pattern``'s top-level sequence that has leads, compiled, and its lead.
+
+    Whatever precedes the tail consumes text before it, and the tail is
+    compiled from the same parse, so wherever the pattern matches, the
+    tail matches too at the point where it starts.
+    """
+    try:
+        parsed = sre_parse.parse(pattern, re.IGNORECASE)
+        if parsed.state.groups > 1:
+            return None  # a back-reference in the tail could name a group before it
+        for start in range(1, len(parsed.data)):
+            leads = _usable_leads(_sequence_leads(list(parsed.data[start:])))
+            if leads:
+                tail = sre_compile.compile(parsed[start:], re.IGNORECASE)
+                return tail, re.compile(_trie(leads))
+    except Exception:  # noqa: BLE001 - an unexpected parser shape means "no tail", never an error
+        return None
+    return None
+
+
+def _sequence_leads(items: list[Any]) -> set[str] | None:
+    index = 0
+    # Zero-width items consume nothing: the match starts at what follows.
+    while index < len(items) and items[index][0] in (sre_parse.AT, sre_parse.ASSERT,
+                                                     sre_parse.ASSERT_NOT):
+        index += 1
+    if index == len(items):
+        return None
+    op, arg = items[index]
+    if op is sre_parse.LITERAL:
+        literal = []
+        for op, arg in items[index:]:
+            if op is not sre_parse.LITERAL:
+                break
+            literal.append(chr(arg))
+        return {"".join(literal)}
+    if op is sre_parse.SUBPATTERN:
+        return _sequence_leads(list(arg[-1]))
+    if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) and arg[0] >= 1:
+        return _sequence_leads(list(arg[2]))
+    if op is sre_parse.BRANCH:
+        leads: set[str] = set()
+        for branch in arg[1]:
+            found = _sequence_leads(list(branch))
+            if found is None:
+                return None
+            leads |= found
+        return leads
+    if op is sre_parse.IN and all(o is sre_parse.LITERAL for o, _ in arg):
+        return {chr(a) for _, a in arg}
+    return None
+
+
+def _trie(words: Iterable[str]) -> str:
+    """A regex matching the longest of ``words`` at a position, shared prefixes written once.
+
+    re tries the alternatives of a group one by one; nested by letter, it
+    tries one per character instead of one per word.
+    """
+    root: dict[str, Any] = {}
+    for word in words:
+        node = root
+        for char in word:
+            node = node.setdefault(char, {})
+        node[""] = {}
+    return _trie_regex(root)
+
+
+def _trie_regex(node: dict[str, Any]) -> str:
+    branches = [re.escape(char) + _trie_regex(child) for char, child in sorted(node.items()) if char]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    # Greedy: the longest word wins, a shorter one is what remains on backtracking.
+    return f"(?:{body})?" if "" in node else body
 
 
 # Words so common in ordinary text that a group holding one rarely rules a
@@ -587,6 +683,181 @@ _RULES: tuple[_Rule, ...] = (
 _LONGEST_WORD_START = max((len(w) for rule in _RULES for g in rule.required for w in g.word_starts),
                           default=_MIN_REQUIRED)
 
+
+# ------------------------------------------------------- gate, per text
+#
+# What a text holds is looked up once per view, not per rule: the set of
+# gate words it contains (word-start words as they are, others tagged with
+# _ANYWHERE_TAG), found letter run by letter run. A rule may match only if
+# each of its gate groups meets that set; an index on each rule's first
+# group picks the few rules worth that test.
+
+_START_WORDS = frozenset(w for rule in _RULES for g in rule.required for w in g.word_starts)
+_ANYWHERE_WORDS = frozenset(w for rule in _RULES for g in rule.required for w in g.anywhere)
+# Letters-only words lie inside one letter run; any other is looked up in the whole text.
+_ANYWHERE_IN_RUNS = frozenset(w for w in _ANYWHERE_WORDS if _is_letters(w))
+_ANYWHERE_ELSE = tuple(sorted(_ANYWHERE_WORDS - _ANYWHERE_IN_RUNS))
+# The longest word-start word a run starts with, and the shorter ones it implies.
+_START_AT = re.compile(_trie(_START_WORDS))
+_START_PREFIXES = {w: frozenset(v for v in _START_WORDS if w.startswith(v)) for w in _START_WORDS}
+# Every position's longest in-run word (a lookahead, so overlapping ones count too)...
+_ANYWHERE_AT = re.compile(f"(?=({_trie(_ANYWHERE_IN_RUNS)}))")
+# ...and the shorter ones it implies: the words it starts with.
+_ANYWHERE_PREFIXES = {w: frozenset(_ANYWHERE_TAG + v for v in _ANYWHERE_IN_RUNS if w.startswith(v))
+                      for w in _ANYWHERE_IN_RUNS}
+
+
+def _rule_index() -> dict[str, tuple[int, ...]]:
+    index: dict[str, list[int]] = {}
+    for position, rule in enumerate(_RULES):
+        for word in rule.gate[0] if rule.gate else ():
+            index.setdefault(word, []).append(position)
+    return {word: tuple(positions) for word, positions in index.items()}
+
+
+# Rules by the words of their first gate group; rules without a gate always run.
+_RULES_BY_WORD = _rule_index()
+_UNGATED = tuple(i for i, rule in enumerate(_RULES) if not rule.gate)
+_INDEXED_WORDS = frozenset(_RULES_BY_WORD)
+_UNGATED_RULES = tuple(_RULES[i] for i in _UNGATED)
+_UNGATED_ASCII = tuple(rule for rule in _UNGATED_RULES if not rule.needs_non_ascii)
+
+
+class _RunWords:
+    """Gate words in each letter run, remembered across texts (one per detector).
+
+    Ordinary text reuses a small vocabulary, so nearly every run of a
+    request was seen before and costs a dict lookup; a new run costs one
+    small regex call. Cleared when full (a cache, never a source of truth).
+    """
+
+    _LIMIT = 50_000
+
+    def __init__(self) -> None:
+        self._words: dict[str, frozenset[str]] = {}
+
+    def present(self, runs: set[str]) -> frozenset[str]:
+        words = self._words
+        missing = runs.difference(words)
+        if missing:
+            if len(words) + len(missing) > self._LIMIT:
+                words.clear()
+                missing = runs
+            for run in missing:
+                words[run] = _words_in_run(run)
+        return frozenset().union(*map(words.__getitem__, runs))
+
+
+def _words_in_run(run: str) -> frozenset[str]:
+    start = _START_AT.match(run)
+    found = set(_START_PREFIXES[start.group()]) if start else set()
+    for word in _ANYWHERE_AT.findall(run):
+        found |= _ANYWHERE_PREFIXES[word]
+    return frozenset(found)
+
+
+
+# Every byte but a-z to a space: splitting then yields the letter runs
+# (what findall(r"[a-z]+") would give) at a fraction of its cost.
+_RUN_SEPARATORS = bytes(c if 0x61 <= c <= 0x7A else 0x20 for c in range(256))
+
+
+def _letter_runs(lowered: str) -> set[str]:
+    # "replace" turns each non-ASCII character into "?", a separator like any non-letter.
+    ascii_bytes = lowered.encode("ascii", "replace").translate(_RUN_SEPARATORS)
+    return set(ascii_bytes.decode("ascii").split())
+
+
+def _present_words(lowered: str, run_words: _RunWords) -> frozenset[str]:
+    present = run_words.present(_letter_runs(lowered))
+    if not _ANYWHERE_ELSE:
+        return present
+    return present.union(_ANYWHERE_TAG + w for w in _ANYWHERE_ELSE if w in lowered)
+
+
+def _exact_lower(text: str) -> str | None:
+    """``text.lower()`` if lookups in it agree with IGNORECASE matching, index for index."""
+    lowered = text.lower()
+    if text.isascii():
+        return lowered
+    # Not with the twins (the one character whose lower case is longer, U+0130, is one).
+    if not _ASCII_CASE_TWINS.isdisjoint(text) or len(lowered) != len(text):
+        return None
+    return lowered
+
+
+@dataclass(frozen=True, slots=True)
+class _GateView:
+    """What the gates look up in one view's text (``_rules_to_run`` does the same, faster)."""
+
+    is_ascii: bool
+    # The gate words the text holds; None when lookups would not be exact.
+    present: frozenset[str] | None
+
+    @classmethod
+    def of(cls, text: str) -> _GateView:
+        lowered = _exact_lower(text)
+        return cls(text.isascii(),
+                   None if lowered is None else _present_words(lowered, _RunWords()))
+
+
+def _rules_to_run(text: str, run_words: _RunWords) -> tuple[Sequence[_Rule], str | None]:
+    """The rules that may match ``text``, and its lower-cased form if lookups in it are exact."""
+    is_ascii = text.isascii()
+    lowered = _exact_lower(text)
+    if lowered is None:
+        return _RULES, None
+    present = _present_words(lowered, run_words)
+    keys = present & _INDEXED_WORDS
+    if not keys:
+        return (_UNGATED_ASCII if is_ascii else _UNGATED_RULES), lowered
+    rules = []
+    for position in sorted(set(_UNGATED).union(*map(_RULES_BY_WORD.__getitem__, keys))):
+        rule = _RULES[position]
+        if not (is_ascii and rule.needs_non_ascii) and _meets_gate(rule, present):
+            rules.append(rule)
+    return rules, lowered
+
+
+def _meets_gate(rule: _Rule, present: frozenset[str]) -> bool:
+    # A plain loop: cheaper than all() over a generator for these few groups.
+    for group in rule.gate:
+        if group.isdisjoint(present):
+            return False
+    return True
+
+
+def _matches(rule: _Rule, text: str, lowered: str | None) -> Iterator[re.Match[str]]:
+    """``rule.pattern.finditer(text)``, trying only positions where a match can start."""
+    if rule.first_chars is not None and rule.first_chars.search(text) is None:
+        return iter(())
+    if lowered is None:
+        return rule.pattern.finditer(text)
+    if rule.lead is not None:
+        return _led_matches(rule.pattern, rule.lead, text, lowered)
+    if rule.tail is not None and next(_led_matches(*rule.tail, text, lowered), None) is None:
+        return iter(())
+    return rule.pattern.finditer(text)
+
+
+def _led_matches(pattern: re.Pattern[str], lead: re.Pattern[str], text: str, lowered: str
+                 ) -> Iterator[re.Match[str]]:
+    """``pattern.finditer(text)`` where ``lead`` finds, in ``lowered``, every place a match can start."""
+    find_lead = lead.search
+    match_at = pattern.match
+    position = 0
+    while (found := find_lead(lowered, position)) is not None:
+        start = found.start()
+        # ``pos`` (unlike slicing) keeps what \b and lookbehinds see before it.
+        match = match_at(text, start)
+        if match is None:
+            position = start + 1
+            continue
+        yield match
+        # A match holds its lead literal, so it is never empty.
+        position = match.end()
+
+
 # Sentences a planted instruction tends to contain; only windows with one of
 # these are embedded, so a long benign page costs no extra model calls.
 _CUE = re.compile(
@@ -614,6 +885,7 @@ class InjectionDetector(HeadDetector):
                  head_path: Path | None = None) -> None:
         super().__init__(embed, threshold=threshold,
                          head_path=head_path or packaged_head(HEAD_FILE))
+        self._run_words = _RunWords()
 
     def detect(self, text: str, embedding: np.ndarray | None = None) -> list[Finding]:
         if not isinstance(text, str):
@@ -632,12 +904,9 @@ class InjectionDetector(HeadDetector):
         hits: list[Hit] = []
         for view in norm.views:
             text = view.text
-            # Lowered-text lookups agree with IGNORECASE only without the twins.
-            gate = _GateView.of(text) if _ASCII_CASE_TWINS.isdisjoint(text) else None
-            for rule in _RULES:
-                if gate is not None and not rule.may_match(gate):
-                    continue
-                for match in rule.pattern.finditer(text):
+            rules, lowered = _rules_to_run(text, self._run_words)
+            for rule in rules:
+                for match in _matches(rule, text, lowered):
                     start, end = view.span(match.start(), match.end())
                     hits.append(Hit(start, end, RULE_SCORE,
                                      _category(rule, view, norm, start, end, match.group())))

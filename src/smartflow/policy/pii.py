@@ -26,7 +26,7 @@ import numpy as np
 from smartflow.policy.findings import ADDRESS, PERSON, PII_TYPES, Finding
 from smartflow.policy.ner import NerModel
 from smartflow.policy.pii_address import find_addresses
-from smartflow.policy.pii_patterns import RECOGNISERS
+from smartflow.policy.pii_patterns import RECOGNISERS, finditer_in_windows
 
 _NAME_WORD = r"[A-ZÀ-ÞĀ-Ž][a-zß-ÿā-ž'’]+(?:-[A-ZÀ-ÞĀ-Ž][a-zß-ÿā-ž'’]+)?"
 # Words, particles ("van", "bin") and middle initials ("Catherine E. Montgomery").
@@ -34,8 +34,9 @@ _NAME = _NAME_WORD + r"(?:\s(?:(?:van|von|de|da|del|der|la|le|di|bin|al|ibn|dos)
     + _NAME_WORD + r"){0,3}"
 # The same, within one line (a name never runs across a line break).
 _NAME_SP = _NAME.replace(r"\s", r"[ \t]")
-_TITLE = (r"(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Professor|Sir|Dame|Madam|Mme|Mlle|Herr|Frau|Sr|Sra|"
-          r"Rev|Capt|Col|Lt|Sgt|Judge|Senator|Rep)\.?")
+_TITLE_WORDS = (r"(?:Mr|Mrs|Ms|Mx|Miss|Dr|Prof|Professor|Sir|Dame|Madam|Mme|Mlle|Herr|Frau|Sr|"
+                r"Sra|Rev|Capt|Col|Lt|Sgt|Judge|Senator|Rep)")
+_TITLE = _TITLE_WORDS + r"\.?"
 # Context that says the next capitalised words are a person's name.
 _PERSON_RULES = tuple((name, re.compile(p)) for name, p in (
     ("title", r"\b" + _TITLE + r"\s(" + _NAME + r")"),
@@ -94,14 +95,126 @@ _RULE_NEEDLES: dict[str, tuple[tuple[str, ...], bool]] = {
 }
 
 
+# Where each rule can match, found by a scan that skips ahead in C.
+#
+# Most rules open with "\b(?i:word|word|...)" and re tries that at every
+# position of the text. But every rule's name (group 1) starts with a
+# capital of _NAME_WORD's first class, and the cue sits right before it.
+# So an anchor pattern that opens with that capital (or with a rarer
+# literal: "@", ":", a newline) and checks the cue's last characters in a
+# look-behind finds the few places a rule can match; the rule itself then
+# runs with .match() at each position of a short window before the anchor.
+# The anchors are loose (any superset of the rule's match starts will do)
+# and .match(text, pos) keeps "\b", "^" and look-behinds exact.
+_CAP = r"[A-ZÀ-ÞĀ-Ž]"
+
+
+def _cap_after(tails: str, *seps: str) -> re.Pattern[str]:
+    """A capital preceded by one of ``seps`` and, before that, one of ``tails``."""
+    behind = "|".join(r"(?<=(?i:" + tails + r")" + sep + r".)" for sep in seps)
+    return re.compile(_CAP + r"(?:" + behind + r")")
+
+
+_CUE_TAILS: dict[str, tuple[str, tuple[str, ...]]] = {
+    # rule: (its cues' last two letters, what may stand between cue and name)
+    "name-is": (r"is|'s|am|'m|me|e:|ed|d,|tn|n:|on", (r"\s",)),
+    "role": (r"er|nt|ee|ue|te|ct|re|to|om|by|th|or", (r"\s",)),
+    "role-verb": (r"er|nt|ee|ue|te|re|rn|or", (r"\s",)),
+    "contact": (r"ll|ng|ne|il|sk|nd|nk", (r"[ \t]",)),
+    "greeting": (r"hi|lo|ey|ar|ks|ou|cc", (r"\s",)),
+    "sign-off": (r"ks|ou|rs|hi|lo|ey", (r"[ \t]", r",[ \t]")),
+    "assigned": (r"to|by|ee|e:|er|r:|c:", (r"\s", r"\s@")),
+}
+
+
+def _cue_anchor(rule: str) -> re.Pattern[str]:
+    tails, seps = _CUE_TAILS[rule]
+    return _cap_after(tails, *seps)
+
+
+# Any of those, in one scan shared by the seven rules: every tail, and
+# separators that cover theirs ("\s" holds "[ \t]"); a cheap first test
+# that a blank or "@" comes before the capital spares the tails' test at
+# most capitals.
+_ANY_CUE_TAIL = "|".join(sorted({t for tails, _ in _CUE_TAILS.values() for t in tails.split("|")}))
+_ANY_CUE_CAPITAL = re.compile(_CAP + r"(?<=[\s@].)(?:" + "|".join(
+    r"(?<=(?i:" + _ANY_CUE_TAIL + r")" + sep + r".)" for sep in (r"\s", r",[ \t]", r"\s@")) + r")")
+
+# rule: (anchor, characters before the anchor where a match may start,
+# characters from the anchor on, how to step back over a blank run first)
+_RULE_ANCHORS: dict[str, tuple[re.Pattern[str], int, int, str]] = {
+    "title": (re.compile(_TITLE_WORDS + r"(?=\.?\s" + _CAP + r")"), 0, 1, ""),
+    "name-is": (_cue_anchor("name-is"), 11, 0, ""),
+    "role": (_cue_anchor("role"), 15, 0, ""),
+    "role-verb": (_cue_anchor("role-verb"), 11, 0, ""),
+    # "Name :  Ana": the blanks around the colon have no bound.
+    "label": (re.compile(r":(?=[ \t]*" + _CAP + r")"), 19, 0, " \t"),
+    "contact": (_cue_anchor("contact"), 7, 0, ""),
+    "greeting": (_cue_anchor("greeting"), 10, 0, ""),
+    "sign-off": (_cue_anchor("sign-off"), 13, 0, ""),
+    "assigned": (_cue_anchor("assigned"), 18, 0, ""),
+    "mention": (re.compile(r"@(?=" + _CAP + r")"), 0, 1, ""),
+    # The first line break after the cue: "Best regards ,\n\n- Ana".
+    "signature": (re.compile(r"\n(?<=(?i:[stuye,\t ])\n)"), 12, 0, " \t,"),
+}
+
+
+def _anchor_positions(rule: str, text: str, cue_capitals: Sequence[int] | None) -> list[int]:
+    """Where the rule's anchor matches; ``cue_capitals``: where _ANY_CUE_CAPITAL does."""
+    anchor = _RULE_ANCHORS[rule][0]
+    if rule in _CUE_TAILS and cue_capitals is not None:
+        # A subset of the few shared hits: cheaper than another scan.
+        return [a for a in cue_capitals if anchor.match(text, a)]
+    return [m.start() for m in anchor.finditer(text)]
+
+
+def _rule_windows(rule: str, text: str,
+                  cue_capitals: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Sorted, merged [lo, hi) ranges holding every position the rule can match at."""
+    _, back, ahead, blanks = _RULE_ANCHORS[rule]
+    windows: list[tuple[int, int]] = []
+    for a in _anchor_positions(rule, text, cue_capitals):
+        lo = a
+        if blanks:
+            lo = _skip_back(text, a, blanks)
+        lo = max(0, lo - back)
+        hi = min(len(text), a + ahead)
+        if windows and lo <= windows[-1][1]:
+            windows[-1] = (min(lo, windows[-1][0]), max(hi, windows[-1][1]))
+        else:
+            windows.append((lo, hi))
+    if blanks:  # stepping back over blanks can reorder windows
+        windows = _merged(sorted(windows))
+    return windows
+
+
+def _skip_back(text: str, pos: int, blanks: str) -> int:
+    # " \t," for a signature: blanks, and before them one optional comma.
+    while pos > 0 and text[pos - 1] in " \t":
+        pos -= 1
+    if "," in blanks and pos > 0 and text[pos - 1] == ",":
+        pos -= 1
+    return pos
+
+
+def _merged(windows: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in windows:
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
+
+
 def _rule_may_match(rule: str, text: str, lower: str | None) -> bool:
     gate = _RULE_NEEDLES.get(rule)
     if gate is None:
         return True
     needles, folded = gate
     if not folded:
-        return any(n in text for n in needles)
-    return lower is None or any(n in lower for n in needles)
+        return any(map(text.__contains__, needles))
+    return lower is None or any(map(lower.__contains__, needles))
 
 
 # "A B" — a two-word name (with an optional particle), ending at a word end
@@ -109,8 +222,10 @@ def _rule_may_match(rule: str, text: str, lower: str | None) -> bool:
 _PAIR = (_NAME_WORD + r"[ \t](?:(?:van|von|de|da|del|der|la|le|di|bin|al|ibn|dos)[ \t])?"
          + _NAME_WORD + r"(?![\w'’-]|[ \t][A-Z])")
 # A coordination or list of pairs: "A B and C D", "A B, C D and E F".
-_PAIR_LIST = re.compile(r"(?<![\w'’-])" + _PAIR + r"(?:(?:,[ \t]|,?[ \t](?:and|&|or)[ \t])"
-                        + _PAIR + r")+")
+# "(?<![\w'’-])" sits after the leading capital, one character wider, so
+# re skips ahead between capitals instead of testing it at every position.
+_PAIR_LIST = re.compile(_CAP + r"(?<![\w'’-](?s:.))" + _PAIR.removeprefix(_CAP)
+                        + r"(?:(?:,[ \t]|,?[ \t](?:and|&|or)[ \t])" + _PAIR + r")+")
 _PAIR_ONE = re.compile(_PAIR)
 _TITLE_BEFORE = re.compile(_TITLE + r"\s$")
 # Words that name a role, a day or a greeting rather than a person, found by
@@ -162,17 +277,21 @@ def _person_findings(text: str, ner_ents: Sequence[tuple[str, int, int, float]]
     out: list[Finding] = []
     supported: list[tuple[int, int, str]] = []
     lower = text.lower() if text.isascii() else None
+    cue_capitals = [m.start() for m in _ANY_CUE_CAPITAL.finditer(text)]
     for rule, rx in _PERSON_RULES:
+        if rule in _CUE_TAILS and not cue_capitals:
+            continue
         if not _rule_may_match(rule, text, lower):
             continue
-        for m in rx.finditer(text):
+        for m in finditer_in_windows(rx, text, _rule_windows(rule, text, cue_capitals)):
             s, e = m.start(1), m.end(1)
             if text[s:e].split()[0] in _NOT_NAMES:
                 continue
             supported.append((s, e, rule))
     model_people = [(s, e) for label, s, e, _ in ner_ents if label == PERSON]
     strong = [(s, e) for s, e, rule in supported if rule in _STRONG_RULES]
-    structured = _cued_structures(text, model_people, strong)
+    # A coordination needs two tagged sides: with no tags there is none.
+    structured = _cued_structures(text, model_people, strong) if model_people or strong else []
     for label, s, e, score in ner_ents:
         if label != PERSON:
             continue
@@ -214,7 +333,7 @@ def _person_findings(text: str, ner_ents: Sequence[tuple[str, int, int, float]]
             out.append(Finding(PERSON, s, e, 0.8, detail))
     orgs = [(s, e) for label, s, e, _ in ner_ents if label == "ORG"]
     out = [f for f in out if not _not_a_person(text, f, orgs)]
-    return out + _repeats(text, out)
+    return out + _repeats(text, out) if out else out
 
 
 def _not_a_person(text: str, f: Finding, orgs: Sequence[tuple[int, int]]) -> bool:
@@ -232,7 +351,11 @@ def _repeats(text: str, found: Sequence[Finding]) -> list[Finding]:
     out: list[Finding] = []
     names = {text[f.start:f.end] for f in found if f.score >= 0.7 and " " in text[f.start:f.end]}
     for name in names:
-        for m in re.finditer(r"(?<![\w'’-])" + re.escape(name) + r"(?![\w-])", text):
+        # The name's literal leads so re can jump between its occurrences;
+        # the look-behind, one character wider than the name, then checks
+        # the character before it, as "(?<![\w'’-])" in front would.
+        behind = r"(?<![\w'’-](?s:.){" + str(len(name)) + "})"
+        for m in re.finditer(re.escape(name) + behind + r"(?![\w-])", text):
             if not any(f.start < m.end() and m.start() < f.end for f in (*found, *out)):
                 out.append(Finding(PERSON, m.start(), m.end(), 0.8, "repeat"))
     return out

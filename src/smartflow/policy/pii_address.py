@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from smartflow.policy.pii_patterns import has_decimal_digit
+
 _SUFFIX = (
     r"(?:Street|St|Avenue|Ave|Av|Road|Rd|Lane|Ln|Boulevard|Blvd|Drive|Dr|Court|Ct|Way|Place|Pl|"
     r"Terrace|Ter|Circle|Cir|Parkway|Pkwy|Highway|Hwy|Square|Sq|Crescent|Close|Gardens|Grove|"
@@ -27,12 +29,17 @@ _UNIT_PREFIX = r"(?:" + _UNIT_WORD + r"\s+\w{1,5},?\s+)?"
 # Australian and NZ "8/14 Bondi Road": unit 8 of number 14.
 _HOUSE_NUMBER = r"(?:\d{1,4}[A-Za-z]?/)?\d{1,6}[A-Za-z]?(?:-\d{1,4})?"
 
+# "(?<![\w-])" moved one character later, after a capital or digit that
+# leads: the same matches, but re skips ahead to candidates in C instead
+# of trying the look-behind at every position.
+_NOT_AFTER_WORD = r"(?<![\w-](?s:.))"
+
 _STREET_LINES = tuple(re.compile(p) for p in (
     # 4821 Oakridge Lane / 221B Baker Street / 1600 Pennsylvania Avenue NW
     _UNIT_PREFIX + r"(?<![\w.,/-])" + _HOUSE_NUMBER + r"\s+(?:" + _CAPWORD + r"\s+){1,4}"
     + _SUFFIX + r"\b\.?(?:\s+(?:NW|NE|SW|SE|N|S|E|W|North|South|East|West)\b)?",
     # Hauptstraße 12 / Prinsengracht 263 / Storgatan 5
-    (r"(?<![\w-])[A-ZÄÖÜÅØÆ][\wäöüßåøæé-]{1,30}(?:straße|strasse|str\.|weg|gasse|platz|allee|"
+    (r"[A-ZÄÖÜÅØÆ]" + _NOT_AFTER_WORD + r"[\wäöüßåøæé-]{1,30}(?:straße|strasse|str\.|weg|gasse|platz|allee|"
     r"ring|damm|ufer|gracht|laan|straat|plein|dijk|kade|vej|gatan|gata|gate|gade|vägen|väg|"
     r"veien|vei|vegen|torget|torg|katu)"
     r"\s+\d{1,4}[a-z]?\b"),
@@ -40,10 +47,10 @@ _STREET_LINES = tuple(re.compile(p) for p in (
     (r"(?<![\w-])(?:Calle|Avenida|Plaza|Paseo|Carrer|Via|Viale|Piazza|Corso|Rua|Travessa|"
     r"ul\.|Ulica|Aleja)\s+(?:[\w'’.]{1,20}\s+){0,4}?\d{1,4}[A-Za-z]?\b"),
     # 12 rue de la Paix / 8 avenue des Champs-Élysées
-    (r"(?<![\w.,-])\d{1,4}(?:\s?(?:bis|ter))?,?\s+(?:rue|avenue|boulevard|bd|place|chemin|allée|"
+    (r"\d(?<![\w.,-](?s:.))\d{0,3}(?:\s?(?:bis|ter))?,?\s+(?:rue|avenue|boulevard|bd|place|chemin|allée|"
     r"quai|impasse|route|cours)\s+[^\n,.;:()]{2,50}"),
     # Karl Johans gate 22 / Drottning väg 5: Nordic street words written apart
-    (r"(?<![\w-])[A-ZÄÖÜÅØÆ][\wäöüßåøæé'’-]{1,30}(?:\s[A-ZÄÖÜÅØÆ][\wäöüßåøæé'’-]{1,30})?"
+    (r"[A-ZÄÖÜÅØÆ]" + _NOT_AFTER_WORD + r"[\wäöüßåøæé'’-]{1,30}(?:\s[A-ZÄÖÜÅØÆ][\wäöüßåøæé'’-]{1,30})?"
      r"\s(?:gate|gata|gatan|vei|veien|vej|väg|vägen|tie|katu)\s+\d{1,4}[a-zA-Z]?\b"),
     # PO Box 1234 / GPO Box 12 / Postfach 10 02 45 / Postbus 2020 / BP 123 / Apartado 45
     (r"(?<![\w-])(?:(?:G\.?P\.?O\.?|P\.?\s?O\.?)\s*Box|Post\s?Box|Postfach|Postbus|Postboks|"
@@ -60,7 +67,7 @@ _WEAK_LINES = tuple(re.compile(p) for p in (
      r"Hinter der|Alte|Neue|Große|Kleine) [A-ZÄÖÜ][\wäöüß-]{2,30} \d{1,4}[a-z]?\b"),
     # Dutch and others with no street word: "Lange Voorhout 9, Den Haag"
     # (three digits at most: "Windows Server 2019, ..." is a year)
-    r"(?<![\w-])[A-Z][a-zà-ÿ]{2,20} [A-Z][a-zà-ÿ]{2,20} \d{1,3}[a-z]?(?=,)",
+    r"[A-Z]" + _NOT_AFTER_WORD + r"[a-zà-ÿ]{2,20} [A-Z][a-zà-ÿ]{2,20} \d{1,3}[a-z]?(?=,)",
     # Short box words that are also ordinary words: "BP 123, 75001 Paris", "Box 12, ..."
     r"(?<![\w-])(?:Box|BP|CP)\s\d{1,6}(?=,)",
 ))
@@ -147,9 +154,17 @@ def _may_match(gate: _Gate, text: str) -> bool:
     return any(n in text for n in gate)
 
 
+def _has_digit(text: str) -> bool:
+    # str.isdigit also takes "²" and "①", which "\d" does not; only a
+    # non-ASCII text can hold those, so only it needs the per-character walk.
+    if has_decimal_digit(text):
+        return True
+    return not text.isascii() and any(ch.isdigit() for ch in text)
+
+
 def find_addresses(text: str, places: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
     """Address spans; ``places`` are the model's place-name spans (may be empty)."""
-    if not any(ch.isdigit() for ch in text):
+    if not _has_digit(text):
         return []
     lines: list[tuple[int, int, bool]] = []
     for rx, needles in zip(_STREET_LINES, _STREET_NEEDLES, strict=True):

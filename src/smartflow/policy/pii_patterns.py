@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from smartflow.policy.findings import (
     API_KEY,
@@ -32,6 +32,40 @@ from smartflow.policy.findings import (
 )
 
 Recogniser = Callable[[str], list[Finding]]
+
+
+def _not_after(chars: str, width: int) -> str:
+    """A look-behind, put after a lead ``width`` characters wide, that the
+    character before the lead is not one of ``chars``.
+
+    "lead(?<![chars].{width})" matches where "(?<![chars])lead" does, but
+    re can skip ahead to the lead's first character instead of trying the
+    look-behind at every position of the text.
+    """
+    return r"(?<![" + chars + r"](?s:.){" + str(width) + r"})"
+
+# Phones, cards, IBANs, SSNs and IPv4 addresses all need a decimal digit
+# ("\d"), so a text without one skips their scans.
+_DIGIT = re.compile(r"\d")
+
+
+# The last text asked about and the answer: the five recognisers that ask
+# run one after another on the same text. One tuple, swapped whole, so a
+# reader never pairs a text with another text's answer.
+_last_digit_answer: tuple[str | None, bool] = (None, False)
+
+
+def has_decimal_digit(text: str) -> bool:
+    global _last_digit_answer
+    last_text, answer = _last_digit_answer
+    if last_text is text:
+        return answer
+    if text.isascii():  # ten memchr-speed finds beat re's per-character class test
+        answer = any(map(text.__contains__, "0123456789"))
+    else:
+        answer = _DIGIT.search(text) is not None
+    _last_digit_answer = (text, answer)
+    return answer
 
 # --------------------------------------------------------------------------- email
 
@@ -76,15 +110,15 @@ _NANP = re.compile(
     r"(?![\w-]|\.\d)")
 # International numbers in E.164 style: a + and a country code.
 _INTL = re.compile(
-    r"(?<![\w+])\+(\d{1,3})(?:[\s.-]?\(\d{1,4}\))?(?:[\s.-]?\d{1,5}){2,6}(?![\w-]|\.\d)")
+    r"\+" + _not_after(r"\w+", 1) + r"(\d{1,3})(?:[\s.-]?\(\d{1,4}\))?(?:[\s.-]?\d{1,5}){2,6}(?![\w-]|\.\d)")
 # National numbers with a trunk 0 (UK 020 7946 0958, FR 06 12 34 56 78,
 # DE 030 1234567): only counted next to a word that says it is a phone
 # number, since dates and references look the same.
-_NATIONAL = re.compile(r"(?<![\w+.-])0\d{1,4}(?:[\s.-]?\d{2,4}){1,4}(?![\w-]|\.\d)")
+_NATIONAL = re.compile(r"0" + _not_after(r"\w+.-", 1) + r"\d{1,4}(?:[\s.-]?\d{2,4}){1,4}(?![\w-]|\.\d)")
 # A trunk prefix in brackets, "(08) 9321 6650", "(020) 7946 0958": the
 # brackets say "phone number" on their own.
 _BRACKET_TRUNK = re.compile(
-    r"(?<![\w+(])\(0\d{1,4}\)[\s.-]?\d{2,4}(?:[\s.-]?\d{2,4}){1,3}(?![\w-]|\.\d)")
+    r"\(" + _not_after(r"\w+(", 1) + r"0\d{1,4}\)[\s.-]?\d{2,4}(?:[\s.-]?\d{2,4}){1,3}(?![\w-]|\.\d)")
 # An extension written after the number belongs to it.
 _EXTENSION = re.compile(r"(?i),?[ \t]*(?:ext\.?|extension|x|#)[ \t]?\d{1,6}\b")
 _PHONE_CONTEXT = re.compile(
@@ -102,6 +136,8 @@ def _with_extension(text: str, end: int) -> int:
 
 
 def find_phones(text: str) -> list[Finding]:
+    if not has_decimal_digit(text):
+        return []
     out = _find_phones(text)
     return [Finding(PHONE, f.start, _with_extension(text, f.end), f.score, f.detail) for f in out]
 
@@ -157,7 +193,7 @@ def _is_fictional_nanp(ten: str) -> bool:
 
 # --------------------------------------------------------------------------- cards
 
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
+_CARD = re.compile(r"\d" + _not_after(r"\d-", 1) + r"(?:[ -]?\d){12,18}(?![\d-]|\.\d)")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -194,7 +230,9 @@ def _card_issuer(d: str) -> str:
 
 
 def find_cards(text: str) -> list[Finding]:
-    out = []
+    out: list[Finding] = []
+    if not has_decimal_digit(text):
+        return out
     for m in _CARD.finditer(text):
         raw = m.group(0)
         # One separator style throughout: "4111 1111-1111 1111" is not a card.
@@ -223,7 +261,7 @@ _IBAN_LENGTHS = {
     "SE": 24, "SI": 19, "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26,
     "UA": 29, "VA": 22, "VG": 24, "XK": 20,
 }
-_IBAN_START = re.compile(r"(?<![A-Za-z0-9])([A-Z]{2})(\d{2})(?=[ ]?[A-Za-z0-9])")
+_IBAN_START = re.compile(r"([A-Z]" + _not_after("A-Za-z0-9", 1) + r"[A-Z])(\d{2})(?=[ ]?[A-Za-z0-9])")
 
 
 def iban_ok(compact: str) -> bool:
@@ -235,7 +273,9 @@ def iban_ok(compact: str) -> bool:
 
 
 def find_ibans(text: str) -> list[Finding]:
-    out = []
+    out: list[Finding] = []
+    if not has_decimal_digit(text):
+        return out
     for m in _IBAN_START.finditer(text):
         want = _IBAN_LENGTHS.get(m.group(1))
         if want is None:
@@ -264,8 +304,8 @@ def find_ibans(text: str) -> list[Finding]:
 
 # --------------------------------------------------------------------------- SSN
 
-_SSN = re.compile(r"(?<![\w-])(\d{3})([- ])(\d{2})\2(\d{4})(?![\w-]|\.\d)")
-_SSN_BARE = re.compile(r"(?<![\w-])(\d{3})(\d{2})(\d{4})(?![\w-]|\.\d)")
+_SSN = re.compile(r"(\d" + _not_after(r"\w-", 1) + r"\d{2})([- ])(\d{2})\2(\d{4})(?![\w-]|\.\d)")
+_SSN_BARE = re.compile(r"(\d" + _not_after(r"\w-", 1) + r"\d{2})(\d{2})(\d{4})(?![\w-]|\.\d)")
 _SSN_CONTEXT = re.compile(r"(?i)\b(?:ssn|social security|soc\.? sec|ss#|ss no|tin|itin)\b")
 # Numbers printed on sample cards and in documentation, never issued.
 _SSN_PLACEHOLDERS = frozenset({"123456789", "078051120", "219099999", "987654320"})
@@ -278,7 +318,9 @@ def _ssn_valid(area: str, group: str, serial: str) -> bool:
 
 
 def find_ssns(text: str) -> list[Finding]:
-    out = []
+    out: list[Finding] = []
+    if not has_decimal_digit(text):
+        return out
     for m in _SSN.finditer(text):
         if not _ssn_valid(m.group(1), m.group(3), m.group(4)):
             continue
@@ -315,7 +357,7 @@ def _ip_is_public_data(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> b
 
 def find_ips(text: str) -> list[Finding]:
     out = []
-    if "." in text:
+    if "." in text and has_decimal_digit(text):
         for m in _IPV4.finditer(text):
             if _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()):
                 continue
@@ -346,23 +388,23 @@ def find_ips(text: str) -> list[Finding]:
 # (tests/test_pii.py checks each match contains one of its needles).
 _KEY_RULES: tuple[tuple[str, tuple[str, ...], re.Pattern[str]], ...] = tuple(
     (name, needles, re.compile(pattern)) for name, needles, pattern in (
-        ("anthropic", ("sk-ant-",), r"(?<![\w-])sk-ant-[A-Za-z0-9]{2,8}\d{0,2}-[A-Za-z0-9_-]{20,200}"),
-        ("openai", ("sk-",), r"(?<![\w-])sk-(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,200}"),
-        ("stripe", ("_live_", "_test_"), r"(?<![\w-])(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,120}"),
+        ("anthropic", ("sk-ant-",), r"sk-ant-" + _not_after(r"\w-", 7) + r"[A-Za-z0-9]{2,8}\d{0,2}-[A-Za-z0-9_-]{20,200}"),
+        ("openai", ("sk-",), r"sk-" + _not_after(r"\w-", 3) + r"(?:proj-|svcacct-|admin-|None-)?[A-Za-z0-9_-]{20,200}"),
+        ("stripe", ("_live_", "_test_"), r"(?:sk|rk)" + _not_after(r"\w-", 2) + r"_(?:live|test)_[A-Za-z0-9]{16,120}"),
         ("aws-access-key", ("AKIA", "ASIA", "ABIA", "ACCA"),
-         r"(?<![A-Za-z0-9])(?:AKIA|ASIA|ABIA|ACCA)[A-Z0-9]{16}(?![A-Za-z0-9])"),
+         r"(?:AKIA|ASIA|ABIA|ACCA)" + _not_after("A-Za-z0-9", 4) + r"[A-Z0-9]{16}(?![A-Za-z0-9])"),
         ("github", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"),
-         r"(?<![\w-])(?:gh[pousr]_[A-Za-z0-9]{30,255}|github_pat_[A-Za-z0-9_]{22,255})"),
-        ("gitlab", ("glpat-",), r"(?<![\w-])glpat-[A-Za-z0-9_-]{20,60}"),
-        ("slack", ("xox",), r"(?<![\w-])xox[abposre]-[A-Za-z0-9-]{10,250}"),
+         r"g" + _not_after(r"\w-", 1) + r"(?:h[pousr]_[A-Za-z0-9]{30,255}|ithub_pat_[A-Za-z0-9_]{22,255})"),
+        ("gitlab", ("glpat-",), r"glpat-" + _not_after(r"\w-", 6) + r"[A-Za-z0-9_-]{20,60}"),
+        ("slack", ("xox",), r"xox" + _not_after(r"\w-", 3) + r"[abposre]-[A-Za-z0-9-]{10,250}"),
         ("slack-webhook", ("https://hooks.slack.com/services/",),
          r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]{20,120}"),
-        ("google", ("AIza",), r"(?<![\w-])AIza[0-9A-Za-z_-]{35}(?![\w-])"),
-        ("huggingface", ("hf_",), r"(?<![\w-])hf_[A-Za-z0-9]{30,60}(?![\w-])"),
-        ("npm", ("npm_",), r"(?<![\w-])npm_[A-Za-z0-9]{36}(?![\w-])"),
-        ("sendgrid", ("SG.",), r"(?<![\w-])SG\.[\w-]{16,32}\.[\w-]{30,64}"),
-        ("twilio", ("SK",), r"(?<![\w-])SK[0-9a-f]{32}(?![\w-])"),
-        ("jwt", ("eyJ",), r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,2000}\.eyJ[A-Za-z0-9_-]{8,4000}\.[A-Za-z0-9_-]{8,2000}"),
+        ("google", ("AIza",), r"AIza" + _not_after(r"\w-", 4) + r"[0-9A-Za-z_-]{35}(?![\w-])"),
+        ("huggingface", ("hf_",), r"hf_" + _not_after(r"\w-", 3) + r"[A-Za-z0-9]{30,60}(?![\w-])"),
+        ("npm", ("npm_",), r"npm_" + _not_after(r"\w-", 4) + r"[A-Za-z0-9]{36}(?![\w-])"),
+        ("sendgrid", ("SG.",), r"SG\." + _not_after(r"\w-", 3) + r"[\w-]{16,32}\.[\w-]{30,64}"),
+        ("twilio", ("SK",), r"SK" + _not_after(r"\w-", 2) + r"[0-9a-f]{32}(?![\w-])"),
+        ("jwt", ("eyJ",), r"eyJ" + _not_after(r"\w-", 3) + r"[A-Za-z0-9_-]{8,2000}\.eyJ[A-Za-z0-9_-]{8,4000}\.[A-Za-z0-9_-]{8,2000}"),
         ("private-key", ("-----BEGIN ",),
          r"-----BEGIN (?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?-----"),
     ))
@@ -375,6 +417,55 @@ _ASSIGNED_SECRET = re.compile(
 # Every name _ASSIGNED_SECRET accepts contains one of these (lower case),
 # and its value follows a ":" or "=".
 _ASSIGNED_NEEDLES = ("key", "secret", "token", "passw")
+# The ":" or "=" after a name ending in one of those names' last two
+# letters, with up to a quote and three blanks between: _ASSIGNED_SECRET
+# opens with a case-insensitive alternation re would try at every position,
+# so it runs only just before these. The longest name
+# ("aws_secret_access_key") and the quote and blanks span 25 characters.
+_ASSIGNED_ANCHOR = re.compile(r"[:=](?:" + "|".join(
+    r"(?<=(?i:ey|et|en|rd|wd)[\s\"']{" + str(k) + r"}[:=])" for k in range(5)) + r")")
+_ASSIGNED_REACH = 25
+
+
+def finditer_in_windows(rx: re.Pattern[str], text: str,
+                        windows: Sequence[tuple[int, int]]) -> Iterator[re.Match[str]]:
+    """rx.finditer(text), given sorted, disjoint [lo, hi) windows that hold
+    every position rx can match at.
+
+    .match(text, pos) sees the whole text, so "\\b", "^" and look-behinds
+    behave as in a full scan; positions run left to right and skip what a
+    match covered, as finditer does.
+    """
+    end = 0
+    for lo, hi in windows:
+        pos = max(lo, end)
+        while pos < hi:
+            m = rx.match(text, pos)
+            if m is None:
+                pos += 1
+                continue
+            yield m
+            end = m.end()
+            pos = max(pos + 1, end)
+
+
+def windows_before(positions: Iterable[int], reach: int, ahead: int,
+                   size: int) -> list[tuple[int, int]]:
+    """Merged [p - reach, p + ahead) windows around increasing positions."""
+    windows: list[tuple[int, int]] = []
+    for p in positions:
+        lo, hi = max(0, p - reach), min(size, p + ahead)
+        if windows and lo <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], max(hi, windows[-1][1]))
+        else:
+            windows.append((lo, hi))
+    return windows
+
+
+def _assigned_secrets(text: str) -> Iterator[re.Match[str]]:
+    anchors = (m.start() for m in _ASSIGNED_ANCHOR.finditer(text))
+    return finditer_in_windows(_ASSIGNED_SECRET, text,
+                               windows_before(anchors, _ASSIGNED_REACH, 0, len(text)))
 # "https://deploy:s3cr3t@host": the password part of a URL's credentials.
 _URL_PASSWORD = re.compile(r"://[^\s/:@]{1,64}:([^\s/@]{8,200})@")
 _BEARER = re.compile(r"(?i)\bBearer\s{1,3}([A-Za-z0-9._~+/-]{20,2048}=*)")
@@ -407,10 +498,17 @@ _AWS_SECRET = re.compile(r"(?<![A-Za-z0-9/+])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=])
 _AWS_SECRET_WINDOW = 200
 
 
+# Every needle of every key rule: most texts hold none and skip the rules' loop.
+_ALL_KEY_NEEDLES = tuple(n for _, needles, _ in _KEY_RULES for n in needles)
+
+
 def find_api_keys(text: str) -> list[Finding]:
     out: list[Finding] = []
-    for name, needles, rx in _KEY_RULES:
-        if not any(n in text for n in needles):
+    # map() over a bound method keeps the needle loop in C.
+    holds = text.__contains__
+    key_rules = _KEY_RULES if any(map(holds, _ALL_KEY_NEEDLES)) else ()
+    for name, needles, rx in key_rules:
+        if not any(map(holds, needles)):
             continue
         for m in rx.finditer(text):
             if name != "private-key" and is_placeholder_secret(m.group(0)):
@@ -429,14 +527,14 @@ def find_api_keys(text: str) -> list[Finding]:
     # exact only for ASCII (re's IGNORECASE also folds e.g. "ſ" to "s");
     # other texts take every scan.
     lower = text.lower() if text.isascii() else None
-    for rx, detail, cued in (
-            (_ASSIGNED_SECRET, "assigned", lower is None or (
-                any(n in lower for n in _ASSIGNED_NEEDLES) and ("=" in text or ":" in text))),
-            (_BEARER, "bearer", lower is None or "bearer" in lower),
-            (_URL_PASSWORD, "url-password", "://" in text and "@" in text)):
+    for scan, detail, cued in (
+            (_assigned_secrets, "assigned", lower is None or (
+                any(map(lower.__contains__, _ASSIGNED_NEEDLES)) and ("=" in text or ":" in text))),
+            (_BEARER.finditer, "bearer", lower is None or "bearer" in lower),
+            (_URL_PASSWORD.finditer, "url-password", "://" in text and "@" in text)):
         if not cued:
             continue
-        for m in rx.finditer(text):
+        for m in scan(text):
             value = m.group(1)
             if is_placeholder_secret(value) or not _looks_random(value):
                 continue

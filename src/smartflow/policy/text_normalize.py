@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
+import functools
 import re
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # Invisible characters that carry nothing a reader sees. Unicode tag
@@ -75,6 +76,23 @@ _HIDDEN_MARKUP = re.compile(
     r"|opacity\s*:\s*0(?![.\d]*[1-9])|\bhidden\b|aria-hidden)[^>]*>.*?(?:</\1\s*>|$)",
     re.DOTALL | re.IGNORECASE,
 )
+
+# Cheap necessary conditions for the scans above, which try every position
+# (a pattern opening with a lookbehind gets no prefix scan from re): these
+# open with a character set, so re skips to where they can start.
+_LEET_CHAR = re.compile(f"[{re.escape(''.join(_LEET))}]")
+# Three single letters between separators: every _SPACED match holds one.
+_SPACED_CORE = re.compile(r"[ ._\-*][^\W_][ ._\-*][^\W_][ ._\-*]")
+# Four hex pairs: the start of every pair-run _HEX_RUN matches.
+_HEX_PAIRS = re.compile(r"[0-9a-fA-F][0-9a-fA-F][ :]?" * 3 + r"[0-9a-fA-F][0-9a-fA-F]")
+_NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
+# A _WORD holding a leetspeak or a non-ASCII character (see _LEET_WORD); the
+# only non-ASCII characters outside words are spaces.
+_NON_ASCII_WORD_CHAR = r"[^\s\x00-\x7f]"
+_SPECIAL_WORD = re.compile(rf"(?<!{_WORD_CHARS}){_WORD_CHARS}*?"
+                           rf"(?:[{re.escape(''.join(_LEET))}]|{_NON_ASCII_WORD_CHAR}){_WORD_CHARS}*")
+_NON_ASCII_WORD = re.compile(
+    rf"(?<!{_WORD_CHARS}){_WORD_CHARS}*?{_NON_ASCII_WORD_CHAR}{_WORD_CHARS}*")
 
 _MAX_DECODED_RUNS = 16
 
@@ -140,32 +158,21 @@ def _plain_view(text: str, base: int, end: int) -> TextView:
         out, offsets = _collapse_spaced(out, offsets, tricks)
         offsets.append(end)
         return TextView(out, offsets, "plain", tricks)
-    for index, char in enumerate(text):
-        code = ord(char)
-        if char in _INVISIBLE:
-            tricks.add("zero_width")
-            continue
-        if _TAG_FIRST <= code <= _TAG_LAST:
-            tricks.add("tag_chars")
-            if 0xE0020 <= code <= 0xE007E:
-                chars.append(chr(code - 0xE0000))
+    last = 0
+    for run in _NON_ASCII_RUN.finditer(text):
+        # ASCII characters are copied as they are.
+        chars.append(text[last:run.start()])
+        offsets.extend(range(base + last, base + run.start()))
+        for index in range(run.start(), run.end()):
+            folded, trick = _fold_char(text[index])
+            if trick:
+                tricks.add(trick)
+            for piece in folded:
+                chars.append(piece)
                 offsets.append(base + index)
-            continue
-        if code < 128:
-            chars.append(char)
-            offsets.append(base + index)
-            continue
-        folded = unicodedata.normalize("NFKC", char)
-        if folded != char and folded.isascii() and char.isalnum():
-            tricks.add("fullwidth")
-        # Drop accents on Latin letters only (so "précédentes" matches
-        # "precedentes"); Cyrillic "й" and Hangul syllables stay whole.
-        decomposed = unicodedata.normalize("NFKD", folded)
-        if decomposed and decomposed[0] < "\u0250":
-            folded = "".join(p for p in decomposed if not unicodedata.combining(p))
-        for piece in folded:
-            chars.append(piece)
-            offsets.append(base + index)
+        last = run.end()
+    chars.append(text[last:])
+    offsets.extend(range(base + last, base + len(text)))
     out = "".join(chars)
     out, offsets = _map_words(out, offsets, tricks)
     out, offsets = _collapse_spaced(out, offsets, tricks)
@@ -173,36 +180,37 @@ def _plain_view(text: str, base: int, end: int) -> TextView:
     return TextView(out, offsets, "plain", tricks)
 
 
+@functools.lru_cache(maxsize=4096)
+def _fold_char(char: str) -> tuple[str, str | None]:
+    """What one non-ASCII character reads as, and the trick it was (None: none)."""
+    code = ord(char)
+    if char in _INVISIBLE:
+        return "", "zero_width"
+    if _TAG_FIRST <= code <= _TAG_LAST:
+        return (chr(code - 0xE0000) if 0xE0020 <= code <= 0xE007E else ""), "tag_chars"
+    folded = unicodedata.normalize("NFKC", char)
+    trick = "fullwidth" if folded != char and folded.isascii() and char.isalnum() else None
+    # Drop accents on Latin letters only (so "précédentes" matches
+    # "precedentes"); Cyrillic "й" and Hangul syllables stay whole.
+    decomposed = unicodedata.normalize("NFKD", folded)
+    if decomposed and decomposed[0] < "\u0250":
+        folded = "".join(p for p in decomposed if not unicodedata.combining(p))
+    return folded, trick
+
+
 def _map_words(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, list[int]]:
     """Homoglyph and leetspeak folding, word by word (one char for one)."""
-    chars = list(text)
     if text.isascii():
-        # Only leetspeak can apply, and only to words holding a leet character.
-        strict: list[tuple[int, str]] = []
-        loose: list[tuple[int, str]] = []
-        for match in _LEET_WORD.finditer(text):
-            word = match.group()
-            if _is_email_part(text, match.start(), match.end()):
-                continue
-            if _is_leet(word):
-                strict.append((match.start(), word))
-            elif _is_leet(word, loose=True):
-                loose.append((match.start(), word))
-        if len(strict) >= _LEET_CONTEXT:
-            strict.extend(loose)
-        for start, word in strict:
-            tricks.add("leetspeak")
-            for i, c in enumerate(word):
-                chars[start + i] = _LEET.get(c, c)
-        return "".join(chars), offsets
-    latin_words = sum(1 for m in _WORD.finditer(text) if m.group().isascii())
-    for match in _WORD.finditer(text):
+        return _unleet_ascii(text, tricks), offsets
+    # Only words with a leet or a non-ASCII character can change.
+    replaced: list[tuple[int, str]] = []
+    latin_words = -1
+    for match in _SPECIAL_WORD.finditer(text):
         word = match.group()
         if word.isascii():
-            if any(c in _LEET for c in word) and _is_leet(word):
+            if _is_leet(word):
                 tricks.add("leetspeak")
-                for i, c in enumerate(word):
-                    chars[match.start() + i] = _LEET.get(c, c)
+                replaced.append((match.start(), "".join(_LEET.get(c, c) for c in word)))
             continue
         confusable = sum(1 for c in word if c in _CONFUSABLES)
         if not confusable:
@@ -210,12 +218,49 @@ def _map_words(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, li
         ascii_letters = sum(1 for c in word if c.isascii() and c.isalpha())
         others = sum(1 for c in word if not c.isascii() and c.isalpha() and c not in _CONFUSABLES)
         mixed = ascii_letters > 0 and others == 0
+        if not mixed and ascii_letters == 0 and others == 0 and latin_words < 0:
+            latin_words = len(_WORD.findall(text)) - len(_NON_ASCII_WORD.findall(text))
         all_lookalike = ascii_letters == 0 and others == 0 and latin_words >= 2
         if mixed or all_lookalike:
             tricks.add("homoglyph")
-            for i, c in enumerate(word):
-                chars[match.start() + i] = _CONFUSABLES.get(c, c)
-    return "".join(chars), offsets
+            replaced.append((match.start(), "".join(_CONFUSABLES.get(c, c) for c in word)))
+    return _replace_words(text, replaced), offsets
+
+
+def _unleet_ascii(text: str, tricks: set[str]) -> str:
+    # Only leetspeak can apply, and only to words holding a leet character.
+    if _LEET_CHAR.search(text) is None:
+        return text
+    strict: list[tuple[int, str]] = []
+    loose: list[tuple[int, str]] = []
+    for match in _LEET_WORD.finditer(text):
+        word = match.group()
+        if _is_email_part(text, match.start(), match.end()):
+            continue
+        if _is_leet(word):
+            strict.append((match.start(), word))
+        elif _is_leet(word, loose=True):
+            loose.append((match.start(), word))
+    if len(strict) >= _LEET_CONTEXT:
+        strict.extend(loose)
+    if strict:
+        tricks.add("leetspeak")
+    return _replace_words(text, [(start, "".join(_LEET.get(c, c) for c in word))
+                                 for start, word in strict])
+
+
+def _replace_words(text: str, replaced: list[tuple[int, str]]) -> str:
+    """``text`` with each (start, word) written over it (same length, any order)."""
+    if not replaced:
+        return text
+    pieces: list[str] = []
+    last = 0
+    for start, word in sorted(replaced):
+        pieces.append(text[last:start])
+        pieces.append(word)
+        last = start + len(word)
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 def _is_email_part(text: str, start: int, end: int) -> bool:
@@ -237,7 +282,7 @@ def _is_leet(word: str, *, loose: bool = False) -> bool:
 
 
 def _collapse_spaced(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, list[int]]:
-    if not _SPACED.search(text):
+    if not _SPACED_CORE.search(text) or not _SPACED.search(text):
         return text, offsets
     chars: list[str] = []
     kept: list[int] = []
@@ -255,8 +300,18 @@ def _collapse_spaced(text: str, offsets: list[int], tricks: set[str]) -> tuple[s
     return "".join(chars), kept
 
 
+_ROT13_BYTES = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz",
+    b"NOPQRSTUVWXYZABCDEFGHIJKLMnopqrstuvwxyzabcdefghijklm")
+
+
 def _rot13_view(plain: TextView) -> TextView:
-    return TextView(codecs.encode(plain.text, "rot13"), plain.offsets, "rot13", {"rot13"})
+    text = plain.text
+    # The codec maps characters one by one through a dict; bytes do it in C.
+    # UTF-8 leaves ASCII bytes as they are and uses none in other characters.
+    rot13 = text.encode("utf-8", "surrogatepass").translate(_ROT13_BYTES).decode(
+        "utf-8", "surrogatepass")
+    return TextView(rot13, plain.offsets, "rot13", {"rot13"})
 
 
 def _decoded_views(text: str) -> list[TextView]:
@@ -267,13 +322,34 @@ def _decoded_views(text: str) -> list[TextView]:
             views.append(_decoded(decoded, match.start(), match.end(), "base64"))
         if len(views) >= _MAX_DECODED_RUNS:
             return views
-    for match in _HEX_RUN.finditer(text):
+    for match in _hex_runs(text):
         decoded = _decode_hex(match.group())
         if decoded is not None:
             views.append(_decoded(decoded, match.start(), match.end(), "hex"))
         if len(views) >= _MAX_DECODED_RUNS:
             break
     return views
+
+
+def _hex_runs(text: str) -> Iterator[re.Match[str]]:
+    """``_HEX_RUN.finditer(text)``, tried only where a run can start: at "\\x" or four hex pairs."""
+    position = 0
+    escaped = text.find("\\x")
+    while True:
+        if 0 <= escaped < position:
+            escaped = text.find("\\x", position)
+        pairs = _HEX_PAIRS.search(text, position)
+        starts = [at for at in (escaped, pairs.start() if pairs else -1) if at >= 0]
+        if not starts:
+            return
+        start = min(starts)
+        # ``pos`` keeps the lookbehind's view of what precedes it.
+        match = _HEX_RUN.match(text, start)
+        if match is None:
+            position = start + 1
+            continue
+        yield match
+        position = match.end()
 
 
 def _decoded(decoded: str, start: int, end: int, kind: str) -> TextView:
