@@ -361,6 +361,28 @@ def test_every_rule_match_holds_one_of_its_gate_needles() -> None:
     assert checked > 100
 
 
+def test_person_rules_scanned_in_windows_find_what_a_full_scan_finds() -> None:
+    # Each PERSON rule runs only in windows before its anchors (a capital after
+    # a cue's last letters, "@", ":", a line break). That is exact only while
+    # the anchors cover every place the rule can match: a cue added to a rule
+    # without its tail in _CUE_TAILS would be missed here, not in production.
+    from smartflow.policy import pii
+    from smartflow.policy.pii_patterns import finditer_in_windows
+
+    corpus = _gate_corpus()
+    corpus += [t.title() for t in corpus[:200]] + [t.replace(" ", "\n") for t in corpus[:200]]
+    matched = 0
+    for text in corpus:
+        capitals = [m.start() for m in pii._ANY_CUE_CAPITAL.finditer(text)]
+        for rule, rx in pii._PERSON_RULES:
+            full = [m.span() for m in rx.finditer(text)]
+            windowed = [m.span() for m in finditer_in_windows(
+                rx, text, pii._rule_windows(rule, text, capitals))]
+            assert windowed == full, (rule, text)
+            matched += len(full)
+    assert matched > 100
+
+
 def test_case_insensitive_cues_in_non_ascii_text_are_not_skipped() -> None:
     # "ſ" folds to "s" under IGNORECASE but not under str.lower(): the
     # lower-case gate must not skip such a text.
