@@ -37,6 +37,7 @@ from smartflow.proxy.pipeline import Reply, Stage
 if TYPE_CHECKING:
     import numpy as np
 
+    from smartflow.policy.resolver import Resolution
     from smartflow.policy.runtime import PolicyRuntime
     from smartflow.proxy.call import Call
     from smartflow.proxy.relay import StreamTransform
@@ -52,16 +53,44 @@ MAX_HEADER_TAGS = 32
 INPUT_ONLY_TYPES = frozenset({"prompt_injection"})
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a resolution means for a call, worked out once per resolution
+    (resolutions are memoised, so every call of a scope shares one)."""
+
+    policies: tuple[str, ...]
+    policies_header: str
+    guardrails: tuple[Any, ...]
+    output_guardrails: tuple[Any, ...]
+    engine: GuardrailEngine
+    # The input guardrails split by whether they read the text's embedding.
+    with_embedding: tuple[Any, ...]
+    without_embedding: tuple[Any, ...]
+
+
+# Plans are kept per resolution object; a new policy snapshot brings new
+# resolutions, so old plans only wait for the next clear.
+MAX_PLANS = 1024
+
+
 @dataclass(slots=True)
 class PolicyState:
     policies: tuple[str, ...]
     output_guardrails: tuple[Any, ...]
     decisions: list[Decision] = field(default_factory=list)
-    masker: Masker = field(default_factory=Masker)
+    _masker: Masker | None = None
     embedding: np.ndarray | None = None  # the latest user text's, for feedback
     digest: str = ""
     guard: OutputGuard | None = None
     engine: GuardrailEngine | None = None
+
+    @property
+    def masker(self) -> Masker:
+        # One per call (placeholders stay consistent within it), made only
+        # when something is masked.
+        if self._masker is None:
+            self._masker = Masker()
+        return self._masker
 
 
 def blocked_error(decision: Decision, *, answer: bool = False) -> GatewayError:
@@ -108,24 +137,48 @@ class GuardrailStage(Stage):
         self._window = settings.stream_window
         self._max_chars = settings.max_scan_chars
         self._check_output = settings.check_output
+        self._plans: dict[int, tuple[Resolution, Plan]] = {}
+
+    def _plan(self, resolution: Resolution) -> Plan:
+        known = self._plans.get(id(resolution))
+        if known is not None and known[0] is resolution:
+            return known[1]
+        guardrails = tuple(resolution.guardrails)
+        # Only the default policy applies (no attachment matched): its
+        # engine, the pattern checks alone unless configured otherwise.
+        engine = self._default_engine if resolution.by_default else self._engine
+        with_embedding: list[Any] = []
+        without: list[Any] = []
+        for guardrail in guardrails:
+            (with_embedding if engine.needs_embedding(guardrail) else without).append(guardrail)
+        plan = Plan(
+            policies=tuple(resolution.policies),
+            policies_header=",".join(resolution.policies) or "none",
+            guardrails=guardrails,
+            output_guardrails=tuple(g for g in guardrails if g.type not in INPUT_ONLY_TYPES)
+            if self._check_output else (),
+            engine=engine, with_embedding=tuple(with_embedding),
+            without_embedding=tuple(without))
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+        self._plans[id(resolution)] = (resolution, plan)
+        return plan
 
     async def on_enter(self, call: Call) -> Reply | None:
         dialect = call.dialect.name
         if not checks_calls_of(dialect, call.operation):
             return None
         identity = call.identity
-        resolution = self._runtime.resolve(
+        plan = self._plan(self._runtime.resolve(
             identity.team_id if identity is not None else None,
             identity.key_alias if identity is not None else None,
-            call.model, _tags_of(call))
-        guardrails = tuple(resolution.guardrails)
-        state = PolicyState(tuple(resolution.policies), tuple(
-            g for g in guardrails if g.type not in INPUT_ONLY_TYPES)
-            if self._check_output else ())
+            call.model, _tags_of(call)))
+        state = PolicyState(plan.policies, plan.output_guardrails)
         call.policy_state = state
-        call.policies = state.policies
+        call.policies = plan.policies
         headers = call.response_headers
-        headers.append((POLICIES_HEADER, ",".join(state.policies) or "none"))
+        headers.append((POLICIES_HEADER, plan.policies_header))
+        guardrails = plan.guardrails
         if not guardrails:
             return None
         pieces = input_pieces(dialect, call.operation, call.body)
@@ -135,11 +188,8 @@ class GuardrailStage(Stage):
             text = piece.text[:budget]
             budget -= len(text)
             texts.append(text)
-        # Only the default policy applies (no attachment matched): its
-        # engine, the pattern checks alone unless configured otherwise.
-        engine = self._default_engine if resolution.by_default else self._engine
-        state.engine = engine
-        embeddings, decisions = await self._judge_input(engine, guardrails, texts)
+        state.engine = plan.engine
+        embeddings, decisions = await self._judge_input(plan, texts)
         state.decisions = decisions
         if texts:
             # The user's own words are what a reviewer's feedback is about.
@@ -172,16 +222,14 @@ class GuardrailStage(Stage):
         return None
 
     @staticmethod
-    async def _judge_input(engine: GuardrailEngine, guardrails: tuple[Any, ...],
-                           texts: list[str]) -> tuple[list[np.ndarray | None], list[Decision]]:
+    async def _judge_input(plan: Plan, texts: list[str]
+                           ) -> tuple[list[np.ndarray | None], list[Decision]]:
         """Every guardrail over the texts, in the guardrails' order. The
         embedding runs on the model's thread while the guardrails that do not
         read it (the patterns, the NER model) run here, so a call waits for
         the longer of the two rather than their sum."""
-        with_embedding: list[Any] = []
-        without: list[Any] = []
-        for guardrail in guardrails:
-            (with_embedding if engine.needs_embedding(guardrail) else without).append(guardrail)
+        engine, guardrails = plan.engine, plan.guardrails
+        with_embedding, without = plan.with_embedding, plan.without_embedding
         if not with_embedding:
             return [None] * len(texts), engine.run(guardrails, texts, [None] * len(texts),
                                                    "input")
@@ -219,7 +267,8 @@ class GuardrailStage(Stage):
             output = self._judge_answer(call, state)
         if output:
             state.decisions.extend(output)
-            call.guardrails = tuple(d.record() for d in state.decisions)
+            # The input decisions' records are made already; only the output's are new.
+            call.guardrails += tuple(d.record() for d in output)
             call.verdict = verdict_of(state.decisions)
         log = self._runtime.decision_log
         # Feedback learns from the request's embedding: a call judged by the
