@@ -285,12 +285,11 @@ def test_rule_gate_never_skips_a_rule_that_matches() -> None:
 def _production_rule_match(text: str) -> set[tuple[int, int, str, str]]:
     """What the detector's own path finds: the rules its gate picks, each tried
     only where one of its opening words occurs."""
-    from smartflow.policy.injection import _matches, _rules_to_run, _RunWords
+    from smartflow.policy.injection import _matches, _RunWords, _view_rules
 
     found = set()
     run_words = _RunWords()
-    for view in normalize(text).views:
-        rules, lowered = _rules_to_run(view.text, run_words)
+    for view, rules, lowered in _view_rules(normalize(text), run_words):
         for rule in rules:
             for m in _matches(rule, view.text, lowered):
                 found.add((*view.span(m.start(), m.end()), view.kind, rule.category))

@@ -23,6 +23,8 @@ previous instructions'") is, because the model reads the quote all the same.
 
 from __future__ import annotations
 
+import functools
+import operator
 import re
 import re._compiler as sre_compile  # type: ignore[import-not-found]  # stdlib; no stub
 import re._parser as sre_parse  # type: ignore[import-not-found]  # stdlib; no stub
@@ -147,9 +149,9 @@ class _Rule:
     gate: tuple[frozenset[str], ...] = ()
     # Finds, in the lower-cased text, every place a match can start (None: unknown).
     lead: re.Pattern[str] | None = None
-    # Without a lead: a tail of the pattern that every match contains, with
-    # its own lead; where the tail matches nowhere, the rule cannot match.
-    tail: tuple[re.Pattern[str], re.Pattern[str]] | None = None
+    # Without a lead: tails of the pattern that every match contains, each
+    # with its own lead; where one matches nowhere, the rule cannot match.
+    tails: tuple[tuple[re.Pattern[str], re.Pattern[str]], ...] = ()
     # Leads that lower-casing cannot find (Cyrillic): their first characters,
     # matched as the rule matches them; a text with none cannot match.
     first_chars: re.Pattern[str] | None = None
@@ -173,7 +175,7 @@ def _rule(category: str, pattern: str, language: str = "en") -> _Rule:
     lead = re.compile(_trie(leads)) if leads else None
     return _Rule(category, re.compile(pattern, re.IGNORECASE), language, required,
                  needs_non_ascii, tuple(g.tagged() for g in required), lead,
-                 None if lead else _led_tail(pattern), _first_chars(pattern))
+                 () if lead else _led_tails(pattern), _first_chars(pattern))
 
 
 # ---------------------------------------------------------------- rule gate
@@ -317,25 +319,38 @@ def _usable_leads(leads: set[str] | None) -> frozenset[str] | None:
     return frozenset(lead.lower() for lead in leads)
 
 
-def _led_tail(pattern: str) -> tuple[re.Pattern[str], re.Pattern[str]] | None:
-    """The longest tail of ``pattern``'s top-level sequence that has leads, compiled, and its lead.
+def _led_tails(pattern: str) -> tuple[tuple[re.Pattern[str], re.Pattern[str]], ...]:
+    """Tails of ``pattern``'s top-level sequence that have leads, compiled, each with its lead.
 
-    Whatever precedes the tail consumes text before it, and the tail is
+    Whatever precedes a tail consumes text before it, and the tail is
     compiled from the same parse, so wherever the pattern matches, the
-    tail matches too at the point where it starts.
+    tail matches too at the point where it starts. Two at most: the one
+    whose leads are fewest common words (a lead like "to" is tried all
+    over a text), and the longest (the strictest). A text lacking either
+    one's leads is ruled out by a single scan.
     """
     try:
         parsed = sre_parse.parse(pattern, re.IGNORECASE)
         if parsed.state.groups > 1:
-            return None  # a back-reference in the tail could name a group before it
+            return ()  # a back-reference in the tail could name a group before it
+        found = []
         for start in range(1, len(parsed.data)):
             leads = _usable_leads(_sequence_leads(list(parsed.data[start:])))
             if leads:
-                tail = sre_compile.compile(parsed[start:], re.IGNORECASE)
-                return tail, re.compile(_trie(leads))
+                found.append((sum(1 for lead in leads if lead in _FREQUENT_LEADS), start, leads))
+        if not found:
+            return ()
+        chosen = sorted({min(found, key=lambda t: t[:2]), found[0]}, key=lambda t: t[:2])
+        return tuple((sre_compile.compile(parsed[start:], re.IGNORECASE), re.compile(_trie(leads)))
+                     for _, start, leads in chosen)
     except Exception:  # noqa: BLE001 - an unexpected parser shape means "no tail", never an error
-        return None
-    return None
+        return ()
+
+
+# Words found in nearly every sentence: a tail led by one is tried everywhere
+# (only ranks tails; any tail is correct).
+_FREQUENT_LEADS = frozenset(("a", "an", "and", "as", "at", "be", "by", "do", "for", "if", "in",
+                             "is", "it", "of", "on", "or", "the", "to", "you", *",.-:;!?'\"()/"))
 
 
 def _sequence_leads(items: list[Any]) -> set[str] | None:
@@ -353,7 +368,15 @@ def _sequence_leads(items: list[Any]) -> set[str] | None:
             if op is not sre_parse.LITERAL:
                 break
             literal.append(chr(arg))
-        return {"".join(literal)}
+        head = "".join(literal)
+        rest = items[index + len(literal):]
+        # "p\.?s": an optional character between literals leaves two
+        # longer leads ("ps", "p.s"), far fewer places than "p" alone.
+        optional = _optional_char(rest[0]) if len(rest) > 1 else None
+        if optional is not None and rest[1][0] is sre_parse.LITERAL:
+            tails = _sequence_leads(rest[1:]) or {""}
+            return {head + middle + tail for middle in ("", optional) for tail in tails}
+        return {head}
     if op is sre_parse.SUBPATTERN:
         return _sequence_leads(list(arg[-1]))
     if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) and arg[0] >= 1:
@@ -368,6 +391,16 @@ def _sequence_leads(items: list[Any]) -> set[str] | None:
         return leads
     if op is sre_parse.IN and all(o is sre_parse.LITERAL for o, _ in arg):
         return {chr(a) for _, a in arg}
+    return None
+
+
+def _optional_char(item: Any) -> str | None:
+    """The character of an item ``c?`` (a literal, at most once), else None."""
+    op, arg = item
+    if op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT) and arg[0] == 0 and arg[1] == 1:
+        body = list(arg[2])
+        if len(body) == 1 and body[0][0] is sre_parse.LITERAL:
+            return chr(body[0][1])
     return None
 
 
@@ -686,11 +719,12 @@ _LONGEST_WORD_START = max((len(w) for rule in _RULES for g in rule.required for 
 
 # ------------------------------------------------------- gate, per text
 #
-# What a text holds is looked up once per view, not per rule: the set of
-# gate words it contains (word-start words as they are, others tagged with
-# _ANYWHERE_TAG), found letter run by letter run. A rule may match only if
-# each of its gate groups meets that set; an index on each rule's first
-# group picks the few rules worth that test.
+# What a text holds is looked up once per view, not per rule: which gate
+# groups its words meet, as the bits of one int (a bit per group of every
+# rule), found letter run by letter run. A rule may match only if all its
+# groups' bits are set; the bits of rules' first groups pick the few rules
+# worth that test. ``_present_words`` finds the same as a set of words: the
+# reference that tests compare the bits with.
 
 _START_WORDS = frozenset(w for rule in _RULES for g in rule.required for w in g.word_starts)
 _ANYWHERE_WORDS = frozenset(w for rule in _RULES for g in rule.required for w in g.anywhere)
@@ -707,47 +741,6 @@ _ANYWHERE_PREFIXES = {w: frozenset(_ANYWHERE_TAG + v for v in _ANYWHERE_IN_RUNS 
                       for w in _ANYWHERE_IN_RUNS}
 
 
-def _rule_index() -> dict[str, tuple[int, ...]]:
-    index: dict[str, list[int]] = {}
-    for position, rule in enumerate(_RULES):
-        for word in rule.gate[0] if rule.gate else ():
-            index.setdefault(word, []).append(position)
-    return {word: tuple(positions) for word, positions in index.items()}
-
-
-# Rules by the words of their first gate group; rules without a gate always run.
-_RULES_BY_WORD = _rule_index()
-_UNGATED = tuple(i for i, rule in enumerate(_RULES) if not rule.gate)
-_INDEXED_WORDS = frozenset(_RULES_BY_WORD)
-_UNGATED_RULES = tuple(_RULES[i] for i in _UNGATED)
-_UNGATED_ASCII = tuple(rule for rule in _UNGATED_RULES if not rule.needs_non_ascii)
-
-
-class _RunWords:
-    """Gate words in each letter run, remembered across texts (one per detector).
-
-    Ordinary text reuses a small vocabulary, so nearly every run of a
-    request was seen before and costs a dict lookup; a new run costs one
-    small regex call. Cleared when full (a cache, never a source of truth).
-    """
-
-    _LIMIT = 50_000
-
-    def __init__(self) -> None:
-        self._words: dict[str, frozenset[str]] = {}
-
-    def present(self, runs: set[str]) -> frozenset[str]:
-        words = self._words
-        missing = runs.difference(words)
-        if missing:
-            if len(words) + len(missing) > self._LIMIT:
-                words.clear()
-                missing = runs
-            for run in missing:
-                words[run] = _words_in_run(run)
-        return frozenset().union(*map(words.__getitem__, runs))
-
-
 def _words_in_run(run: str) -> frozenset[str]:
     start = _START_AT.match(run)
     found = set(_START_PREFIXES[start.group()]) if start else set()
@@ -756,22 +749,21 @@ def _words_in_run(run: str) -> frozenset[str]:
     return frozenset(found)
 
 
-
 # Every byte but a-z to a space: splitting then yields the letter runs
 # (what findall(r"[a-z]+") would give) at a fraction of its cost.
 _RUN_SEPARATORS = bytes(c if 0x61 <= c <= 0x7A else 0x20 for c in range(256))
 
 
-def _letter_runs(lowered: str) -> set[str]:
+def _letter_runs(lowered: str) -> list[str]:
+    """The letter runs of ``lowered``, in order, repeats included (a set costs more to build than it saves)."""
     # "replace" turns each non-ASCII character into "?", a separator like any non-letter.
     ascii_bytes = lowered.encode("ascii", "replace").translate(_RUN_SEPARATORS)
-    return set(ascii_bytes.decode("ascii").split())
+    return ascii_bytes.decode("ascii").split()
 
 
-def _present_words(lowered: str, run_words: _RunWords) -> frozenset[str]:
-    present = run_words.present(_letter_runs(lowered))
-    if not _ANYWHERE_ELSE:
-        return present
+def _present_words(lowered: str) -> frozenset[str]:
+    """The gate words (tagged as in ``_WordGroup.tagged``) a lower-cased text holds."""
+    present = frozenset().union(*map(_words_in_run, set(_letter_runs(lowered))))
     return present.union(_ANYWHERE_TAG + w for w in _ANYWHERE_ELSE if w in lowered)
 
 
@@ -788,7 +780,7 @@ def _exact_lower(text: str) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class _GateView:
-    """What the gates look up in one view's text (``_rules_to_run`` does the same, faster)."""
+    """What the gates look up in one view's text, as word sets (the reference for ``_rules_to_run``)."""
 
     is_ascii: bool
     # The gate words the text holds; None when lookups would not be exact.
@@ -797,26 +789,7 @@ class _GateView:
     @classmethod
     def of(cls, text: str) -> _GateView:
         lowered = _exact_lower(text)
-        return cls(text.isascii(),
-                   None if lowered is None else _present_words(lowered, _RunWords()))
-
-
-def _rules_to_run(text: str, run_words: _RunWords) -> tuple[Sequence[_Rule], str | None]:
-    """The rules that may match ``text``, and its lower-cased form if lookups in it are exact."""
-    is_ascii = text.isascii()
-    lowered = _exact_lower(text)
-    if lowered is None:
-        return _RULES, None
-    present = _present_words(lowered, run_words)
-    keys = present & _INDEXED_WORDS
-    if not keys:
-        return (_UNGATED_ASCII if is_ascii else _UNGATED_RULES), lowered
-    rules = []
-    for position in sorted(set(_UNGATED).union(*map(_RULES_BY_WORD.__getitem__, keys))):
-        rule = _RULES[position]
-        if not (is_ascii and rule.needs_non_ascii) and _meets_gate(rule, present):
-            rules.append(rule)
-    return rules, lowered
+        return cls(text.isascii(), None if lowered is None else _present_words(lowered))
 
 
 def _meets_gate(rule: _Rule, present: frozenset[str]) -> bool:
@@ -827,6 +800,181 @@ def _meets_gate(rule: _Rule, present: frozenset[str]) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class _GroupBits:
+    """Every rule's gate groups numbered as bits of one int."""
+
+    # A gate word's bits: the groups it is in.
+    by_word: Mapping[str, int]
+    # Per rule, the bits of all its groups (0: an ungated rule).
+    needs: tuple[int, ...]
+    # The bit of a rule's first group, to the rule's position.
+    rule_at_first: Mapping[int, int]
+    # First-group bits of the rules an ASCII text can match, and of all rules.
+    first_ascii: int
+    first_any: int
+    # Positions of the ungated rules (always run), for ASCII and other texts.
+    ungated_ascii: tuple[int, ...]
+    ungated_any: tuple[int, ...]
+
+    @classmethod
+    def of(cls, rules: Sequence[_Rule]) -> _GroupBits:
+        by_word: dict[str, int] = {}
+        needs: list[int] = []
+        rule_at_first: dict[int, int] = {}
+        first_ascii = first_any = 0
+        bit = 1
+        # Bits in rule order: the lowest candidate bit is the earliest rule.
+        for position, rule in enumerate(rules):
+            need = 0
+            for index, group in enumerate(rule.gate):
+                for word in group:
+                    by_word[word] = by_word.get(word, 0) | bit
+                if index == 0:
+                    rule_at_first[bit] = position
+                    first_any |= bit
+                    if not rule.needs_non_ascii:
+                        first_ascii |= bit
+                need |= bit
+                bit <<= 1
+            needs.append(need)
+        ungated = tuple(i for i, rule in enumerate(rules) if not rule.gate)
+        return cls(by_word, tuple(needs), rule_at_first, first_ascii, first_any,
+                   tuple(i for i in ungated if not rules[i].needs_non_ascii), ungated)
+
+    def in_run(self, run: str) -> int:
+        bits = 0
+        for word in _words_in_run(run):
+            bits |= self.by_word[word]
+        return bits
+
+    def elsewhere(self, lowered: str) -> int:
+        """Bits of the gate words that are not letters only (looked up in the whole text)."""
+        bits = 0
+        for word in _ANYWHERE_ELSE:
+            if word in lowered:
+                bits |= self.by_word[_ANYWHERE_TAG + word]
+        return bits
+
+    def rules(self, groups: int, is_ascii: bool) -> list[_Rule]:
+        """The rules whose every gate group is in ``groups``, and the ungated ones, in order."""
+        candidates = groups & (self.first_ascii if is_ascii else self.first_any)
+        ungated = self.ungated_ascii if is_ascii else self.ungated_any
+        if not candidates:
+            return [_RULES[p] for p in ungated]
+        positions: list[int] = []
+        needs = self.needs
+        while candidates:
+            lowest = candidates & -candidates
+            candidates ^= lowest
+            position = self.rule_at_first[lowest]
+            if groups & needs[position] == needs[position]:
+                positions.append(position)
+        if ungated:
+            positions = sorted(positions + list(ungated))
+        return [_RULES[p] for p in positions]
+
+
+_GROUPS = _GroupBits.of(_RULES)
+_ROT13_LETTERS = str.maketrans("abcdefghijklmnopqrstuvwxyz", "nopqrstuvwxyzabcdefghijklm")
+
+
+class _RunWords:
+    """The gate groups each letter run meets, remembered across texts (one per detector).
+
+    Ordinary text reuses a small vocabulary, so nearly every run of a
+    request was seen before and costs a set lookup; a new run costs one
+    small regex call (two: its rot13 too). Only runs that meet a group are
+    kept with their bits, so a text's bits are the union over its few such
+    runs. The rot13 view's letter runs are the plain view's, rot13'd: each
+    run's rot13 groups are kept beside its own. Cleared when full (a cache,
+    never a source of truth).
+    """
+
+    _LIMIT = 50_000
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._groups: dict[str, int] = {}
+        self._rot13_groups: dict[str, int] = {}
+
+    def groups(self, runs: list[str]) -> int:
+        """Bits of the gate groups that words in ``runs`` meet."""
+        self._learn(runs)
+        return _union(self._groups, runs)
+
+    def rot13_groups(self, runs: list[str]) -> int:
+        """``groups`` of the rot13 of each run (after ``groups`` of the same runs)."""
+        return _union(self._rot13_groups, runs)
+
+    def _learn(self, runs: list[str]) -> None:
+        if self._seen.issuperset(runs):
+            return
+        missing = set(runs).difference(self._seen)
+        if len(self._seen) + len(missing) > self._LIMIT:
+            self._seen.clear()
+            self._groups.clear()
+            self._rot13_groups.clear()
+            missing = set(runs)
+        for run in missing:
+            if bits := _GROUPS.in_run(run):
+                self._groups[run] = bits
+            if bits := _GROUPS.in_run(run.translate(_ROT13_LETTERS)):
+                self._rot13_groups[run] = bits
+        self._seen |= missing
+
+
+def _union(groups_by_run: dict[str, int], runs: list[str]) -> int:
+    return functools.reduce(operator.or_, map(groups_by_run.__getitem__, groups_by_run.keys() & runs), 0)
+
+
+def _rules_to_run(text: str, run_words: _RunWords) -> tuple[Sequence[_Rule], str | None]:
+    """The rules that may match ``text``, and its lower-cased form if lookups in it are exact."""
+    lowered = _exact_lower(text)
+    if lowered is None:
+        return _RULES, None
+    groups = run_words.groups(_letter_runs(lowered)) | _GROUPS.elsewhere(lowered)
+    return _GROUPS.rules(groups, text.isascii()), lowered
+
+
+def _view_rules(norm: NormalizedText, run_words: _RunWords
+                ) -> Iterator[tuple[TextView, Sequence[_Rule], str | None]]:
+    """``_rules_to_run`` of each view that has rules to run, with the view.
+
+    The rot13 view's letter runs are the plain view's, rot13'd (rot13 maps
+    ASCII letters to ASCII letters, case kept, and leaves every other
+    character, so lower-casing commutes with it wherever lookups are
+    exact): its groups come from the same runs, found once.
+    """
+    plain = norm.plain
+    extra = norm.extra
+    rot13 = extra[0] if extra and extra[0].kind == "rot13" else None
+    lowered = _exact_lower(plain.text)
+    if rot13 is None or lowered is None:
+        for view in norm.views:
+            rules, view_lowered = _rules_to_run(view.text, run_words)
+            if rules:
+                yield view, rules, view_lowered
+        return
+    is_ascii = plain.text.isascii()
+    runs = _letter_runs(lowered)
+    rules = _GROUPS.rules(run_words.groups(runs) | _GROUPS.elsewhere(lowered), is_ascii)
+    if rules:
+        yield plain, rules, lowered
+    rot13_groups = run_words.rot13_groups(runs)
+    rot13_lowered: str | None = None
+    if _ANYWHERE_ELSE:
+        rot13_lowered = rot13.text.lower()
+        rot13_groups |= _GROUPS.elsewhere(rot13_lowered)
+    rules = _GROUPS.rules(rot13_groups, is_ascii)
+    if rules:
+        yield rot13, rules, rot13_lowered if rot13_lowered is not None else rot13.text.lower()
+    for view in extra[1:]:
+        rules, view_lowered = _rules_to_run(view.text, run_words)
+        if rules:
+            yield view, rules, view_lowered
+
+
 def _matches(rule: _Rule, text: str, lowered: str | None) -> Iterator[re.Match[str]]:
     """``rule.pattern.finditer(text)``, trying only positions where a match can start."""
     if rule.first_chars is not None and rule.first_chars.search(text) is None:
@@ -835,8 +983,12 @@ def _matches(rule: _Rule, text: str, lowered: str | None) -> Iterator[re.Match[s
         return rule.pattern.finditer(text)
     if rule.lead is not None:
         return _led_matches(rule.pattern, rule.lead, text, lowered)
-    if rule.tail is not None and next(_led_matches(*rule.tail, text, lowered), None) is None:
-        return iter(())
+    if rule.tails:
+        # Every tail's lead first: a scan in C each, no match tried.
+        if any(lead.search(lowered) is None for _, lead in rule.tails):
+            return iter(())
+        if any(next(_led_matches(tail, lead, text, lowered), None) is None for tail, lead in rule.tails):
+            return iter(())
     return rule.pattern.finditer(text)
 
 
@@ -902,9 +1054,8 @@ class InjectionDetector(HeadDetector):
 
     def _rule_hits(self, norm: NormalizedText) -> list[Hit]:
         hits: list[Hit] = []
-        for view in norm.views:
+        for view, rules, lowered in _view_rules(norm, self._run_words):
             text = view.text
-            rules, lowered = _rules_to_run(text, self._run_words)
             for rule in rules:
                 for match in _matches(rule, text, lowered):
                     start, end = view.span(match.start(), match.end())

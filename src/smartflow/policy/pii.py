@@ -18,7 +18,7 @@ higher score wins, then the longer span.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,12 @@ import numpy as np
 from smartflow.policy.findings import ADDRESS, PERSON, PII_TYPES, Finding
 from smartflow.policy.ner import NerModel
 from smartflow.policy.pii_address import find_addresses
-from smartflow.policy.pii_patterns import RECOGNISERS, finditer_in_windows
+from smartflow.policy.pii_patterns import (
+    RECOGNISERS,
+    digit_runs,
+    finditer_at,
+    finditer_in_windows,
+)
 
 _NAME_WORD = r"[A-ZÀ-ÞĀ-Ž][a-zß-ÿā-ž'’]+(?:-[A-ZÀ-ÞĀ-Ž][a-zß-ÿā-ž'’]+)?"
 # Words, particles ("van", "bin") and middle initials ("Catherine E. Montgomery").
@@ -94,6 +99,10 @@ _RULE_NEEDLES: dict[str, tuple[tuple[str, ...], bool]] = {
                    "grüße", "saludos"), True),
 }
 
+# Gates on one character, cheaper than any anchor scan.
+_CHEAP_GATES = frozenset(rule for rule, (needles, _) in _RULE_NEEDLES.items()
+                         if all(len(n) == 1 for n in needles))
+
 
 # Where each rule can match, found by a scan that skips ahead in C.
 #
@@ -109,9 +118,20 @@ _RULE_NEEDLES: dict[str, tuple[tuple[str, ...], bool]] = {
 _CAP = r"[A-ZÀ-ÞĀ-Ž]"
 
 
+# Tails grouped by their first letter ("n[:degkt]"): a look-behind then
+# tries a dozen branches instead of forty.
+def _tails_by_first_letter(tails: Collection[str]) -> str:
+    seconds: dict[str, list[str]] = {}
+    for tail in sorted(tails):
+        seconds.setdefault(tail[0], []).append(re.escape(tail[1]))
+    return "|".join(re.escape(first) + (rest[0] if len(rest) == 1 else "[" + "".join(rest) + "]")
+                    for first, rest in seconds.items())
+
+
 def _cap_after(tails: str, *seps: str) -> re.Pattern[str]:
     """A capital preceded by one of ``seps`` and, before that, one of ``tails``."""
-    behind = "|".join(r"(?<=(?i:" + tails + r")" + sep + r".)" for sep in seps)
+    grouped = _tails_by_first_letter(tails.split("|"))
+    behind = "|".join(r"(?<=(?i:" + grouped + r")" + sep + r".)" for sep in seps)
     return re.compile(_CAP + r"(?:" + behind + r")")
 
 
@@ -136,9 +156,13 @@ def _cue_anchor(rule: str) -> re.Pattern[str]:
 # separators that cover theirs ("\s" holds "[ \t]"); a cheap first test
 # that a blank or "@" comes before the capital spares the tails' test at
 # most capitals.
-_ANY_CUE_TAIL = "|".join(sorted({t for tails, _ in _CUE_TAILS.values() for t in tails.split("|")}))
-_ANY_CUE_CAPITAL = re.compile(_CAP + r"(?<=[\s@].)(?:" + "|".join(
-    r"(?<=(?i:" + _ANY_CUE_TAIL + r")" + sep + r".)" for sep in (r"\s", r",[ \t]", r"\s@")) + r")")
+# The rarer separators are checked before the tails they follow.
+_ANY_CUE_TAIL = _tails_by_first_letter(
+    {t for tails, _ in _CUE_TAILS.values() for t in tails.split("|")})
+_ANY_CUE_CAPITAL = re.compile(
+    _CAP + r"(?<=[\s@].)(?:(?<=(?i:" + _ANY_CUE_TAIL + r")\s.)"
+    + r"|(?<=,[ \t].)(?<=(?i:" + _ANY_CUE_TAIL + r"),[ \t].)"
+    + r"|(?<=@.)(?<=(?i:" + _ANY_CUE_TAIL + r")\s@.))")
 
 # rule: (anchor, characters before the anchor where a match may start,
 # characters from the anchor on, how to step back over a blank run first)
@@ -159,6 +183,49 @@ _RULE_ANCHORS: dict[str, tuple[re.Pattern[str], int, int, str]] = {
 }
 
 
+# (separator, a cue's last two letters lower-cased): the rules whose anchor
+# that pair before a capital satisfies.
+def _rules_by_tail() -> dict[tuple[str, str], tuple[str, ...]]:
+    table: dict[tuple[str, str], tuple[str, ...]] = {}
+    for rule, (tails, seps) in _CUE_TAILS.items():
+        for sep in seps:
+            for tail in tails.split("|"):
+                table[sep, tail] = (*table.get((sep, tail), ()), rule)
+    return table
+
+
+_RULES_BY_TAIL = _rules_by_tail()
+
+
+def _cue_anchors(text: str, cue_capitals: Sequence[int]) -> dict[str, list[int]] | None:
+    """Per rule of _CUE_TAILS, the cue capitals its anchor matches, by
+    looking the two letters before each up in a table instead of running
+    seven anchors at each. None for a non-ASCII text: IGNORECASE folds
+    some of its letters ("ſ", "K") that str.lower() leaves alone."""
+    if not text.isascii():
+        return None
+    out: dict[str, list[int]] = {rule: [] for rule in _CUE_TAILS}
+    table = _RULES_BY_TAIL
+    for a in cue_capitals:
+        before = text[a - 1]
+        rules: tuple[str, ...] = ()
+        if before.isspace():
+            if a >= 3:
+                tail = text[a - 3:a - 1].lower()
+                rules = table.get((r"\s", tail), ())
+                if before in " \t":
+                    rules += table.get((r"[ \t]", tail), ())
+            if before in " \t" and a >= 4 and text[a - 2] == ",":
+                rules += table.get((r",[ \t]", text[a - 4:a - 2].lower()), ())
+        elif before == "@" and a >= 4 and text[a - 2].isspace():
+            rules = table.get((r"\s@", text[a - 4:a - 2].lower()), ())
+        for rule in rules:
+            positions = out[rule]
+            if not positions or positions[-1] != a:
+                positions.append(a)
+    return out
+
+
 def _anchor_positions(rule: str, text: str, cue_capitals: Sequence[int] | None) -> list[int]:
     """Where the rule's anchor matches; ``cue_capitals``: where _ANY_CUE_CAPITAL does."""
     anchor = _RULE_ANCHORS[rule][0]
@@ -168,12 +235,15 @@ def _anchor_positions(rule: str, text: str, cue_capitals: Sequence[int] | None) 
     return [m.start() for m in anchor.finditer(text)]
 
 
-def _rule_windows(rule: str, text: str,
-                  cue_capitals: Sequence[int] | None = None) -> list[tuple[int, int]]:
-    """Sorted, merged [lo, hi) ranges holding every position the rule can match at."""
+def _rule_windows(rule: str, text: str, cue_capitals: Sequence[int] | None = None,
+                  anchors: Sequence[int] | None = None) -> list[tuple[int, int]]:
+    """Sorted, merged [lo, hi) ranges holding every position the rule can match at;
+    ``anchors``: where its anchor matches, if known."""
     _, back, ahead, blanks = _RULE_ANCHORS[rule]
     windows: list[tuple[int, int]] = []
-    for a in _anchor_positions(rule, text, cue_capitals):
+    if anchors is None:
+        anchors = _anchor_positions(rule, text, cue_capitals)
+    for a in anchors:
         lo = a
         if blanks:
             lo = _skip_back(text, a, blanks)
@@ -186,6 +256,36 @@ def _rule_windows(rule: str, text: str,
     if blanks:  # stepping back over blanks can reorder windows
         windows = _merged(sorted(windows))
     return windows
+
+
+# Where in a window a rule's match can start: a rule that opens with
+# "\b(?i:word|...)" starts at a word's start, a "(?m)(?:^|[.!]\s)" one at a
+# line start or a full stop, one with bare cue words at one of their first
+# letters. .match() is tried only there instead of at each window position;
+# these patterns run with an end position, which is exact for them (no
+# look-ahead, nothing past the position reported).
+_WORD_START = re.compile(r"\b\w")
+_RULE_STARTS: dict[str, re.Pattern[str]] = {
+    "name-is": _WORD_START,
+    "role": _WORD_START,
+    "role-verb": _WORD_START,
+    "contact": _WORD_START,
+    "label": re.compile(r"(?m)^|[.;]"),
+    "greeting": re.compile(r"(?m)^"),
+    "sign-off": re.compile(r"(?m)^|[.!]"),
+    "assigned": re.compile(r"(?i:[acehors])"),
+    "signature": re.compile(r"(?i:[bcgkrstw])"),
+}
+
+
+def _matches_in_windows(rule: str, rx: re.Pattern[str], text: str,
+                        windows: Sequence[tuple[int, int]]) -> Iterator[re.Match[str]]:
+    """What finditer_in_windows(rx, text, windows) finds, trying fewer positions."""
+    starts = _RULE_STARTS.get(rule)
+    if starts is None:
+        return finditer_in_windows(rx, text, windows)
+    return finditer_at(rx, text, [m.start() for lo, hi in windows
+                                  for m in starts.finditer(text, lo, hi)])
 
 
 def _skip_back(text: str, pos: int, blanks: str) -> int:
@@ -276,14 +376,23 @@ def _person_findings(text: str, ner_ents: Sequence[tuple[str, int, int, float]]
                      ) -> list[Finding]:
     out: list[Finding] = []
     supported: list[tuple[int, int, str]] = []
-    lower = text.lower() if text.isascii() else None
     cue_capitals = [m.start() for m in _ANY_CUE_CAPITAL.finditer(text)]
+    # The needle gates search the whole text for each of a rule's words: in
+    # a prose-sized text, testing the few cue capitals against the rule's
+    # anchor costs less. Many capitals (a long text) tip it the other way.
+    gated = _CHEAP_GATES if len(cue_capitals) * 32 < len(text) else _RULE_NEEDLES.keys()
+    lower = text.lower() if gated is not _CHEAP_GATES and text.isascii() else None
+    anchors_of = _cue_anchors(text, cue_capitals) if cue_capitals else None
     for rule, rx in _PERSON_RULES:
         if rule in _CUE_TAILS and not cue_capitals:
             continue
-        if not _rule_may_match(rule, text, lower):
+        anchors = anchors_of.get(rule) if anchors_of is not None else None
+        if anchors == []:
             continue
-        for m in finditer_in_windows(rx, text, _rule_windows(rule, text, cue_capitals)):
+        if rule in gated and not _rule_may_match(rule, text, lower):
+            continue
+        windows = _rule_windows(rule, text, cue_capitals, anchors)
+        for m in _matches_in_windows(rule, rx, text, windows):
             s, e = m.start(1), m.end(1)
             if text[s:e].split()[0] in _NOT_NAMES:
                 continue
@@ -382,16 +491,17 @@ class PiiDetector:
         # here reads tokens, not sentence vectors.
         del embedding
         found: list[Finding] = []
+        runs = digit_runs(text)  # once: every numeric recogniser and the addresses read them
         for kind, recognise in RECOGNISERS.items():
             if kind in self.entities:
-                found.extend(recognise(text))
+                found.extend(recognise(text, runs))
         if PERSON in self.entities or ADDRESS in self.entities:
             ents = self.ner.entities(text) if self.ner is not None else []
             people = _person_findings(text, ents) if PERSON in self.entities else []
             if ADDRESS in self.entities:
                 places = [(s, e) for label, s, e, _ in ents if label == ADDRESS]
                 detail = "street+ner" if self.ner is not None else "street"
-                addresses = find_addresses(text, places)
+                addresses = find_addresses(text, places, runs)
                 people, addresses = _towns_taken_for_people(text, people, addresses)
                 found.extend(Finding(ADDRESS, s, e, 0.9, detail) for s, e in addresses)
             found.extend(people)

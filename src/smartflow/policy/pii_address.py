@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from smartflow.policy.pii_patterns import has_decimal_digit
+from smartflow.policy.pii_patterns import Runs, digit_runs, finditer_at, has_decimal_digit
 
 _SUFFIX = (
     r"(?:Street|St|Avenue|Ave|Av|Road|Rd|Lane|Ln|Boulevard|Blvd|Drive|Dr|Court|Ct|Way|Place|Pl|"
@@ -148,6 +148,110 @@ def _match_part(text: str, pos: int, places: Sequence[tuple[int, int]]) -> tuple
     return -1, False
 
 
+# Digit gates: nearly every line pattern holds a number right after a
+# blank, with a telling word before the blank ("Hauptstraße 12", "PO Box
+# 4", "Am Sandtorkai 73"); others hold a house number followed by a blank.
+# Those few places in a text, found from its digit runs, rule a pattern out
+# far cheaper than a needle search over the whole text. Each gate is a
+# necessary condition for its pattern; the needle gate then runs as well.
+_STREET_WORD_ENDS = ("straße", "strasse", "str.", "weg", "gasse", "platz", "allee", "ring",
+                     "damm", "ufer", "gracht", "laan", "straat", "plein", "dijk", "kade", "vej",
+                     "gatan", "gata", "gate", "gade", "vägen", "väg", "veien", "vei", "vegen",
+                     "torget", "torg", "katu")
+_NORDIC_WORDS = ("gate", "gata", "gatan", "vei", "veien", "vej", "väg", "vägen", "tie", "katu")
+_BOX_ENDS = ("Box", "Postfach", "Postbus", "Postboks", "B.P.", "postale", "Postal", "Apartado",
+             "correos", "Apdo", "Apdo.", "Casilla")
+_WEAK_BOX_WORDS = ("Box", "BP", "CP")
+_PREPOSITIONS = ("Am", "An der", "An den", "Auf der", "Auf dem", "Im", "In der", "In den", "Zum",
+                 "Zur", "Unter den", "Hinter der", "Alte", "Neue", "Große", "Kleine")
+# What a US/UK street line holds after its house number: the street's words
+# and its type word. The house number ends at a digit run's end or one letter on.
+_AFTER_HOUSE_NUMBER = re.compile(r"\s+(?:" + _CAPWORD + r"\s+){1,4}" + _SUFFIX + r"\b")
+_SHORT_NUMBER_COMMA = re.compile(r"\d{1,3}[a-z]?,")
+_BOX_NUMBER_COMMA = re.compile(r"\d{1,6},")
+
+
+def _blank_numbers(text: str, runs: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(run start, where the blanks before it begin) for runs right after a blank."""
+    out = []
+    for start, _ in runs:
+        if start and text[start - 1].isspace():
+            q = start - 1
+            while q and text[q - 1].isspace():
+                q -= 1
+            out.append((start, q))
+    return out
+
+
+def _digit_gated_lines(text: str, runs: Sequence[tuple[int, int]]) -> list[int]:
+    """Indexes into _LINES, in order, of the patterns the text's digit runs
+    leave possible (the "Unit 7," line, which needs no digit, always)."""
+    if len(runs) * 12 > len(text):  # mostly numbers: leave it to the needle gates
+        return list(range(len(_LINES)))
+    # "12 rue ..." is tried at the digit runs themselves.
+    out = [_FRENCH, _UNIT_LINE]
+    if _house_number_then_street(text, runs):
+        out.append(0)
+    after_blank = _blank_numbers(text, runs)
+    if after_blank:
+        out.append(_CALLE)
+        ends = text.endswith
+        if any(ends(_ANY_WORD_BEFORE_NUMBER, 0, q) for _, q in after_blank):
+            out.extend(i for i, words in _WORD_BEFORE_NUMBER
+                       if any(ends(words, 0, q) for _, q in after_blank))
+        # "Am Sandtorkai 73", "Box 12,", "Lange Voorhout 9,": one space before the number.
+        for p, q in after_blank:
+            if q != p - 1 or text[q] != " ":
+                continue
+            b = text.rfind(" ", 0, q)
+            if b > 0 and ends(_PREPOSITIONS, 0, b):
+                out.append(_AM_STRASSE)
+            if _SHORT_NUMBER_COMMA.match(text, p):
+                out.append(_TWO_WORDS_NUMBER)
+            if ends(_WEAK_BOX_WORDS, 0, q) and _BOX_NUMBER_COMMA.match(text, p):
+                out.append(_WEAK_BOX)
+    return sorted(set(out))
+
+
+def _house_number_then_street(text: str, runs: Sequence[tuple[int, int]]) -> bool:
+    for _, e in runs:
+        after = text[e:e + 2]
+        if after[:1].isspace():
+            if _AFTER_HOUSE_NUMBER.match(text, e):
+                return True
+        elif (after[1:].isspace() and after[0].isascii() and after[0].isalpha()
+              and _AFTER_HOUSE_NUMBER.match(text, e + 1)):
+            return True
+    return False
+
+
+_LINES = (*_STREET_LINES, *_WEAK_LINES)
+_LINE_NEEDLES = (*_STREET_NEEDLES, *_WEAK_NEEDLES)
+# Indexes into _LINES.
+_CALLE, _FRENCH, _UNIT_LINE = 2, 3, len(_STREET_LINES)
+_AM_STRASSE, _TWO_WORDS_NUMBER, _WEAK_BOX = _UNIT_LINE + 1, _UNIT_LINE + 2, _UNIT_LINE + 3
+_WORD_BEFORE_NUMBER = ((1, _STREET_WORD_ENDS), (4, _NORDIC_WORDS), (5, _BOX_ENDS))
+_ANY_WORD_BEFORE_NUMBER = tuple(w for _, words in _WORD_BEFORE_NUMBER for w in words)
+
+
+def _literal_needles(i: int) -> tuple[str, ...]:
+    gate = _LINE_NEEDLES[i]
+    assert not isinstance(gate, re.Pattern)
+    return gate
+
+
+# The needles of the two gates most texts reach ("Calle Mayor 5" after any
+# blank and a number; "Unit 7," with no number at all), found in one scan:
+# each opens with a capital and has no other, so none can hide inside
+# another's match and findall misses none.
+_CAPITALISED = {i: frozenset(n for n in _literal_needles(i) if n[0].isupper())
+                for i in (_CALLE, _UNIT_LINE)}
+_UNCAPITALISED = {i: tuple(n for n in _literal_needles(i) if not n[0].isupper())
+                  for i in (_CALLE, _UNIT_LINE)}
+_CAPITALISED_NEEDLES = re.compile("|".join(
+    re.escape(n) for n in sorted(frozenset().union(*_CAPITALISED.values()), key=len, reverse=True)))
+
+
 def _may_match(gate: _Gate, text: str) -> bool:
     if isinstance(gate, re.Pattern):
         return gate.search(text) is not None
@@ -162,17 +266,33 @@ def _has_digit(text: str) -> bool:
     return not text.isascii() and any(ch.isdigit() for ch in text)
 
 
-def find_addresses(text: str, places: Sequence[tuple[int, int]] = ()) -> list[tuple[int, int]]:
-    """Address spans; ``places`` are the model's place-name spans (may be empty)."""
-    if not _has_digit(text):
+def find_addresses(text: str, places: Sequence[tuple[int, int]] = (),
+                   runs: Runs | None = None) -> list[tuple[int, int]]:
+    """Address spans; ``places`` are the model's place-name spans (may be
+    empty), ``runs`` the text's digit runs (found here when None)."""
+    if runs is None:
+        runs = digit_runs(text)
+    if not runs and not _has_digit(text):
         return []
+    found: set[str] | None = None
     lines: list[tuple[int, int, bool]] = []
-    for rx, needles in zip(_STREET_LINES, _STREET_NEEDLES, strict=True):
-        if _may_match(needles, text):
-            lines.extend((m.start(), m.end(), False) for m in rx.finditer(text))
-    for rx, needles in zip(_WEAK_LINES, _WEAK_NEEDLES, strict=True):
-        if _may_match(needles, text):
-            lines.extend((m.start(), m.end(), True) for m in rx.finditer(text))
+    for i in _digit_gated_lines(text, runs):
+        rx = _LINES[i]
+        if i == _FRENCH:
+            # It starts at a digit run: one .match per run beats its needles' search.
+            matches = finditer_at(rx, text, [s for s, _ in runs])
+        elif i in _CAPITALISED:
+            if found is None:
+                found = set(_CAPITALISED_NEEDLES.findall(text))
+            if found.isdisjoint(_CAPITALISED[i]) and not any(
+                    map(text.__contains__, _UNCAPITALISED[i])):
+                continue
+            matches = rx.finditer(text)
+        elif _may_match(_LINE_NEEDLES[i], text):
+            matches = rx.finditer(text)
+        else:
+            continue
+        lines.extend((m.start(), m.end(), i >= _UNIT_LINE) for m in matches)
     lines.sort(key=lambda line: (line[0], -line[1]))
     out: list[tuple[int, int]] = []
     for start, end, weak in lines:

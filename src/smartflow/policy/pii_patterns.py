@@ -31,7 +31,10 @@ from smartflow.policy.findings import (
     Finding,
 )
 
-Recogniser = Callable[[str], list[Finding]]
+Runs = list[tuple[int, int]]  # [start, end) of a text's digit runs
+# (text, its digit runs or None to find them): the detector finds the runs
+# once per text and hands them to every recogniser.
+Recogniser = Callable[[str, Runs | None], list[Finding]]
 
 
 def _not_after(chars: str, width: int) -> str:
@@ -49,23 +52,83 @@ def _not_after(chars: str, width: int) -> str:
 _DIGIT = re.compile(r"\d")
 
 
-# The last text asked about and the answer: the five recognisers that ask
-# run one after another on the same text. One tuple, swapped whole, so a
-# reader never pairs a text with another text's answer.
-_last_digit_answer: tuple[str | None, bool] = (None, False)
-
-
 def has_decimal_digit(text: str) -> bool:
-    global _last_digit_answer
-    last_text, answer = _last_digit_answer
-    if last_text is text:
-        return answer
     if text.isascii():  # ten memchr-speed finds beat re's per-character class test
-        answer = any(map(text.__contains__, "0123456789"))
-    else:
-        answer = _DIGIT.search(text) is not None
-    _last_digit_answer = (text, answer)
-    return answer
+        return any(map(text.__contains__, "0123456789"))
+    return _DIGIT.search(text) is not None
+
+
+# Where the digits are, shared by the numeric recognisers: each of their
+# patterns can only start at (or just before) the start of a run of
+# digits, and most texts hold a handful of runs. Matching at those few
+# places beats a full scan: these patterns open with a class or a
+# look-behind, which re tests at every position of the text.
+_DIGIT_RUN = re.compile(r"\d+")
+_ASCII_DIGIT_RUN = re.compile(r"[0-9]+")
+# Past this many digits the per-digit walk costs more than one regex scan.
+_FEW_DIGITS = 48
+# A text with a digit run every this many characters or closer is mostly
+# numbers: a full scan per pattern is then the cheaper way.
+_RUN_SPACING = 12
+
+
+def digit_runs(text: str) -> Runs:
+    """[start, end) of every maximal run of decimal digits ("\\d+"), in order."""
+    if not text.isascii():
+        return [m.span() for m in _DIGIT_RUN.finditer(text)]
+    return _ascii_digit_runs(text)
+
+
+def _ascii_digit_runs(text: str) -> list[tuple[int, int]]:
+    # Ten memchr-speed finds per digit, then the few positions grouped.
+    positions: list[int] = []
+    for digit in "0123456789":
+        i = text.find(digit)
+        while i >= 0:
+            if len(positions) == _FEW_DIGITS:
+                return [m.span() for m in _ASCII_DIGIT_RUN.finditer(text)]
+            positions.append(i)
+            i = text.find(digit, i + 1)
+    positions.sort()
+    runs: list[tuple[int, int]] = []
+    for i in positions:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def run_starts(text: str, runs: Runs | None, min_digits: int = 1) -> list[int] | None:
+    """Starts of the digit runs (``runs``, found here when None), or None when
+    a full scan is the cheaper way (a digit-dense text); [] when the text has
+    fewer than ``min_digits``."""
+    if runs is None:
+        runs = digit_runs(text)
+    if len(runs) * _RUN_SPACING > len(text):
+        return None
+    if min_digits > len(runs) and sum(e - s for s, e in runs) < min_digits:
+        return []
+    return [s for s, _ in runs]
+
+
+def finditer_at(rx: re.Pattern[str], text: str, starts: Sequence[int] | None,
+                offsets: Sequence[int] = (0,)) -> Iterator[re.Match[str]]:
+    """rx.finditer(text), given increasing positions such that every match
+    starts at one of them plus one of the increasing ``offsets``; None: every position."""
+    if starts is None:
+        yield from rx.finditer(text)
+        return
+    end = 0
+    for start in starts:
+        for offset in offsets:
+            pos = start + offset
+            if pos < end or pos < 0:
+                continue
+            m = rx.match(text, pos)
+            if m is not None:
+                yield m
+                end = max(m.end(), pos + 1)
 
 # --------------------------------------------------------------------------- email
 
@@ -88,7 +151,7 @@ def _is_doc_domain(domain: str) -> bool:
 _URL_USERINFO_BEFORE = re.compile(r"://[^\s/@]{0,200}$")
 
 
-def find_emails(text: str) -> list[Finding]:
+def find_emails(text: str, runs: Runs | None = None) -> list[Finding]:
     if "@" not in text:
         return []
     out = []
@@ -135,14 +198,15 @@ def _with_extension(text: str, end: int) -> int:
     return m.end() if m else end
 
 
-def find_phones(text: str) -> list[Finding]:
-    if not has_decimal_digit(text):
+def find_phones(text: str, runs: Runs | None = None) -> list[Finding]:
+    runs = digit_runs(text) if runs is None else runs
+    if not runs:
         return []
-    out = _find_phones(text)
+    out = _find_phones(text, runs)
     return [Finding(PHONE, f.start, _with_extension(text, f.end), f.score, f.detail) for f in out]
 
 
-def _find_phones(text: str) -> list[Finding]:
+def _find_phones(text: str, runs: Runs | None) -> list[Finding]:
     out: list[Finding] = []
     taken: list[tuple[int, int]] = []
     for m in _INTL.finditer(text):
@@ -153,7 +217,8 @@ def _find_phones(text: str) -> list[Finding]:
             continue
         out.append(Finding(PHONE, m.start(), m.end(), 0.9, "e164"))
         taken.append((m.start(), m.end()))
-    for m in _NANP.finditer(text):
+    # A number starts at its first digit or at the "+" or "(" just before it.
+    for m in finditer_at(_NANP, text, run_starts(text, runs, 10), (-1, 0)):
         if any(s <= m.start() < e for s, e in taken):
             continue
         area = m.group(1) or m.group(2)
@@ -229,11 +294,12 @@ def _card_issuer(d: str) -> str:
     return ""
 
 
-def find_cards(text: str) -> list[Finding]:
+def find_cards(text: str, runs: Runs | None = None) -> list[Finding]:
     out: list[Finding] = []
-    if not has_decimal_digit(text):
+    runs = digit_runs(text) if runs is None else runs
+    if not runs:
         return out
-    for m in _CARD.finditer(text):
+    for m in finditer_at(_CARD, text, run_starts(text, runs, 13)):
         raw = m.group(0)
         # One separator style throughout: "4111 1111-1111 1111" is not a card.
         if " " in raw and "-" in raw:
@@ -272,11 +338,13 @@ def iban_ok(compact: str) -> bool:
     return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
 
 
-def find_ibans(text: str) -> list[Finding]:
+def find_ibans(text: str, runs: Runs | None = None) -> list[Finding]:
     out: list[Finding] = []
-    if not has_decimal_digit(text):
+    runs = digit_runs(text) if runs is None else runs
+    if not runs:
         return out
-    for m in _IBAN_START.finditer(text):
+    # The check digits after the two letters start a digit run.
+    for m in finditer_at(_IBAN_START, text, run_starts(text, runs, 2), (-2,)):
         want = _IBAN_LENGTHS.get(m.group(1))
         if want is None:
             continue
@@ -317,18 +385,20 @@ def _ssn_valid(area: str, group: str, serial: str) -> bool:
     return area + group + serial not in _SSN_PLACEHOLDERS
 
 
-def find_ssns(text: str) -> list[Finding]:
+def find_ssns(text: str, runs: Runs | None = None) -> list[Finding]:
     out: list[Finding] = []
-    if not has_decimal_digit(text):
+    runs = digit_runs(text) if runs is None else runs
+    if not runs:
         return out
-    for m in _SSN.finditer(text):
+    starts = run_starts(text, runs, 9)
+    for m in finditer_at(_SSN, text, starts):
         if not _ssn_valid(m.group(1), m.group(3), m.group(4)):
             continue
         # "123 45 6789" with spaces is only an SSN when the text says so.
         if m.group(2) == " " and not _SSN_CONTEXT.search(text, max(0, m.start() - 40), m.start()):
             continue
         out.append(Finding(US_SSN, m.start(), m.end(), 0.9, "ssn"))
-    for m in _SSN_BARE.finditer(text):
+    for m in finditer_at(_SSN_BARE, text, starts):
         if not _ssn_valid(m.group(1), m.group(2), m.group(3)):
             continue
         if not _SSN_CONTEXT.search(text, max(0, m.start() - 40), m.start()):
@@ -355,10 +425,11 @@ def _ip_is_public_data(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> b
                 or str(addr) == "255.255.255.255")
 
 
-def find_ips(text: str) -> list[Finding]:
+def find_ips(text: str, runs: Runs | None = None) -> list[Finding]:
     out = []
-    if "." in text and has_decimal_digit(text):
-        for m in _IPV4.finditer(text):
+    runs = digit_runs(text) if runs is None else runs
+    if "." in text and runs:
+        for m in finditer_at(_IPV4, text, run_starts(text, runs, 4)):
             if _VERSION_BEFORE.search(text, max(0, m.start() - 12), m.start()):
                 continue
             raw = m.group(0)
@@ -502,14 +573,45 @@ _AWS_SECRET_WINDOW = 200
 _ALL_KEY_NEEDLES = tuple(n for _, needles, _ in _KEY_RULES for n in needles)
 
 
-def find_api_keys(text: str) -> list[Finding]:
-    out: list[Finding] = []
-    # map() over a bound method keeps the needle loop in C.
+def _rarest_char(needle: str) -> str:
+    # Punctuation, then capitals, are rarer in prose than lower-case letters.
+    return min(needle, key=lambda ch: (ch in ".,", ch.isalnum(), ch.islower(), ch in "AEIOSTC"))
+
+
+# Per rule, one character from each of its needles; per such character one
+# scan that skips ahead to it in C and checks the needles holding it around
+# it ("-(?<=sk-)", "-(?=----BEGIN )"). A needle's own find is a slower
+# substring search, and the rules' needles number two dozen.
+_KEY_RULE_MARKS = tuple({_rarest_char(n) for n in needles} for _, needles, _ in _KEY_RULES)
+
+
+def _needles_at_mark(mark: str) -> re.Pattern[str]:
+    needles = {n for (_, ns, _), marks in zip(_KEY_RULES, _KEY_RULE_MARKS, strict=True)
+               if mark in marks for n in ns if _rarest_char(n) == mark}
+    around = []
+    for n in sorted(needles):
+        i = n.index(mark)
+        before = r"(?<=" + re.escape(n[:i + 1]) + r")" if i else ""
+        after = r"(?=" + re.escape(n[i + 1:]) + r")" if n[i + 1:] else ""
+        around.append(before + after)
+    return re.compile(re.escape(mark) + r"(?:" + "|".join(around) + r")")
+
+
+_KEY_MARK_SCANS = {mark: _needles_at_mark(mark) for mark in sorted(set().union(*_KEY_RULE_MARKS))}
+
+
+def _key_rules_to_run(text: str) -> list[tuple[str, tuple[str, ...], re.Pattern[str]]]:
+    present = {mark for mark, rx in _KEY_MARK_SCANS.items() if mark in text and rx.search(text)}
+    if not present:
+        return []
     holds = text.__contains__
-    key_rules = _KEY_RULES if any(map(holds, _ALL_KEY_NEEDLES)) else ()
-    for name, needles, rx in key_rules:
-        if not any(map(holds, needles)):
-            continue
+    return [rule for rule, marks in zip(_KEY_RULES, _KEY_RULE_MARKS, strict=True)
+            if not present.isdisjoint(marks) and any(map(holds, rule[1]))]
+
+
+def find_api_keys(text: str, runs: Runs | None = None) -> list[Finding]:
+    out: list[Finding] = []
+    for name, _, rx in _key_rules_to_run(text):
         for m in rx.finditer(text):
             if name != "private-key" and is_placeholder_secret(m.group(0)):
                 continue
@@ -529,7 +631,7 @@ def find_api_keys(text: str) -> list[Finding]:
     lower = text.lower() if text.isascii() else None
     for scan, detail, cued in (
             (_assigned_secrets, "assigned", lower is None or (
-                any(map(lower.__contains__, _ASSIGNED_NEEDLES)) and ("=" in text or ":" in text))),
+                ("=" in text or ":" in text) and any(map(lower.__contains__, _ASSIGNED_NEEDLES)))),
             (_BEARER.finditer, "bearer", lower is None or "bearer" in lower),
             (_URL_PASSWORD.finditer, "url-password", "://" in text and "@" in text)):
         if not cued:

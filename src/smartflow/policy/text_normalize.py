@@ -21,7 +21,7 @@ import binascii
 import functools
 import re
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 # Invisible characters that carry nothing a reader sees. Unicode tag
@@ -58,10 +58,6 @@ _LEET_CONTEXT = 2
 
 _WORD_CHARS = r"[^\s.,;:?\"'()\[\]{}<>/\\]"
 _WORD = re.compile(_WORD_CHARS + "+")
-# A whole _WORD holding at least one _LEET character: starts only where a
-# word starts, so a word without one costs a single pass.
-_LEET_WORD = re.compile(
-    rf"(?<!{_WORD_CHARS}){_WORD_CHARS}*?[{re.escape(''.join(_LEET))}]{_WORD_CHARS}*")
 # Three or more single letters each followed by one separator: "i g n o r e".
 _SPACED = re.compile(r"(?<![^\s])(?:[^\W_][ ._\-*]){3,}[^\W_](?![^\s])")
 _BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
@@ -78,16 +74,54 @@ _HIDDEN_MARKUP = re.compile(
 )
 
 # Cheap necessary conditions for the scans above, which try every position
-# (a pattern opening with a lookbehind gets no prefix scan from re): these
-# open with a character set, so re skips to where they can start.
-_LEET_CHAR = re.compile(f"[{re.escape(''.join(_LEET))}]")
+# (a pattern opening with a lookbehind gets no prefix scan from re).
+#
+# A leet character next to a letter: every word ``_is_leet`` accepts holds
+# one (it is letters and leet characters only, at least one of each). Opens
+# with the leet set, rare in prose, so re skips to where it can start.
+
+# The remaining tests read a *shape* of the text: its ASCII bytes (any other
+# character as "?", so indexes stay those of the text) translated to one
+# byte per character class, where bytes.find and literal-led patterns run
+# at C speed instead of trying a character set at every position.
+def _shape_table(classes: dict[bytes, bytes], other: bytes) -> bytes:
+    table = bytearray(other * 256)
+    for members, code in classes.items():
+        for byte in members:
+            table[byte] = code[0]
+    return bytes(table)
+
+
+_ASCII_LETTERS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Letters "a", leet characters "1", other word characters "x", the rest
+# (what separates words) " ".
+_LEET_SHAPE = _shape_table({
+    _ASCII_LETTERS: b"a", "".join(_LEET).encode(): b"1",
+    bytes(c for c in range(128) if re.fullmatch(_WORD_CHARS, chr(c))
+          and chr(c) not in _LEET and not chr(c).isalpha()): b"x"}, b" ")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
+_BASE64_SHAPE = _shape_table(
+    {b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/_-": b"b"}, b".")
+# Sixteen base64 characters in a row: the start of every _BASE64_RUN match.
+_BASE64_MIN_RUN = b"b" * 16
+_HEX_SHAPE = _shape_table({_HEX_DIGITS: b"h", b" :": b"s"}, b".")
+# Ten hex pairs, each maybe followed by a separator: where every pair-run
+# _HEX_RUN matches starts (its ``{10,}``).
+_HEX_PAIRS = re.compile(rb"hh(?:s?hh){9}")
+# "?" stands for any non-ASCII character, which may be a letter.
+_SPACED_SHAPE = _shape_table({b" ._-*": b"s",
+                              b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789?": b"a"},
+                             b".")
 # Three single letters between separators: every _SPACED match holds one.
-_SPACED_CORE = re.compile(r"[ ._\-*][^\W_][ ._\-*][^\W_][ ._\-*]")
-# Four hex pairs: the start of every pair-run _HEX_RUN matches.
-_HEX_PAIRS = re.compile(r"[0-9a-fA-F][0-9a-fA-F][ :]?" * 3 + r"[0-9a-fA-F][0-9a-fA-F]")
+_SPACED_CORE = b"sasas"
+
+
+def _shape(text: str, table: bytes) -> bytes:
+    return text.encode("ascii", "replace").translate(table)
+
 _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
-# A _WORD holding a leetspeak or a non-ASCII character (see _LEET_WORD); the
-# only non-ASCII characters outside words are spaces.
+# A whole _WORD holding a leetspeak or a non-ASCII character (starts only
+# where a word starts); the only non-ASCII characters outside words are spaces.
 _NON_ASCII_WORD_CHAR = r"[^\s\x00-\x7f]"
 _SPECIAL_WORD = re.compile(rf"(?<!{_WORD_CHARS}){_WORD_CHARS}*?"
                            rf"(?:[{re.escape(''.join(_LEET))}]|{_NON_ASCII_WORD_CHAR}){_WORD_CHARS}*")
@@ -103,8 +137,9 @@ class TextView:
 
     text: str
     # offsets[i] is the original index of text[i]; one extra entry at the end
-    # (the original length, or the end of the decoded run).
-    offsets: list[int]
+    # (the original length, or the end of the decoded run). A range when the
+    # view is the original text as it is.
+    offsets: Sequence[int]
     # How the view was obtained: "plain", "rot13", "base64", "hex".
     kind: str
     # What de-obfuscation it took (e.g. {"homoglyph", "zero_width"}); empty
@@ -154,10 +189,13 @@ def _plain_view(text: str, base: int, end: int) -> TextView:
     if text.isascii():
         # Invisible, tag and look-alike characters are all non-ASCII: the
         # character pass below would copy every character as it is.
-        out, offsets = _map_words(text, list(range(base, base + len(text))), tricks)
-        out, offsets = _collapse_spaced(out, offsets, tricks)
-        offsets.append(end)
-        return TextView(out, offsets, "plain", tricks)
+        identity = range(base, base + len(text))
+        out, kept = _map_words(text, identity, tricks)
+        out, kept = _collapse_spaced(out, kept, tricks)
+        if kept is identity and end == identity.stop:
+            # Nothing moved: a range holds the same offsets without a list of ints.
+            return TextView(out, range(base, end + 1), "plain", tricks)
+        return TextView(out, [*kept, end], "plain", tricks)
     last = 0
     for run in _NON_ASCII_RUN.finditer(text):
         # ASCII characters are copied as they are.
@@ -174,10 +212,9 @@ def _plain_view(text: str, base: int, end: int) -> TextView:
     chars.append(text[last:])
     offsets.extend(range(base + last, base + len(text)))
     out = "".join(chars)
-    out, offsets = _map_words(out, offsets, tricks)
-    out, offsets = _collapse_spaced(out, offsets, tricks)
-    offsets.append(end)
-    return TextView(out, offsets, "plain", tricks)
+    out, kept = _map_words(out, offsets, tricks)
+    out, kept = _collapse_spaced(out, kept, tricks)
+    return TextView(out, [*kept, end], "plain", tricks)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -198,7 +235,7 @@ def _fold_char(char: str) -> tuple[str, str | None]:
     return folded, trick
 
 
-def _map_words(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, list[int]]:
+def _map_words(text: str, offsets: Sequence[int], tricks: set[str]) -> tuple[str, Sequence[int]]:
     """Homoglyph and leetspeak folding, word by word (one char for one)."""
     if text.isascii():
         return _unleet_ascii(text, tricks), offsets
@@ -228,25 +265,63 @@ def _map_words(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, li
 
 
 def _unleet_ascii(text: str, tricks: set[str]) -> str:
-    # Only leetspeak can apply, and only to words holding a leet character.
-    if _LEET_CHAR.search(text) is None:
-        return text
+    # Only leetspeak can apply, and only to words of letters and leet characters.
     strict: list[tuple[int, str]] = []
     loose: list[tuple[int, str]] = []
-    for match in _LEET_WORD.finditer(text):
-        word = match.group()
-        if _is_email_part(text, match.start(), match.end()):
+    for start, end in _leet_candidates(text):
+        word = text[start:end]
+        if _is_email_part(text, start, end):
             continue
         if _is_leet(word):
-            strict.append((match.start(), word))
+            strict.append((start, word))
         elif _is_leet(word, loose=True):
-            loose.append((match.start(), word))
+            loose.append((start, word))
     if len(strict) >= _LEET_CONTEXT:
         strict.extend(loose)
     if strict:
         tricks.add("leetspeak")
     return _replace_words(text, [(start, "".join(_LEET.get(c, c) for c in word))
                                  for start, word in strict])
+
+
+def _leet_candidates(text: str) -> Iterator[tuple[int, int]]:
+    """Spans, in order, of the ``_WORD``s that ``_is_leet`` may accept (ASCII text).
+
+    Those are made of letters and leet characters only, with at least one
+    of each, so hold a leet character next to a letter: found from there,
+    the few such places, instead of every word with a leet character.
+    """
+    shape = _shape(text, _LEET_SHAPE)
+    none_left = len(shape)
+    position = 0
+    # Where a leet character follows a letter, and where one precedes one:
+    # each searched for again only once passed, so a sparse one is not
+    # searched for anew from every hit of a dense one.
+    after_letter = before_letter = -1
+    while True:
+        if after_letter < position:
+            after_letter = _find(shape, b"a1", position, none_left)
+        if before_letter < position:
+            before_letter = _find(shape, b"1a", position, none_left)
+        at = min(after_letter, before_letter)
+        if at == none_left:
+            return
+        # The word around: from the separator before to the one after.
+        start = max(shape.rfind(b" ", position, at), shape.rfind(b"x", position, at)) + 1
+        position = end = _find(shape, b" ", at, none_left)
+        # A whole word (not one that goes on with another word character)
+        # of letters and leet characters only.
+        whole = start == 0 or shape[start - 1] == _SEPARATOR
+        if whole and shape.find(b"x", start, end) < 0:
+            yield start, end
+
+
+_SEPARATOR = ord(" ")
+
+
+def _find(shape: bytes, part: bytes, position: int, none_left: int) -> int:
+    found = shape.find(part, position)
+    return none_left if found < 0 else found
 
 
 def _replace_words(text: str, replaced: list[tuple[int, str]]) -> str:
@@ -281,8 +356,9 @@ def _is_leet(word: str, *, loose: bool = False) -> bool:
     return letters + leet == len(word) and (loose or letters >= leet)
 
 
-def _collapse_spaced(text: str, offsets: list[int], tricks: set[str]) -> tuple[str, list[int]]:
-    if not _SPACED_CORE.search(text) or not _SPACED.search(text):
+def _collapse_spaced(text: str, offsets: Sequence[int], tricks: set[str]
+                    ) -> tuple[str, Sequence[int]]:
+    if _SPACED_CORE not in _shape(text, _SPACED_SHAPE) or not _SPACED.search(text):
         return text, offsets
     chars: list[str] = []
     kept: list[int] = []
@@ -316,7 +392,7 @@ def _rot13_view(plain: TextView) -> TextView:
 
 def _decoded_views(text: str) -> list[TextView]:
     views: list[TextView] = []
-    for match in _BASE64_RUN.finditer(text):
+    for match in _base64_runs(text):
         decoded = _decode_base64(match.group())
         if decoded is not None:
             views.append(_decoded(decoded, match.start(), match.end(), "base64"))
@@ -331,14 +407,31 @@ def _decoded_views(text: str) -> list[TextView]:
     return views
 
 
+def _base64_runs(text: str) -> Iterator[re.Match[str]]:
+    """``_BASE64_RUN.finditer(text)``, tried only where sixteen base64 characters start."""
+    shape = _shape(text, _BASE64_SHAPE)
+    position = 0
+    while (start := shape.find(_BASE64_MIN_RUN, position)) >= 0:
+        # Searched from outside a run, the first hit is where a run starts,
+        # the only place in it a match can start (the lookbehind).
+        match = _BASE64_RUN.match(text, start)
+        if match is not None:
+            yield match
+            position = match.end()
+        else:
+            run_end = shape.find(b".", start)
+            position = len(text) if run_end < 0 else run_end
+
+
 def _hex_runs(text: str) -> Iterator[re.Match[str]]:
-    """``_HEX_RUN.finditer(text)``, tried only where a run can start: at "\\x" or four hex pairs."""
+    """``_HEX_RUN.finditer(text)``, tried only where a run can start: at "\\x" or ten hex pairs."""
     position = 0
     escaped = text.find("\\x")
+    shape = _shape(text, _HEX_SHAPE)
     while True:
         if 0 <= escaped < position:
             escaped = text.find("\\x", position)
-        pairs = _HEX_PAIRS.search(text, position)
+        pairs = _HEX_PAIRS.search(shape, position)
         starts = [at for at in (escaped, pairs.start() if pairs else -1) if at >= 0]
         if not starts:
             return
