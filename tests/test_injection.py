@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import random
 import time
 from pathlib import Path
 
@@ -273,6 +274,14 @@ def test_rule_gate_never_skips_a_rule_that_matches() -> None:
     variants = [v for t in texts for v in (
         t, t.upper(), t.title(), t.replace(" ", "\n"), t.replace(" ", "_"), t.replace("s", "\u017f"),
         base64.b64encode(t.encode()).decode(), codecs.encode(t, "rot13"))]
+    # Long texts (tool results, retrieved pages) are gated per sentence chunk
+    # too: attacks planted among many others and ordinary prose, joined with
+    # and without sentence ends.
+    rng = random.Random(13)
+    prose = [t for t in texts if len(t) > 40]
+    for joiner in (" ", ". ", "\n", ""):
+        for _ in range(12):
+            variants.append(joiner.join(rng.choice(prose) for _ in range(rng.randint(8, 40))))
     matched = 0
     for text in variants:
         expected = _every_rule_match(text)
@@ -283,14 +292,10 @@ def test_rule_gate_never_skips_a_rule_that_matches() -> None:
 
 
 def _production_rule_match(text: str) -> set[tuple[int, int, str, str]]:
-    """What the detector's own path finds: the rules its gate picks, each tried
-    only where one of its opening words occurs."""
-    from smartflow.policy.injection import _matches, _RunWords, _view_rules
+    """What the detector's own path finds: the rules its gates pick (per view,
+    and per sentence chunk of a long one), each tried only where one of its
+    opening words occurs."""
+    from smartflow.policy.injection import _rule_matches, _RunWords
 
-    found = set()
-    run_words = _RunWords()
-    for view, rules, lowered in _view_rules(normalize(text), run_words):
-        for rule in rules:
-            for m in _matches(rule, view.text, lowered):
-                found.add((*view.span(m.start(), m.end()), view.kind, rule.category))
-    return found
+    return {(*view.span(m.start(), m.end()), view.kind, rule.category)
+            for view, rule, m in _rule_matches(normalize(text), _RunWords())}

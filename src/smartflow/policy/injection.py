@@ -24,6 +24,7 @@ previous instructions'") is, because the model reads the quote all the same.
 from __future__ import annotations
 
 import functools
+import itertools
 import operator
 import re
 import re._compiler as sre_compile  # type: ignore[import-not-found]  # stdlib; no stub
@@ -155,6 +156,9 @@ class _Rule:
     # Leads that lower-casing cannot find (Cyrillic): their first characters,
     # matched as the rule matches them; a text with none cannot match.
     first_chars: re.Pattern[str] | None = None
+    # No match contains a ".": every match lies within one of the text's
+    # stretches between periods (see ``_SentenceChunks``).
+    within_sentence: bool = False
 
     def may_match(self, view: _GateView) -> bool:
         if view.is_ascii and self.needs_non_ascii:
@@ -175,7 +179,8 @@ def _rule(category: str, pattern: str, language: str = "en") -> _Rule:
     lead = re.compile(_trie(leads)) if leads else None
     return _Rule(category, re.compile(pattern, re.IGNORECASE), language, required,
                  needs_non_ascii, tuple(g.tagged() for g in required), lead,
-                 () if lead else _led_tails(pattern), _first_chars(pattern))
+                 () if lead else _led_tails(pattern), _first_chars(pattern),
+                 _never_consumes(pattern, _CHUNK_BARRIER))
 
 
 # ---------------------------------------------------------------- rule gate
@@ -199,6 +204,8 @@ _ASCII_CASE_TWINS = frozenset("\u0130\u0131\u017f\u212a")
 _ANYWHERE_TAG = "~"
 _WORD_START_AT = frozenset((sre_parse.AT_BOUNDARY, sre_parse.AT_BEGINNING,
                             sre_parse.AT_BEGINNING_STRING))
+# Nearly every rule stays within a sentence: no match contains a period.
+_CHUNK_BARRIER = "."
 
 
 def _is_letters(word: str) -> bool:
@@ -402,6 +409,70 @@ def _optional_char(item: Any) -> str | None:
         if len(body) == 1 and body[0][0] is sre_parse.LITERAL:
             return chr(body[0][1])
     return None
+
+
+# What a one-character class of a parsed pattern is, as a regex to test a character with.
+_CATEGORY_CLASS = {sre_parse.CATEGORY_SPACE: r"\s", sre_parse.CATEGORY_NOT_SPACE: r"\S",
+                   sre_parse.CATEGORY_WORD: r"\w", sre_parse.CATEGORY_NOT_WORD: r"\W",
+                   sre_parse.CATEGORY_DIGIT: r"\d", sre_parse.CATEGORY_NOT_DIGIT: r"\D"}
+_ZERO_WIDTH = (sre_parse.AT, sre_parse.ASSERT, sre_parse.ASSERT_NOT)
+
+
+def _never_consumes(pattern: str, char: str) -> bool:
+    """Whether no match of ``pattern`` can contain ``char`` (a character without case).
+
+    Read from the parsed regex; anything the walk does not understand
+    counts as able to consume it (which only costs speed). Lookarounds may
+    read it: they consume nothing.
+    """
+    try:
+        parsed = sre_parse.parse(pattern, re.IGNORECASE)
+        return not _may_consume(list(parsed), char, parsed.state.flags)
+    except Exception:  # noqa: BLE001 - an unexpected parser shape means "may", never an error
+        return False
+
+
+def _may_consume(items: list[Any], char: str, flags: int) -> bool:
+    for op, arg in items:
+        if op in _ZERO_WIDTH:
+            continue
+        if op is sre_parse.LITERAL:
+            found = chr(arg) == char
+        elif op is sre_parse.NOT_LITERAL:
+            found = chr(arg) != char
+        elif op is sre_parse.IN:
+            found = _in_class(arg, char)
+        elif op is sre_parse.ANY:
+            found = char != "\n" or bool(flags & re.DOTALL)
+        elif op in (sre_parse.MAX_REPEAT, sre_parse.MIN_REPEAT):
+            found = arg[1] > 0 and _may_consume(list(arg[2]), char, flags)
+        elif op is sre_parse.SUBPATTERN:
+            found = _may_consume(list(arg[3]), char, (flags | arg[1]) & ~arg[2])
+        elif op is sre_parse.BRANCH:
+            found = any(_may_consume(list(branch), char, flags) for branch in arg[1])
+        else:
+            found = True  # back-references, atomic groups, ...: anything
+        if found:
+            return True
+    return False
+
+
+def _in_class(items: list[Any], char: str) -> bool:
+    """Whether a parsed character class ``[...]`` matches ``char``."""
+    negated = False
+    member = False
+    for op, arg in items:
+        if op is sre_parse.NEGATE:
+            negated = True
+        elif op is sre_parse.LITERAL:
+            member = member or chr(arg) == char
+        elif op is sre_parse.RANGE:
+            member = member or arg[0] <= ord(char) <= arg[1]
+        elif op is sre_parse.CATEGORY and arg in _CATEGORY_CLASS:
+            member = member or re.fullmatch(_CATEGORY_CLASS[arg], char) is not None
+        else:
+            return True
+    return member != negated
 
 
 def _trie(words: Iterable[str]) -> str:
@@ -876,6 +947,66 @@ class _GroupBits:
 
 
 _GROUPS = _GroupBits.of(_RULES)
+
+
+# ------------------------------------------------------- gate, per stretch
+#
+# On a long text (a retrieved page, a tool result) nearly every rule's gate
+# words occur somewhere, so the whole-text gate passes and the rule is tried
+# at every one of its leads ("show", "tell", ...). A rule whose matches never
+# hold a period lies within one stretch between periods; the text is cut at
+# periods into chunks of a few hundred characters, each gets its own gate
+# bits, and the rule's leads are tried only in chunks that have all its gate
+# groups. A match's gate words lie inside it, so a skipped chunk holds no
+# match: the findings are those of trying every lead.
+
+# A rule's gate bits, for the rules that may be gated per chunk.
+_CHUNK_NEEDS = {id(rule): need for rule, need in zip(_RULES, _GROUPS.needs, strict=True)
+                if rule.within_sentence and rule.lead is not None and need}
+# Chunks end at the first period this far past their start; below twice
+# that a text is one chunk (the whole-text gate already decided).
+_CHUNK_CHARS = 400
+
+
+class _SentenceChunks:
+    """A view's text cut after periods into chunks, with the gate groups each chunk meets."""
+
+    __slots__ = ("_bits", "_bounds")
+
+    def __init__(self, bounds: list[int], bits: list[int]) -> None:
+        # Chunk k is text[bounds[k]:bounds[k + 1]].
+        self._bounds = bounds
+        self._bits = bits
+
+    @classmethod
+    def of(cls, text: str, lowered: str, run_words: _RunWords) -> _SentenceChunks | None:
+        bounds = [0]
+        end = text.find(_CHUNK_BARRIER, _CHUNK_CHARS)
+        while end >= 0:
+            # Right after a period: no letter run crosses the cut, so a
+            # chunk's runs (and what starts one) are the whole text's.
+            bounds.append(end + 1)
+            end = text.find(_CHUNK_BARRIER, end + 1 + _CHUNK_CHARS)
+        if len(bounds) == 1:
+            return None
+        if bounds[-1] < len(text):
+            bounds.append(len(text))
+        elsewhere = _GROUPS.elsewhere(lowered)
+        bits = [run_words.groups(_letter_runs(lowered[start:end])) | elsewhere
+                for start, end in itertools.pairwise(bounds)]
+        return cls(bounds, bits)
+
+    def spans(self, need: int) -> list[tuple[int, int]]:
+        """The stretches of adjacent chunks that meet every group in ``need``, as (start, end)."""
+        spans: list[tuple[int, int]] = []
+        bounds = self._bounds
+        for index, bits in enumerate(self._bits):
+            if bits & need == need:
+                if spans and spans[-1][1] == bounds[index]:
+                    spans[-1] = (spans[-1][0], bounds[index + 1])
+                else:
+                    spans.append((bounds[index], bounds[index + 1]))
+        return spans
 _ROT13_LETTERS = str.maketrans("abcdefghijklmnopqrstuvwxyz", "nopqrstuvwxyzabcdefghijklm")
 
 
@@ -975,13 +1106,19 @@ def _view_rules(norm: NormalizedText, run_words: _RunWords
             yield view, rules, view_lowered
 
 
-def _matches(rule: _Rule, text: str, lowered: str | None) -> Iterator[re.Match[str]]:
-    """``rule.pattern.finditer(text)``, trying only positions where a match can start."""
+def _matches(rule: _Rule, text: str, lowered: str | None, chunks: _SentenceChunks | None = None
+             ) -> Iterator[re.Match[str]]:
+    """``rule.pattern.finditer(text)``, trying only positions where a match can start.
+
+    ``chunks`` (of ``text``, from ``lowered``) rules out the chunks that lack the rule's gate words.
+    """
     if rule.first_chars is not None and rule.first_chars.search(text) is None:
         return iter(())
     if lowered is None:
         return rule.pattern.finditer(text)
     if rule.lead is not None:
+        if chunks is not None and (need := _CHUNK_NEEDS.get(id(rule))):
+            return _led_matches_within(rule.pattern, rule.lead, text, lowered, chunks.spans(need))
         return _led_matches(rule.pattern, rule.lead, text, lowered)
     if rule.tails:
         # Every tail's lead first: a scan in C each, no match tried.
@@ -1010,6 +1147,31 @@ def _led_matches(pattern: re.Pattern[str], lead: re.Pattern[str], text: str, low
         position = match.end()
 
 
+def _led_matches_within(pattern: re.Pattern[str], lead: re.Pattern[str], text: str, lowered: str,
+                        spans: list[tuple[int, int]]) -> Iterator[re.Match[str]]:
+    """``_led_matches`` where every match starts in one of ``spans`` (sorted, disjoint)."""
+    find_lead = lead.search
+    match_at = pattern.match
+    position = 0
+    for span_start, span_end in spans:
+        position = max(position, span_start)
+        while position < span_end:
+            # No ``endpos``: it would cut a lead (or the match) short at the span's end.
+            found = find_lead(lowered, position)
+            if found is None:
+                return
+            start = found.start()
+            if start >= span_end:
+                position = start
+                break
+            match = match_at(text, start)
+            if match is None:
+                position = start + 1
+                continue
+            yield match
+            position = match.end()
+
+
 # Sentences a planted instruction tends to contain; only windows with one of
 # these are embedded, so a long benign page costs no extra model calls.
 _CUE = re.compile(
@@ -1020,6 +1182,21 @@ _WINDOW_CHARS = 320
 _MAX_WINDOWS = 6
 # A text this short is one window: its request embedding is all we need.
 _SHORT_TEXT = 400
+
+
+def _rule_matches(norm: NormalizedText, run_words: _RunWords
+                  ) -> Iterator[tuple[TextView, _Rule, re.Match[str]]]:
+    """Every rule match in every view, each rule tried only where its gate
+    (whole view, then per sentence chunk of a long one) lets it match."""
+    for view, rules, lowered in _view_rules(norm, run_words):
+        text = view.text
+        chunks = None
+        if lowered is not None and len(text) >= 2 * _CHUNK_CHARS and any(
+                id(rule) in _CHUNK_NEEDS for rule in rules):
+            chunks = _SentenceChunks.of(text, lowered, run_words)
+        for rule in rules:
+            for match in _matches(rule, text, lowered, chunks):
+                yield view, rule, match
 
 
 class InjectionDetector(HeadDetector):
@@ -1054,13 +1231,10 @@ class InjectionDetector(HeadDetector):
 
     def _rule_hits(self, norm: NormalizedText) -> list[Hit]:
         hits: list[Hit] = []
-        for view, rules, lowered in _view_rules(norm, self._run_words):
-            text = view.text
-            for rule in rules:
-                for match in _matches(rule, text, lowered):
-                    start, end = view.span(match.start(), match.end())
-                    hits.append(Hit(start, end, RULE_SCORE,
-                                     _category(rule, view, norm, start, end, match.group())))
+        for view, rule, match in _rule_matches(norm, self._run_words):
+            start, end = view.span(match.start(), match.end())
+            hits.append(Hit(start, end, RULE_SCORE,
+                             _category(rule, view, norm, start, end, match.group())))
         return hits
 
     # ------------------------------------------------------------------ model
