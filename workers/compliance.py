@@ -15,7 +15,6 @@ import signal
 
 from smartflow.compliance.server import serve_compliance
 from smartflow.process.exit_codes import EXIT_OK
-from smartflow.process.heartbeat import HEARTBEAT_INTERVAL_S
 from smartflow.process.json_log import log_event
 from smartflow.process.worker_context import WorkerContext
 
@@ -32,7 +31,7 @@ async def _serve(context: WorkerContext) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    heartbeat = loop.create_task(_beat(context))
+    heartbeat = loop.create_task(context.beat_forever())
     compliance = settings.compliance
     log_event("info", "compliance_started", host=compliance.host, port=compliance.port)
     try:
@@ -44,9 +43,3 @@ async def _serve(context: WorkerContext) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
     return EXIT_OK
-
-
-async def _beat(context: WorkerContext) -> None:
-    while True:
-        context.report_alive()
-        await asyncio.sleep(HEARTBEAT_INTERVAL_S)

@@ -22,7 +22,6 @@ from smartflow.app import RequestTelemetry, build_app
 from smartflow.http.transport import HTTPServer
 from smartflow.process.binding import bind_listener
 from smartflow.process.exit_codes import EXIT_BIND_FAILED, EXIT_OK
-from smartflow.process.heartbeat import HEARTBEAT_INTERVAL_S
 from smartflow.process.json_log import log_event
 from smartflow.process.tls import build_server_ssl_context
 from smartflow.process.worker_context import WorkerContext
@@ -116,7 +115,7 @@ async def _serve(context: WorkerContext, sock: socket.socket) -> int:
     context.report_ready()
     try:
         async with asyncio.TaskGroup() as tasks:
-            heartbeat = tasks.create_task(_beat_heartbeat(context))
+            heartbeat = tasks.create_task(context.beat_forever())
             flusher = tasks.create_task(telemetry.run_flusher(FLUSH_INTERVAL_S))
             await retire.wait()
             await server.accept_backlog_and_close_listener()
@@ -131,14 +130,3 @@ async def _serve(context: WorkerContext, sock: socket.socket) -> int:
         with contextlib.suppress(Exception):
             await redis.aclose()
     return EXIT_OK
-
-
-async def _beat_heartbeat(context: WorkerContext) -> None:
-    """Tell the supervisor this worker's event loop is turning.
-
-    It runs on the loop itself, so a loop blocked by a handler stops the
-    beats, and the supervisor kills the worker after supervisor.worker_timeout.
-    """
-    while True:
-        context.report_alive()
-        await asyncio.sleep(HEARTBEAT_INTERVAL_S)

@@ -15,7 +15,6 @@ import socket
 
 from smartflow.audit.shipper import Shipper, ShipperMetrics, build_sinks
 from smartflow.process.exit_codes import EXIT_OK
-from smartflow.process.heartbeat import HEARTBEAT_INTERVAL_S
 from smartflow.process.json_log import log_event
 from smartflow.process.worker_context import WorkerContext
 from smartflow.store.fast_client import create_store_client
@@ -57,7 +56,7 @@ async def _ship(context: WorkerContext) -> int:
     log_event("info", "shipper_started", consumer=consumer,
               sinks=[sink.name for sink in shipper.sinks])
     context.report_ready()
-    heartbeat = loop.create_task(_beat(context))
+    heartbeat = loop.create_task(context.beat_forever())
     try:
         await shipper.run(stopping)
     finally:
@@ -67,9 +66,3 @@ async def _ship(context: WorkerContext) -> int:
         with contextlib.suppress(Exception):
             await client.aclose()
     return EXIT_OK
-
-
-async def _beat(context: WorkerContext) -> None:
-    while True:
-        context.report_alive()
-        await asyncio.sleep(HEARTBEAT_INTERVAL_S)

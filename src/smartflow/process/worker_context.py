@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from smartflow.config import Settings
-from smartflow.process.heartbeat import Heartbeat
+from smartflow.process.heartbeat import HEARTBEAT_INTERVAL_S, Heartbeat
 
 READY_BYTE = b"R"
 
@@ -39,6 +40,16 @@ class WorkerContext:
     def report_alive(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.beat()
+
+    async def beat_forever(self) -> None:
+        """Tell the supervisor this process's event loop is turning.
+
+        It runs on the loop itself, so a loop blocked by a handler stops the
+        beats, and the supervisor kills the process after supervisor.worker_timeout.
+        """
+        while True:
+            self.report_alive()
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
 
 # A role's entry point: runs in the forked child, returns its exit status.
