@@ -810,19 +810,7 @@ def _matches(rule: _Rule, text: str, lowered: str | None, chunks: _SentenceChunk
 def _led_matches(pattern: re.Pattern[str], lead: re.Pattern[str], text: str, lowered: str
                  ) -> Iterator[re.Match[str]]:
     """``pattern.finditer(text)`` where ``lead`` finds, in ``lowered``, every place a match can start."""
-    find_lead = lead.search
-    match_at = pattern.match
-    position = 0
-    while (found := find_lead(lowered, position)) is not None:
-        start = found.start()
-        # ``pos`` (unlike slicing) keeps what \b and lookbehinds see before it.
-        match = match_at(text, start)
-        if match is None:
-            position = start + 1
-            continue
-        yield match
-        # A match holds its lead literal, so it is never empty.
-        position = match.end()
+    return _led_matches_within(pattern, lead, text, lowered, [(0, len(text))])
 
 
 def _led_matches_within(pattern: re.Pattern[str], lead: re.Pattern[str], text: str, lowered: str,
@@ -842,11 +830,13 @@ def _led_matches_within(pattern: re.Pattern[str], lead: re.Pattern[str], text: s
             if start >= span_end:
                 position = start
                 break
+            # ``pos`` (unlike slicing) keeps what \b and lookbehinds see before it.
             match = match_at(text, start)
             if match is None:
                 position = start + 1
                 continue
             yield match
+            # A match holds its lead literal, so it is never empty.
             position = match.end()
 
 
