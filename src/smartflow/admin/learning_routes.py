@@ -171,9 +171,10 @@ def register_learning_routes(router: Router, admin: AdminContext,
                 call_id, outcome, guardrail=_optional_str(body, "guardrail"),
                 policy=_optional_str(body, "policy"), note=_optional_str(body, "note"))
         except UnknownCall:
-            raise not_found(f"Call {call_id[:100]!r} is not in the decision log: unknown, "
-                            f"older or fewer than it keeps, or judged by the pattern "
-                            f"checks alone (no request embedding to learn from)") from None
+            # not_found appends "not found.": the reasons go in parentheses before it.
+            raise not_found(f"Call {call_id[:100]!r} (unknown, older or fewer than the "
+                            f"decision log keeps, or judged by the pattern checks alone, "
+                            f"with no request embedding to learn from)") from None
         except FeedbackError as exc:
             raise _bad(exc.message, exc.param, exc.code) from None
         return json_answer(answer)
