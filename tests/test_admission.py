@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from smartflow.keys.admission import Admission, Grant, Refusal, Scope
+from smartflow.keys.admission import SETTLE_INTERVAL_S, Admission, Grant, Refusal, Scope
 from smartflow.keys.money import to_nano
 from smartflow.keys.periods import PeriodClock
 from smartflow.keys.records import Limits, Team, VirtualKey
@@ -217,6 +217,16 @@ class CountingClient:
         return await self.inner.run_script(script, keys, args)  # type: ignore[arg-type]
 
 
+def _counted(client: tuple[StoreClient, bool], *, leasing: bool
+             ) -> tuple[CountingClient, IdentityStore, Admission]:
+    """An Admission whose script calls are counted, and the store beside it."""
+    store_client, cluster = client
+    counting = CountingClient(store_client)
+    admission = Admission(counting, CLOCK, cluster=cluster, hold_s=60)  # type: ignore[arg-type]
+    admission.set_leasing(leasing)
+    return counting, IdentityStore(store_client, CLOCK), admission
+
+
 async def _wait_for_lease(admission: Admission, scope: Scope) -> None:
     deadline = asyncio.get_running_loop().time() + 10
     while scope.ref not in admission._leases:
@@ -226,11 +236,8 @@ async def _wait_for_lease(admission: Admission, scope: Scope) -> None:
 
 async def test_far_from_its_limits_a_scope_is_served_from_a_lease_and_settles_exactly(
         client: tuple[StoreClient, bool]) -> None:
-    store_client, cluster = client
-    counting = CountingClient(store_client)
-    store = IdentityStore(store_client, CLOCK)
-    admission = Admission(counting, CLOCK, cluster=cluster, hold_s=60)  # type: ignore[arg-type]
-    admission.set_leasing(True)
+    store_client, _cluster = client
+    counting, store, admission = _counted(client, leasing=True)
     key = await _key(store, Limits(max_budget=1000.0, rpm_limit=100_000, tpm_limit=10**8))
     scope = _scope(key)
     first = await admission.reserve([scope], to_nano(0.01), 20)
@@ -255,13 +262,70 @@ async def test_far_from_its_limits_a_scope_is_served_from_a_lease_and_settles_ex
     assert int(await store_client.execute("HGET", tpm, "total", key=tpm)) == 201 * 20
 
 
+async def test_a_busy_scope_renews_its_lease_before_it_runs_out_and_settles_exactly(
+        client: tuple[StoreClient, bool]) -> None:
+    """3,000 calls in a hurry: after the first, none waits for Redis (the next
+    lease is asked for while the current one still has room, and sized to the
+    rate), and what was spent, held and counted is exact afterwards."""
+    store_client, _cluster = client
+    counting, store, admission = _counted(client, leasing=True)
+    key = await _key(store, Limits(max_budget=10_000.0, rpm_limit=1_000_000,
+                                   tpm_limit=10**9))
+    scope = _scope(key)
+    first = await admission.reserve([scope], to_nano(0.01), 20)
+    assert isinstance(first, Grant) and not first.leases
+    await _wait_for_lease(admission, scope)
+    before = counting.scripts
+    grants = []
+    for index in range(3000):
+        grant = admission.from_leases([scope], to_nano(0.01), 20)
+        assert grant is not None, f"call {index} found no room in a lease"
+        grants.append(grant)
+        if index % 50 == 49:
+            await asyncio.sleep(0.005)  # a renewal's reply lands between calls
+    # Without renewal a call would find the lease used up every 256 calls;
+    # sized to the rate, far fewer leases serve them all.
+    assert counting.scripts - before < 3000 // 256
+    for grant in [first, *grants]:
+        admission.settle_later(grant, model="m", cost_usd=0.005, prompt_tokens=10,
+                               completion_tokens=10, counts_request=True, elapsed_s=0.1)
+    await admission.drain()  # gives back what remains of the leases
+    view = await _spend(store, key)
+    assert view["spend"] == pytest.approx(3001 * 0.005)
+    assert view["reserved"] == 0.0 and view["in_flight"] == 0
+    rpm, tpm = scope.keys.rpm, scope.keys.tpm
+    assert int(await store_client.execute("HGET", rpm, "total", key=rpm)) == 3001
+    assert int(await store_client.execute("HGET", tpm, "total", key=tpm)) == 3001 * 20
+
+
+async def test_settlements_travel_together_at_most_one_script_per_interval(
+        client: tuple[StoreClient, bool]) -> None:
+    counting, store, admission = _counted(client, leasing=False)
+    key = await _key(store, Limits(max_budget=1000.0))
+    grants = await asyncio.gather(*(admission.reserve([_scope(key)], to_nano(0.01), 0)
+                                    for _ in range(600)))
+    assert all(isinstance(g, Grant) for g in grants)
+    loop = asyncio.get_running_loop()
+    before, started = counting.scripts, loop.time()
+    for index, grant in enumerate(grants):
+        assert isinstance(grant, Grant)
+        admission.settle_later(grant, model="m", cost_usd=0.002, prompt_tokens=1,
+                               completion_tokens=1, counts_request=True, elapsed_s=0.01)
+        if index % 10 == 9:
+            await asyncio.sleep(0.001)  # a settle could go out at any of these
+    await admission.drain()
+    elapsed = loop.time() - started
+    # One settle per SETTLE_INTERVAL_S at most (plus the one drain forces),
+    # however many calls end meanwhile; per call it would be 600.
+    assert counting.scripts - before <= elapsed / SETTLE_INTERVAL_S + 2
+    view = await _spend(store, key)
+    assert view["spend"] == pytest.approx(600 * 0.002)
+    assert view["reserved"] == 0.0
+
+
 async def test_near_a_limit_every_call_goes_to_redis(
         client: tuple[StoreClient, bool]) -> None:
-    store_client, cluster = client
-    counting = CountingClient(store_client)
-    store = IdentityStore(store_client, CLOCK)
-    admission = Admission(counting, CLOCK, cluster=cluster, hold_s=60)  # type: ignore[arg-type]
-    admission.set_leasing(True)
+    counting, store, admission = _counted(client, leasing=True)
     key = await _key(store, Limits(max_budget=1.0))
     for _ in range(5):
         assert isinstance(await admission.reserve([_scope(key)], to_nano(0.01), 0), Grant)
@@ -271,11 +335,7 @@ async def test_near_a_limit_every_call_goes_to_redis(
 
 async def test_a_revoked_lease_goes_back_and_the_next_call_asks_redis(
         client: tuple[StoreClient, bool]) -> None:
-    store_client, cluster = client
-    counting = CountingClient(store_client)
-    store = IdentityStore(store_client, CLOCK)
-    admission = Admission(counting, CLOCK, cluster=cluster, hold_s=60)  # type: ignore[arg-type]
-    admission.set_leasing(True)
+    counting, store, admission = _counted(client, leasing=True)
     key = await _key(store, Limits(max_budget=1000.0))
     scope = _scope(key)
     assert isinstance(await admission.reserve([scope], to_nano(0.01), 0), Grant)

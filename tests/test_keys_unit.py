@@ -18,7 +18,7 @@ from smartflow.keys.records import (
 )
 from smartflow.keys.store import hash_key, looks_like_virtual_key, new_plaintext_key
 from smartflow.providers.base import Prices
-from smartflow.proxy.key_stages import _max_output_tokens
+from smartflow.proxy.key_stages import _requested_output_tokens
 from smartflow.store.keyspace import SCOPE_KEY
 
 
@@ -68,10 +68,10 @@ def test_money_is_exact_in_nano_usd() -> None:
 def test_the_worst_case_counts_every_allowed_output_token() -> None:
     prices = Prices(input_per_mtok=1.0, output_per_mtok=10.0, per_request=0.001)
     assert worst_case_nano(prices, 1000, 500) == to_nano(0.001 + 0.001 + 0.005)
-    assert _max_output_tokens({"max_tokens": 100}, 4096, 2048) == 100
-    assert _max_output_tokens({"max_completion_tokens": 50, "n": 3}, 4096, 2048) == 150
-    assert _max_output_tokens({}, 4096, 2048) == 4096
-    assert _max_output_tokens({"max_tokens": True}, 0, 2048) == 2048
+    assert _requested_output_tokens({"max_tokens": 100}) == 100
+    assert _requested_output_tokens({"max_completion_tokens": 50, "n": 3}) == 150
+    assert _requested_output_tokens({}) == 0  # the model's limit applies, else the default
+    assert _requested_output_tokens({"max_tokens": True}) == 0
 
 
 def test_key_fields_are_checked_with_the_field_named() -> None:

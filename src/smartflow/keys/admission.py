@@ -21,7 +21,9 @@ corrects the TPM window to the actual tokens, and adds to the spend ledger.
 Both run in batches: every admission a worker asks for in one event-loop
 turn goes to Redis as one script call (one round trip, one script run, the
 scopes' state read and written once for the batch), and settlements are
-gathered the same way, after the answers went out. The caller never waits
+gathered after the answers went out, one script per SETTLE_INTERVAL_S at most.
+Far from its limits a scope is served from a lease: room held in Redis for
+many calls, renewed in the background before it runs out (see ``Lease``). The caller never waits
 for a commit. That is what keeps a virtual key within a few percent of the
 master key's throughput: per call, Redis does a few table operations inside
 one script instead of a dozen commands.
@@ -59,14 +61,25 @@ logger = logging.getLogger("smartflow.keys")
 LEDGER_TTL_S = 400 * 86400
 # A lease is room for this many calls like the one that asked for it, taken
 # only while the limit has this many leases' worth of room left; it goes back
-# after LEASE_S whatever remains of it.
+# after LEASE_S whatever remains of it. Once LEASE_RENEW_AT of it is used the
+# next one is asked for in the background (no call waits for it), sized to
+# last about LEASE_TARGET_S at the rate this one was used, within
+# [LEASE_CALLS, LEASE_MAX_CALLS]: a busy worker renews a few times a second.
 LEASE_CALLS = 256
+LEASE_MAX_CALLS = 4096
+LEASE_TARGET_S = 0.25
+LEASE_RENEW_AT = 0.75
 LEASE_HEADROOM = 16
 LEASE_S = 1.0
 HEADER_REFRESH_CALLS = 16
 # Settlements wait this long to travel together: the answers have gone out
-# already, and under load one script then settles hundreds of calls.
+# already. Under load one settle script starts at most every
+# SETTLE_INTERVAL_S and settles every call that ended meanwhile: each script
+# run costs the worker a write, a wake-up and a reply to parse, and Redis a
+# script run, whatever its size. A hold is released (and spend shows in the
+# admin API) at most that much later; it never lets a budget overshoot.
 SETTLE_DELAY_S = 0.002
+SETTLE_INTERVAL_S = 0.02
 # Admissions per script call at most: a bound on one script's run time in
 # Redis (others wait while it runs).
 MAX_BATCH = 256
@@ -377,10 +390,53 @@ class Lease:
     second: int
     expires_s: float  # monotonic
     view: tuple[int, int, int, int, int]  # the script's figures when it was granted
+    size: int = LEASE_CALLS  # calls it was granted for
+    granted_s: float = 0.0  # monotonic
     outstanding: int = 0  # calls served from it not yet settled
     returned: bool = False
     served: int = 0
     headers: list[tuple[str, str]] | None = None  # its calls' rate-limit headers, reused
+    # What a call served from it alone holds, built once: its grant's marks and leases.
+    marks: tuple[tuple[int, int], ...] = ()
+    alone: tuple[Lease, ...] = ()
+
+    renew_at: int = 0  # served calls at which the next lease is asked for
+
+    def __post_init__(self) -> None:
+        self.marks = ((self.minute, self.second),)
+        self.alone = (self,)
+        self.renew_at = max(1, int(self.size * LEASE_RENEW_AT))
+
+
+def _next_size(lease: Lease) -> int:
+    """The calls the next lease is for: what this one served per second, times
+    LEASE_TARGET_S."""
+    elapsed = max(time.monotonic() - lease.granted_s, 1e-3)
+    return min(LEASE_MAX_CALLS, max(LEASE_CALLS, int(lease.served / elapsed * LEASE_TARGET_S)))
+
+
+def _roomy(limits: Limits, room: tuple[int, int, int], size: int, size_nano: int,
+           size_tokens: int, headroom: int = LEASE_HEADROOM) -> bool:
+    """Whether a scope with ``room`` (budget in nano, requests, tokens left; -1
+    where it has no such limit) has ``headroom`` times a lease of ``size``
+    calls (``size_nano``, ``size_tokens``): one more than a lease takes.
+    A scope with a cap on calls in flight is never leased."""
+    budget, calls, tokens = room
+    return not (limits.max_parallel_requests
+                or (limits.max_budget is not None and budget < headroom * size_nano)
+                or (limits.rpm_limit and calls < headroom * size)
+                or (limits.tpm_limit and tokens < headroom * size_tokens))
+
+
+def _draw(lease: Lease, amount: int, tokens: int) -> None:
+    """One call's share out of ``lease`` (which has room for it)."""
+    lease.nano_left -= amount
+    lease.outstanding += 1
+    lease.served += 1
+    if lease.calls_left is not None:
+        lease.calls_left -= 1
+    if lease.tokens_left is not None:
+        lease.tokens_left -= tokens
 
 
 def worst_case_nano(prices: Any, prompt_tokens: int, max_output_tokens: int) -> int:
@@ -422,12 +478,17 @@ class Admission:
         self._hold_s = str(math.ceil(hold_s))
         self._asks: list[_Ask] = []
         self._settlements: dict[tuple[str, str], tuple[Scope, _Settlement]] = {}
+        # calls over since the last settle: (grant, model, cost, tokens in and
+        # out, whether it counts as a request, its duration), see settle_later
+        self._ended: list[tuple[Grant, str, float, int, int, bool, float]] = []
         self._flush_scheduled = False
         self._settle_scheduled = False
+        self._last_settle_s = -math.inf  # loop time the last settle script started
         # One batch of each kind in flight at a time: what arrives meanwhile
-        # goes in the next batch, sent the moment the current one returns. At
-        # low load a call goes alone, at once; under load batches grow by
-        # themselves, and with them the calls each script run serves.
+        # goes in the next batch (an admission's the moment the current one
+        # returns, a settlement's after SETTLE_INTERVAL_S). At low load a call
+        # goes alone, at once; under load batches grow by themselves, and with
+        # them the calls each script run serves.
         self._admitting = False
         self._settling = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -650,39 +711,42 @@ class Admission:
         if not leases:
             return None
         now = time.monotonic()
+        if len(scopes) == 1:  # a key alone: the common case, without the lists
+            lease = leases.get(scopes[0].ref)
+            if lease is None or not self._has_room(lease, scopes[0], amount, tokens, now):
+                return None
+            _draw(lease, amount, tokens)
+            if lease.served == lease.renew_at:
+                self._renew(lease, amount, tokens)
+            # The remaining-counts a leased call reports are estimates anyway
+            # (other workers' use is unseen): refreshed every few calls.
+            headers = lease.headers
+            if headers is None or lease.served % HEADER_REFRESH_CALLS == 0:
+                headers = lease.headers = self._lease_headers((lease,))
+            return Grant(scopes if scopes.__class__ is tuple else tuple(scopes), amount,
+                         tokens, lease.marks, headers, False, lease.alone)
         found: list[Lease] = []
         for scope in scopes:
             lease = leases.get(scope.ref)
-            if lease is None:
+            if lease is None or not self._has_room(lease, scope, amount, tokens, now):
                 return None
-            if lease.scope.rev != scope.rev or now >= lease.expires_s:
-                self._return_lease(lease)
-                return None
-            calls_left, tokens_left = lease.calls_left, lease.tokens_left
-            if (lease.nano_left < amount or (calls_left is not None and calls_left < 1)
-                    or (tokens_left is not None and tokens_left < tokens)):
-                return None  # used up: this call goes to Redis, and renews it
             found.append(lease)
         for lease in found:
-            lease.nano_left -= amount
-            lease.outstanding += 1
-            lease.served += 1
-            if lease.calls_left is not None:
-                lease.calls_left -= 1
-            if lease.tokens_left is not None:
-                lease.tokens_left -= tokens
-        if len(found) == 1:
-            # The remaining-counts a leased call reports are estimates anyway
-            # (other workers' use is unseen): refreshed every few calls.
-            lease = found[0]
-            headers = lease.headers
-            if headers is None or lease.served % HEADER_REFRESH_CALLS == 0:
-                headers = lease.headers = self._lease_headers(found)
-        else:
-            headers = self._lease_headers(found)
-        return Grant(tuple(scopes), amount, tokens,
-                     tuple((lease.minute, lease.second) for lease in found), headers,
-                     leases=tuple(found))
+            _draw(lease, amount, tokens)
+            if lease.served == lease.renew_at:
+                self._renew(lease, amount, tokens)
+        return Grant(tuple(scopes), amount, tokens, tuple([lease.marks[0] for lease in found]),
+                     self._lease_headers(found), False, tuple(found))
+
+    def _has_room(self, lease: Lease, scope: Scope, amount: int, tokens: int,
+                  now: float) -> bool:
+        if lease.scope.rev != scope.rev or now >= lease.expires_s:
+            self._return_lease(lease)
+            return False
+        calls_left, tokens_left = lease.calls_left, lease.tokens_left
+        # used up: this call goes to Redis, and renews it
+        return not (lease.nano_left < amount or (calls_left is not None and calls_left < 1)
+                    or (tokens_left is not None and tokens_left < tokens))
 
     def _lease_headers(self, found: Sequence[Lease]) -> list[tuple[str, str]]:
         headers: list[tuple[str, str]] = []
@@ -714,33 +778,46 @@ class Admission:
         if ask.calls != 1:
             return
         for index, scope in enumerate(ask.scopes):
-            ref = scope.ref
-            if ref in self._lease_asked:
-                continue
-            held = self._leases.get(ref)
+            held = self._leases.get(scope.ref)
             if held is not None and held.scope.rev == scope.rev and (
                     held.nano_left >= ask.amount
                     and (held.calls_left is None or held.calls_left >= 1)
                     and (held.tokens_left is None or held.tokens_left >= ask.tokens)):
                 continue
-            limits = scope.limits
+            # A lease just used up sizes the next one; else the first size.
+            size = _next_size(held) if held is not None else LEASE_CALLS
             budget, calls, _reset, tokens, _tokens_reset = (int(v) for v in
                                                             values[index * 5:index * 5 + 5])
-            size_nano = LEASE_CALLS * ask.amount
-            size_tokens = LEASE_CALLS * max(ask.tokens, 1)
-            if (limits.max_parallel_requests
-                    or (limits.max_budget is not None and budget < LEASE_HEADROOM * size_nano)
-                    or (limits.rpm_limit and calls < LEASE_HEADROOM * LEASE_CALLS)
-                    or (limits.tpm_limit and tokens < LEASE_HEADROOM * size_tokens)):
-                continue
-            future: asyncio.Future[Grant | Refusal] = (
-                asyncio.get_running_loop().create_future())
-            lease_ask = _Ask((scope,), size_nano, size_tokens if limits.tpm_limit else 0,
-                             None, future, calls=LEASE_CALLS)
-            self._lease_asked.add(ref)
-            future.add_done_callback(functools.partial(self._leased, lease_ask))
-            self._asks.append(lease_ask)
-        if self._asks and not self._flush_scheduled:
+            self._ask_lease(scope, ask.amount, ask.tokens, size, (budget, calls, tokens))
+
+    def _renew(self, lease: Lease, amount: int, tokens: int) -> None:
+        """Ask for the next lease before this one runs out, judged by the
+        figures this one was granted with (the new one's are checked again)."""
+        if self._leases.get(lease.scope.ref) is not lease:
+            return
+        view = lease.view
+        self._ask_lease(lease.scope, amount, tokens, _next_size(lease),
+                        (view[0], view[1], view[3]))
+
+    def _ask_lease(self, scope: Scope, amount: int, tokens: int, size: int,
+                   room: tuple[int, int, int]) -> None:
+        """Ask Redis for a lease of ``size`` calls like this one, if ``room``
+        (budget, requests and tokens left) has ample space for it."""
+        ref = scope.ref
+        if ref in self._lease_asked:
+            return
+        limits = scope.limits
+        size_nano = size * amount
+        size_tokens = size * max(tokens, 1)
+        if not _roomy(limits, room, size, size_nano, size_tokens):
+            return
+        future: asyncio.Future[Grant | Refusal] = asyncio.get_running_loop().create_future()
+        lease_ask = _Ask((scope,), size_nano, size_tokens if limits.tpm_limit else 0,
+                         None, future, calls=size)
+        self._lease_asked.add(ref)
+        future.add_done_callback(functools.partial(self._leased, lease_ask))
+        self._asks.append(lease_ask)
+        if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_asks)
 
@@ -754,10 +831,15 @@ class Admission:
             return
         limits = scope.limits
         minute, second = grant.marks[0]
-        lease = Lease(scope, ask.amount, LEASE_CALLS if limits.rpm_limit else None,
+        now = time.monotonic()
+        view = grant.lease_view
+        lease = Lease(scope, ask.amount, ask.calls if limits.rpm_limit else None,
                       ask.tokens if limits.tpm_limit else None, minute, second,
-                      time.monotonic() + LEASE_S, grant.lease_view)
-        if not self._leasing:  # leasing was turned off meanwhile
+                      now + LEASE_S, view, size=ask.calls, granted_s=now)
+        # Not leasing any more, or (what a renewal was judged by is older)
+        # the scope no longer has the room a lease needs: give it back.
+        if not self._leasing or not _roomy(limits, (view[0], view[1], view[3]), ask.calls,
+                                           ask.amount, ask.tokens, LEASE_HEADROOM - 1):
             self._return_lease(lease)
             return
         previous = self._leases.get(scope.ref)
@@ -802,45 +884,55 @@ class Admission:
 
     def settle_later(self, grant: Grant, *, model: str, cost_usd: float, prompt_tokens: int,
                      completion_tokens: int, counts_request: bool, elapsed_s: float) -> None:
-        """Commit the actual cost and release the hold, without the caller waiting."""
+        """Commit the actual cost and release the hold, without the caller waiting.
+        The call is only noted here; the next settle works out what it owes."""
         if grant.settled:
             return
         grant.settled = True
-        actual = round(cost_usd * NANO_PER_USD)
-        used = prompt_tokens + completion_tokens
-        correction = (used - grant.estimated_tokens if elapsed_s < TPM_WINDOW_S else used)
-        model = model or "-"
         # A leased call's hold is part of its lease's, which counts as the one
         # call in flight until the lease is back and all its calls settled.
-        calls = 0 if grant.leases else 1
         for lease in grant.leases:
             lease.outstanding -= 1
             if lease.returned and lease.outstanding == 0:
                 self._settlement(lease.scope).holds.setdefault(lease.minute, [0, 0])[1] += 1
-        amount = grant.amount_nano
-        for scope, (minute, _second) in zip(grant.scopes, grant.marks, strict=True):
-            entry = self._settlement(scope)
-            entry.spend += actual
-            if scope.needs_tokens:
-                entry.correction += correction
-            hold = entry.holds.get(minute)
-            if hold is None:
-                entry.holds[minute] = [amount, calls]
-            else:
-                hold[0] += amount
-                hold[1] += calls
-            if counts_request:
-                row = entry.ledger.get(model)
-                if row is None:
-                    entry.ledger[model] = [actual, 1, prompt_tokens, completion_tokens]
+        self._ended.append((grant, model, cost_usd, prompt_tokens, completion_tokens,
+                            counts_request, elapsed_s))
+        if not (self._settle_scheduled or self._settling):
+            self._schedule_settle()
+
+    def _gather_ended(self) -> None:
+        """What the calls noted by ``settle_later`` owe, added to their scopes'
+        settlements: one tight loop per settle instead of a pass per call."""
+        ended, self._ended = self._ended, []
+        settlement = self._settlement
+        for (grant, model, cost_usd, prompt_tokens, completion_tokens, counts_request,
+             elapsed_s) in ended:
+            actual = round(cost_usd * NANO_PER_USD)
+            used = prompt_tokens + completion_tokens
+            correction = used - grant.estimated_tokens if elapsed_s < TPM_WINDOW_S else used
+            model = model or "-"
+            calls = 0 if grant.leases else 1
+            amount = grant.amount_nano
+            for scope, (minute, _second) in zip(grant.scopes, grant.marks, strict=True):
+                entry = settlement(scope)
+                entry.spend += actual
+                if scope.needs_tokens:
+                    entry.correction += correction
+                hold = entry.holds.get(minute)
+                if hold is None:
+                    entry.holds[minute] = [amount, calls]
                 else:
-                    row[0] += actual
-                    row[1] += 1
-                    row[2] += prompt_tokens
-                    row[3] += completion_tokens
-        if not self._settle_scheduled:
-            self._settle_scheduled = True
-            asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_settlements)
+                    hold[0] += amount
+                    hold[1] += calls
+                if counts_request:
+                    row = entry.ledger.get(model)
+                    if row is None:
+                        entry.ledger[model] = [actual, 1, prompt_tokens, completion_tokens]
+                    else:
+                        row[0] += actual
+                        row[1] += 1
+                        row[2] += prompt_tokens
+                        row[3] += completion_tokens
 
     def _settlement(self, scope: Scope) -> _Settlement:
         found = self._settlements.get(scope.ref)
@@ -849,21 +941,32 @@ class Admission:
         return found[1]
 
     def _schedule_settle(self) -> None:
-        if not self._settle_scheduled:
-            self._settle_scheduled = True
-            asyncio.get_running_loop().call_later(SETTLE_DELAY_S, self._flush_settlements)
+        if self._settle_scheduled or self._settling:
+            return  # a settle that is over schedules the next one itself
+        self._settle_scheduled = True
+        loop = asyncio.get_running_loop()
+        delay = max(SETTLE_DELAY_S, self._last_settle_s + SETTLE_INTERVAL_S - loop.time())
+        loop.call_later(delay, self._flush_settlements)
 
-    def _flush_settlements(self) -> None:
+    def _flush_settlements(self, *, now: bool = False) -> None:
+        """Send what is gathered (``now``: whatever the cadence, at shutdown)."""
         self._settle_scheduled = False
-        if self._settling or not self._settlements:
+        if self._settling or not (self._settlements or self._ended):
             return
+        loop = asyncio.get_running_loop()
+        if not now and loop.time() < self._last_settle_s + SETTLE_INTERVAL_S - 1e-3:
+            self._schedule_settle()
+            return
+        self._gather_ended()
         batch, self._settlements = self._settlements, {}
         self._settling = True
+        self._last_settle_s = loop.time()
         self._spawn(self._settle(batch)).add_done_callback(self._settled)
 
     def _settled(self, _task: asyncio.Task[Any]) -> None:
         self._settling = False
-        self._flush_settlements()
+        if self._settlements or self._ended:
+            self._schedule_settle()
 
     async def _settle(self, batch: dict[tuple[str, str], tuple[Scope, _Settlement]]) -> None:
         day = self._clock.day_id()
@@ -899,12 +1002,12 @@ class Admission:
         self.set_leasing(False)
         while loop.time() < deadline:
             self._flush_asks()
-            self._flush_settlements()
+            self._flush_settlements(now=True)
             if self._tasks:
                 await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
                 continue
             await asyncio.sleep(0)  # done-callbacks (a lease granted meanwhile) run here
-            if not (self._tasks or self._settlements or self._asks):
+            if not (self._tasks or self._settlements or self._ended or self._asks):
                 return
 
 

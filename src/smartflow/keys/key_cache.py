@@ -35,6 +35,14 @@ class KeyEntry:
     expires_ts: float | None = None
     principal: Any = None
     restricts_models: bool = False  # the key's or its team's model patterns apply
+    # whether any scope has a budget (a call's worst-case cost is then
+    # needed), or a TPM limit (its estimated tokens)
+    needs_cost: bool = False
+    needs_tokens: bool = False
+
+    def __post_init__(self) -> None:
+        self.needs_cost = any(scope.needs_cost for scope in self.scopes)
+        self.needs_tokens = any(scope.needs_tokens for scope in self.scopes)
 
     def is_refused(self, now_ts: float) -> bool:
         """Blocked or expired: no call is made with this key."""
@@ -51,7 +59,7 @@ def scopes_of(key: VirtualKey, team: Team | None, user: User | None) -> tuple[Sc
 
 
 class KeyCache:
-    __slots__ = ("_entries", "_store", "_ttl_s", "max_entries")
+    __slots__ = ("_entries", "_hashes", "_store", "_ttl_s", "max_entries")
 
     def __init__(self, store: IdentityStore, ttl_s: float,
                  max_entries: int = MAX_ENTRIES) -> None:
@@ -60,11 +68,25 @@ class KeyCache:
         self.max_entries = max_entries
         # key hash -> entry, oldest fetch first
         self._entries: OrderedDict[str, KeyEntry] = OrderedDict()
+        # plaintext -> hash of keys that had an entry: a dict lookup instead of
+        # a SHA-256 per call (the plaintext is in every request's headers anyway)
+        self._hashes: dict[str, str] = {}
 
     def cached(self, plaintext: str) -> KeyEntry | None:
         """The entry if this worker holds a fresh one: no I/O, no await. (The
         oldest fetch goes first when the cache is full: no reordering per call.)"""
-        entry = self._entries.get(hash_key(plaintext))
+        key_hash = self._hashes.get(plaintext)
+        if key_hash is None:
+            key_hash = hash_key(plaintext)
+            entry = self._entries.get(key_hash)
+            if entry is None:
+                return None  # unknown keys are not remembered: a spray of them costs nothing
+            hashes = self._hashes
+            if len(hashes) >= self.max_entries:
+                hashes.clear()
+            hashes[plaintext] = key_hash
+        else:
+            entry = self._entries.get(key_hash)
         if entry is not None and time.monotonic() - entry.fetched_s < self._ttl_s:
             return entry
         return None

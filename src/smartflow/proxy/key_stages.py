@@ -20,7 +20,6 @@ from smartflow.keys.admission import (
     SCOPE_NAMES,
     Grant,
     Refusal,
-    Scope,
     refusal_headers,
     worst_case_nano,
 )
@@ -89,9 +88,7 @@ def _times_choices(limit: Any, choices: Any) -> int:
     return limit  # type: ignore[no-any-return]
 
 
-def _max_output_tokens(body: dict[str, Any] | None, model_limit: int, default: int) -> int:
-    requested = _requested_output_tokens(body) if body is not None else 0
-    return requested or model_limit or default
+_PriceRow = tuple[Any, int]  # a deployment's prices and its output limit
 
 
 class AdmitStage(Stage):
@@ -106,7 +103,7 @@ class AdmitStage(Stage):
         self._default_max_output = default_max_output
         # model name -> its deployments' prices and output limits: the catalog
         # is fixed for a worker's life
-        self._prices: dict[str, tuple[tuple[Any, int], ...]] = {}
+        self._prices: dict[str, tuple[_PriceRow, ...]] = {}
 
     async def on_enter(self, call: Call) -> Reply | None:
         principal = call.identity
@@ -118,7 +115,7 @@ class AdmitStage(Stage):
                 if entry.restricts_models:
                     self._check_model(call, entry)
                 scopes = entry.scopes
-                amount, tokens = self._worst_case(call, scopes)
+                amount, tokens = self._worst_case(call, entry)
                 admission = self._keys.admission
                 result: Grant | Refusal | None = admission.from_leases(scopes, amount, tokens)
                 if result is None:
@@ -162,52 +159,54 @@ class AdmitStage(Stage):
                                "permission_error", "model_not_allowed", "model",
                                reason=Reason.AUTH)
 
-    def _worst_case(self, call: Call, scopes: tuple[Scope, ...]) -> tuple[int, int]:
-        needs_cost = needs_tokens = False
-        for scope in scopes:
-            needs_cost = needs_cost or scope.needs_cost
-            needs_tokens = needs_tokens or scope.needs_tokens
+    def _worst_case(self, call: Call, entry: KeyEntry) -> tuple[int, int]:
         body = call.body
-        if not (needs_cost or needs_tokens) or body is None:
+        if not (entry.needs_cost or entry.needs_tokens) or body is None:
             return 0, 0
         prompt_tokens = estimate_prompt_tokens(body)
-        if not needs_cost:
+        if not entry.needs_cost:
             return 0, prompt_tokens
         if call.target is not None:
-            prices: tuple[tuple[Any, int], ...] = (
-                (call.target.prices, call.target.max_output_tokens),)
+            target = call.target
+            rows: tuple[_PriceRow, ...] = ((target.prices, target.max_output_tokens),)
         else:
-            routing = self._routing
-            if routing is not None and routing.generation != self._generation:
-                self._prices = {}  # groups or chains changed: worst cases may have too
-                self._generation = routing.generation
-            chain = None
-            if routing is not None and routing.has_chains:
-                chain = call.request.header(FALLBACK_CHAIN_HEADER)
-            cache_key = call.model if chain is None else f"{call.model}\0{chain}"
-            found = self._prices.get(cache_key)
-            if found is None:
-                # Every deployment the call may reach (a chain's, a larger-context
-                # fallback's): failover must not take it past what it held.
-                targets = (routing.possible_targets(call.model, chain) if routing is not None
-                           else self._catalog.deployments(call.model))
-                if not targets:
-                    try:
-                        targets = (self._catalog.resolve(call.model),)
-                    except ModelNotFound:
-                        targets = ()
-                found = tuple((t.prices, t.max_output_tokens) for t in targets)
-                if len(self._prices) < MAX_CACHED_MODELS:
-                    self._prices[cache_key] = found
-            prices = found
-            if not prices and call.fallback_target is not None:
-                target = call.fallback_target
-                prices = ((target.prices, target.max_output_tokens),)
+            rows = self._price_rows(call)
+        requested = _requested_output_tokens(body)
         worst = 0
-        for price, model_limit in prices:
-            output = _max_output_tokens(body, model_limit, self._default_max_output)
-            worst = max(worst, worst_case_nano(price, prompt_tokens, output))
+        for prices, model_limit in rows:
+            nano = worst_case_nano(prices, prompt_tokens,
+                                   requested or model_limit or self._default_max_output)
+            worst = max(worst, nano)
         return worst, prompt_tokens
+
+    def _price_rows(self, call: Call) -> tuple[_PriceRow, ...]:
+        """The prices and output limits of every deployment the call may reach
+        (a chain's, a larger-context fallback's): failover must not take it
+        past what it held. Remembered per model (and chain)."""
+        routing = self._routing
+        if routing is not None and routing.generation != self._generation:
+            self._prices = {}  # groups or chains changed: worst cases may have too
+            self._generation = routing.generation
+        chain = None
+        if routing is not None and routing.has_chains:
+            chain = call.request.header(FALLBACK_CHAIN_HEADER)
+        cache_key = call.model if chain is None else f"{call.model}\0{chain}"
+        found = self._prices.get(cache_key)
+        if found is None:
+            targets = (routing.possible_targets(call.model, chain) if routing is not None
+                       else self._catalog.deployments(call.model))
+            if not targets:
+                try:
+                    targets = (self._catalog.resolve(call.model),)
+                except ModelNotFound:
+                    targets = ()
+            found = tuple((t.prices, t.max_output_tokens) for t in targets)
+            if len(self._prices) < MAX_CACHED_MODELS:
+                self._prices[cache_key] = found
+        if not found and call.fallback_target is not None:
+            target = call.fallback_target
+            return ((target.prices, target.max_output_tokens),)
+        return found
 
 
 def _limit_error(refusal: Refusal) -> GatewayError:
