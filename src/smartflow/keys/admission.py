@@ -711,17 +711,31 @@ class Admission:
         if not leases:
             return None
         now = time.monotonic()
-        if len(scopes) == 1:  # a key alone: the common case, without the lists
-            lease = leases.get(scopes[0].ref)
-            if lease is None or not self._has_room(lease, scopes[0], amount, tokens, now):
+        if len(scopes) == 1:  # a key alone: the common case, inlined (it runs per call)
+            scope = scopes[0]
+            lease = leases.get(scope.ref)
+            if lease is None:
                 return None
-            _draw(lease, amount, tokens)
-            if lease.served == lease.renew_at:
+            if lease.scope.rev != scope.rev or now >= lease.expires_s:
+                self._return_lease(lease)
+                return None
+            calls_left, tokens_left = lease.calls_left, lease.tokens_left
+            if lease.nano_left < amount or (calls_left is not None and calls_left < 1) or (
+                    tokens_left is not None and tokens_left < tokens):
+                return None  # used up: this call goes to Redis, and renews it
+            lease.nano_left -= amount
+            lease.outstanding += 1
+            served = lease.served = lease.served + 1
+            if calls_left is not None:
+                lease.calls_left = calls_left - 1
+            if tokens_left is not None:
+                lease.tokens_left = tokens_left - tokens
+            if served == lease.renew_at:
                 self._renew(lease, amount, tokens)
             # The remaining-counts a leased call reports are estimates anyway
             # (other workers' use is unseen): refreshed every few calls.
             headers = lease.headers
-            if headers is None or lease.served % HEADER_REFRESH_CALLS == 0:
+            if headers is None or served % HEADER_REFRESH_CALLS == 0:
                 headers = lease.headers = self._lease_headers((lease,))
             return Grant(scopes if scopes.__class__ is tuple else tuple(scopes), amount,
                          tokens, lease.marks, headers, False, lease.alone)

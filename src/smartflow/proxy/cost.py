@@ -136,6 +136,11 @@ def text_chars(content: object) -> int:
     return 0
 
 
+# Request fields, besides ``messages``, that hold prompt text in some dialect.
+_OTHER_PROMPT_FIELDS = frozenset(
+    {"system", "prompt", "input", "instructions", "systemInstruction", "contents"})
+
+
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     """Estimated input tokens of an OpenAI chat, completions, Responses, Anthropic or
     Gemini request."""
@@ -145,8 +150,11 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
-                chars += text_chars(message.get("content"))
+                content = message.get("content")
+                chars += len(content) if content.__class__ is str else text_chars(content)
                 overhead += MESSAGE_OVERHEAD_TOKENS
+    if _OTHER_PROMPT_FIELDS.isdisjoint(body):  # a chat request: nothing more to count
+        return estimate_tokens_from_chars(chars) + overhead
     system = body.get("system")  # Anthropic's top-level system prompt
     if system is not None:
         chars += text_chars(system)

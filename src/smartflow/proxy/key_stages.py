@@ -69,11 +69,14 @@ def principal_for(entry: KeyEntry) -> Principal:
 
 def _requested_output_tokens(body: dict[str, Any]) -> int:
     """The output tokens a request allows (× its choices); 0 when it sets none."""
+    get = body.get
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        tokens = _times_choices(body.get(name), body.get("n"))
-        if tokens:
-            return tokens
-    generation = body.get("generationConfig")  # the Gemini API's
+        limit = get(name)
+        if limit is not None:
+            tokens = _times_choices(limit, get("n"))
+            if tokens:
+                return tokens
+    generation = get("generationConfig")  # the Gemini API's
     if generation.__class__ is dict:
         return _times_choices(generation.get("maxOutputTokens"), generation.get("candidateCount"))
     return 0
