@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Virtual-key cost: the proxy path with the master key against a virtual key with limits.
 
-One Smartflow gateway (2 workers, master key set, access log off, a priced
-model on the nginx mock upstream of llm_proxy_bench) keeps its state in a real
+One Smartflow gateway (2 workers, master key set, access log off, the default
+policy's guardrails off unless ``--policy``: they cost both keys the same and
+would hide what the key itself costs; a priced model on the nginx mock
+upstream of llm_proxy_bench) keeps its state in a real
 redis-server that this bench starts on a free port (``--save '' --appendonly
 no``). After start, a virtual key is created through the admin API with a
 budget, an RPM and a TPM limit, all far too high to refuse during the run but
@@ -22,6 +24,7 @@ request may have failed.
     python3 bench/vkey_bench.py --rounds 3               # full run (~7 min)
     python3 bench/vkey_bench.py --rounds 3 | tee bench/results/vkey_bench.txt
     python3 bench/vkey_bench.py --profile                # + py-spy of a worker under vkey c=32
+    python3 bench/vkey_bench.py --rounds 3 --policy      # with the default guardrails on
 """
 
 from __future__ import annotations
@@ -175,13 +178,16 @@ def tree_cpu_s(root_pid: int) -> float:
 
 
 def smartflow_vkey_gateway(port: int, upstream_port: int, redis_port: int,
-                           workers: int) -> ServerProcess:
-    """Smartflow as llm_proxy_bench runs it, plus model prices and the external Redis."""
+                           workers: int, *, policy: bool = False) -> ServerProcess:
+    """Smartflow as llm_proxy_bench runs it, plus model prices and the external Redis;
+    without ``policy`` the default guardrails are off, so that the figures are
+    what the key costs and nothing else."""
     config = WORK_DIR / "vkey-smartflow.toml"
     upstream = f"http://127.0.0.1:{upstream_port}"
     config.write_text(
-        f'[server]\naccess_log = false\n\n'
-        f'[state]\nredis_url = "redis://127.0.0.1:{redis_port}"\n\n'
+        '[server]\naccess_log = false\n\n'
+        + ("" if policy else '[policy]\nenabled = false\n\n')
+        + f'[state]\nredis_url = "redis://127.0.0.1:{redis_port}"\n\n'
         f'[auth]\nmaster_key = "{API_KEY}"\n\n'
         + "".join(
             f'[[models]]\nname = "{model}"\nprovider = "openai"\nmodel = "gpt-4o-mini"\n'
@@ -554,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-seconds", type=int, default=10)
     parser.add_argument("--profile-lines", type=int, default=60,
                         help="lines of each profile summary to print")
+    parser.add_argument("--policy", action="store_true",
+                        help="keep the default policy (guardrails) on in both; off by default, "
+                             "so the ratio is the key's own cost")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 s points, 1 round")
     parser.add_argument("--json", action="store_true", help="write bench/results/vkey_bench.json")
     args = parser.parse_args(argv)
@@ -578,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         "redis": redis_server(redis_port),
     }
     servers["smartflow"] = smartflow_vkey_gateway(free_port(), upstream_port, redis_port,
-                                                  args.workers)
+                                                  args.workers, policy=args.policy)
     all_runs: list[tuple[str, int, str, LoadResult]] = []
     redis_use: dict[tuple[str, int, str], dict[str, float]] = {}
     profile_lines: list[str] = []
@@ -628,7 +637,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"\nvkey_bench: Smartflow, {args.workers} workers, master key vs virtual key "
           f"(max_budget {VKEY_BODY['max_budget']} monthly, rpm_limit {VKEY_BODY['rpm_limit']}, "
-          f"tpm_limit {VKEY_BODY['tpm_limit']}), external redis-server (no persistence), "
+          f"tpm_limit {VKEY_BODY['tpm_limit']}), default policy "
+          f"{'on' if args.policy else 'off (--policy keeps it on)'}, "
+          f"external redis-server (no persistence), "
           f"model priced {INPUT_PRICE_PER_MTOK}/{OUTPUT_PRICE_PER_MTOK} USD per Mtok, nginx "
           f"mock upstream (1 worker), wrk -t1, fixed body, {args.duration:g} s measured after "
           f"{args.warmup:g} s warm-up, rounds={args.rounds} (median run per point), "
