@@ -253,6 +253,8 @@ async def test_far_from_its_limits_a_scope_is_served_from_a_lease_and_settles_ex
         admission.settle_later(grant, model="m", cost_usd=0.005, prompt_tokens=10,
                                completion_tokens=10, counts_request=True, elapsed_s=0.1)
     await admission.drain()  # also gives back what remains of the lease
+    counts = admission.counts.take()  # what /metrics is fed
+    assert (counts.by_redis, counts.leased) == (1, 200) and counts.leases >= 1
     view = await _spend(store, key)
     assert view["spend"] == pytest.approx(201 * 0.005)
     assert view["reserved"] == 0.0 and view["in_flight"] == 0

@@ -104,8 +104,22 @@ def test_a_one_dollar_budget_admits_exactly_100_of_300_concurrent_calls_over_two
     assert_exact_budget(nodes.urls)
 
 
+def _counted(urls: list[str], line_start: str) -> float:
+    """The sum over every node's /metrics of the samples whose line starts so."""
+    total = 0.0
+    for url in urls:
+        for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith(line_start):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def test_rpm_60_lets_exactly_60_of_a_200_burst_through_over_two_nodes(nodes: GatewayNodes) -> None:
     created = create_key(nodes.urls[0], alias="rpm", rpm_limit=60)
+    refused_rpm = 'smartflow_vkey_refused_total{reason="rpm",scope="key"}'
+    admitted = 'smartflow_vkey_admitted_total{via="redis"}'
+    refused_before = _counted(nodes.urls, refused_rpm)
+    admitted_before = _counted(nodes.urls, admitted)
     answers = asyncio.run(_burst(nodes.urls, created["key"], 200, "free"))
     statuses = [a.status_code for a in answers]
     assert statuses.count(200) == 60, sorted(set(statuses))
@@ -115,9 +129,15 @@ def test_rpm_60_lets_exactly_60_of_a_200_burst_through_over_two_nodes(nodes: Gat
     assert refused.headers["x-ratelimit-limit-requests"] == "60"
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert 1 <= int(refused.headers["retry-after"]) <= 60
-    admitted = next(a for a in answers if a.status_code == 200)
-    assert admitted.headers["x-ratelimit-limit-requests"] == "60"
-    assert 0 <= int(admitted.headers["x-ratelimit-remaining-requests"]) < 60
+    first = next(a for a in answers if a.status_code == 200)
+    assert first.headers["x-ratelimit-limit-requests"] == "60"
+    assert 0 <= int(first.headers["x-ratelimit-remaining-requests"]) < 60
+    # /metrics counts them too (each worker exports about once a second).
+    wait_until_sync(lambda: _counted(nodes.urls, refused_rpm) - refused_before == 140,
+                    timeout_s=15)
+    # RPM 60 is far too small to lease from: every admitted call went to Redis.
+    wait_until_sync(lambda: _counted(nodes.urls, admitted) - admitted_before >= 60,
+                    timeout_s=15)
 
 
 def test_the_create_answer_shows_the_key_once_and_get_shows_spend_and_what_remains(

@@ -457,6 +457,27 @@ class _Ask:
 
 
 @dataclass(slots=True)
+class AdmissionCounts:
+    """What admission did since the metrics last took these (plain ints: the
+    calls bump them, ``telemetry.keys_metrics`` exports them once a second)."""
+
+    leased: int = 0  # calls admitted from leases (counted when a lease goes back)
+    by_redis: int = 0  # calls admitted by the script itself
+    leases: int = 0
+    refused: dict[tuple[str, str], int] = field(default_factory=dict)  # (scope, reason)
+
+    def take(self) -> AdmissionCounts:
+        taken = AdmissionCounts(self.leased, self.by_redis, self.leases, self.refused)
+        self.leased = self.by_redis = self.leases = 0
+        self.refused = {}
+        return taken
+
+
+# Refusals a caller sees (the others make the worker refresh its records and retry).
+_COUNTED_REFUSALS = frozenset({"budget", "rpm", "tpm", "parallel", "blocked"})
+
+
+@dataclass(slots=True)
 class _Settlement:
     """What one scope gets back and is charged in one settle batch."""
 
@@ -498,6 +519,7 @@ class Admission:
         self._leases: dict[tuple[str, str], Lease] = {}
         self._lease_asked: set[tuple[str, str]] = set()
         self._sweep_scheduled = False
+        self.counts = AdmissionCounts()
 
     # -- admission ----------------------------------------------------------------
 
@@ -640,14 +662,19 @@ class Admission:
             grant = Grant(tuple(scopes), ask.amount, ask.tokens, marks)
             if ask.calls == 1:
                 grant.headers = self._grant_headers(scopes, reply[3:])
+                self.counts.by_redis += 1
             else:
                 grant.lease_view = tuple(int(v) for v in reply[3:8])  # type: ignore[assignment]
             return grant
         _ok, index, reason, limit, remaining, retry_ms = reply[:6]
         if isinstance(reason, bytes):
             reason = reason.decode()
-        return Refusal(scopes[int(index) - 1], str(reason), int(limit), int(remaining),
-                       int(retry_ms))
+        refusal = Refusal(scopes[int(index) - 1], str(reason), int(limit), int(remaining),
+                          int(retry_ms))
+        if ask.calls == 1 and refusal.reason in _COUNTED_REFUSALS:
+            counted = (SCOPE_NAMES[refusal.scope.kind], refusal.reason)
+            self.counts.refused[counted] = self.counts.refused.get(counted, 0) + 1
+        return refusal
 
     def _grant_headers(self, scopes: Sequence[Scope], values: Sequence[Any]
                        ) -> list[tuple[str, str]]:
@@ -860,6 +887,7 @@ class Admission:
         if previous is not None:
             self._return_lease(previous)
         self._leases[scope.ref] = lease
+        self.counts.leases += 1
         if not self._sweep_scheduled:
             self._sweep_scheduled = True
             asyncio.get_running_loop().call_later(LEASE_S, self._sweep)
@@ -879,6 +907,7 @@ class Admission:
         if lease.returned:
             return
         lease.returned = True
+        self.counts.leased += lease.served
         if self._leases.get(lease.scope.ref) is lease:
             del self._leases[lease.scope.ref]
         entry = self._settlement(lease.scope)
