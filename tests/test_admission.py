@@ -325,6 +325,25 @@ async def test_settlements_travel_together_at_most_one_script_per_interval(
     assert view["reserved"] == 0.0
 
 
+async def test_a_quiet_worker_settles_each_call_on_its_own(
+        client: tuple[StoreClient, bool]) -> None:
+    """Calls a few ms apart are not held back for a batch: each one's spend is
+    committed by its own settle, so the admin API shows it at once."""
+    counting, store, admission = _counted(client, leasing=False)
+    key = await _key(store, Limits(max_budget=1000.0))
+    for count in range(1, 6):
+        grant = await admission.reserve([_scope(key)], to_nano(0.01), 0)
+        assert isinstance(grant, Grant)
+        before = counting.scripts
+        admission.settle_later(grant, model="m", cost_usd=0.001, prompt_tokens=1,
+                               completion_tokens=1, counts_request=True, elapsed_s=0.01)
+        deadline = asyncio.get_running_loop().time() + 10
+        while (await _spend(store, key))["spend"] < count * 0.001 - 1e-9:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.001)
+        assert counting.scripts - before == 1  # this call's settle, alone
+
+
 async def test_near_a_limit_every_call_goes_to_redis(
         client: tuple[StoreClient, bool]) -> None:
     counting, store, admission = _counted(client, leasing=True)

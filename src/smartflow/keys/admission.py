@@ -72,14 +72,17 @@ LEASE_RENEW_AT = 0.75
 LEASE_HEADROOM = 16
 LEASE_S = 1.0
 HEADER_REFRESH_CALLS = 16
-# Settlements wait this long to travel together: the answers have gone out
-# already. Under load one settle script starts at most every
+# Settlements wait SETTLE_DELAY_S to travel together: the answers have gone
+# out already. While a worker is busy (its last settle carried at least
+# SETTLE_BUSY_CALLS calls) one settle script starts at most every
 # SETTLE_INTERVAL_S and settles every call that ended meanwhile: each script
 # run costs the worker a write, a wake-up and a reply to parse, and Redis a
 # script run, whatever its size. A hold is released (and spend shows in the
-# admin API) at most that much later; it never lets a budget overshoot.
+# admin API) at most that much later; it never lets a budget overshoot. A quiet
+# worker settles each call SETTLE_DELAY_S after it ends.
 SETTLE_DELAY_S = 0.002
 SETTLE_INTERVAL_S = 0.02
+SETTLE_BUSY_CALLS = 8
 # Admissions per script call at most: a bound on one script's run time in
 # Redis (others wait while it runs).
 MAX_BATCH = 256
@@ -505,6 +508,7 @@ class Admission:
         self._flush_scheduled = False
         self._settle_scheduled = False
         self._last_settle_s = -math.inf  # loop time the last settle script started
+        self._busy = False  # the last settle carried SETTLE_BUSY_CALLS calls or more
         # One batch of each kind in flight at a time: what arrives meanwhile
         # goes in the next batch (an admission's the moment the current one
         # returns, a settlement's after SETTLE_INTERVAL_S). At low load a call
@@ -988,7 +992,9 @@ class Admission:
             return  # a settle that is over schedules the next one itself
         self._settle_scheduled = True
         loop = asyncio.get_running_loop()
-        delay = max(SETTLE_DELAY_S, self._last_settle_s + SETTLE_INTERVAL_S - loop.time())
+        delay = SETTLE_DELAY_S
+        if self._busy:
+            delay = max(delay, self._last_settle_s + SETTLE_INTERVAL_S - loop.time())
         loop.call_later(delay, self._flush_settlements)
 
     def _flush_settlements(self, *, now: bool = False) -> None:
@@ -997,9 +1003,11 @@ class Admission:
         if self._settling or not (self._settlements or self._ended):
             return
         loop = asyncio.get_running_loop()
-        if not now and loop.time() < self._last_settle_s + SETTLE_INTERVAL_S - 1e-3:
+        if (not now and self._busy
+                and loop.time() < self._last_settle_s + SETTLE_INTERVAL_S - 1e-3):
             self._schedule_settle()
             return
+        self._busy = len(self._ended) >= SETTLE_BUSY_CALLS
         self._gather_ended()
         batch, self._settlements = self._settlements, {}
         self._settling = True
