@@ -21,12 +21,13 @@ corrects the TPM window to the actual tokens, and adds to the spend ledger.
 Both run in batches: every admission a worker asks for in one event-loop
 turn goes to Redis as one script call (one round trip, one script run, the
 scopes' state read and written once for the batch), and settlements are
-gathered after the answers went out, one script per SETTLE_INTERVAL_S at most.
-Far from its limits a scope is served from a lease: room held in Redis for
-many calls, renewed in the background before it runs out (see ``Lease``). The caller never waits
-for a commit. That is what keeps a virtual key within a few percent of the
-master key's throughput: per call, Redis does a few table operations inside
-one script instead of a dozen commands.
+gathered after the answers went out (while a worker is busy, one script per
+SETTLE_INTERVAL_S at most). Far from its limits a scope is served from a
+lease: room held in Redis for many calls, renewed in the background before it
+runs out (see ``Lease``). The caller never waits for a commit. That is what
+keeps a virtual key within a few percent of the master key's throughput: per
+call, Redis does a few table operations inside one script instead of a dozen
+commands.
 
 On one Redis all scopes go to the same script call, atomic across scopes.
 On a Redis Cluster each scope lives in its own slot, so each is held by its
@@ -402,13 +403,28 @@ class Lease:
     # What a call served from it alone holds, built once: its grant's marks and leases.
     marks: tuple[tuple[int, int], ...] = ()
     alone: tuple[Lease, ...] = ()
-
     renew_at: int = 0  # served calls at which the next lease is asked for
 
     def __post_init__(self) -> None:
         self.marks = ((self.minute, self.second),)
         self.alone = (self,)
         self.renew_at = max(1, int(self.size * LEASE_RENEW_AT))
+
+    def fits(self, amount: int, tokens: int) -> bool:
+        """Whether one more call of ``amount`` and ``tokens`` fits in what is left."""
+        calls_left, tokens_left = self.calls_left, self.tokens_left
+        return not (self.nano_left < amount or (calls_left is not None and calls_left < 1)
+                    or (tokens_left is not None and tokens_left < tokens))
+
+    def draw(self, amount: int, tokens: int) -> None:
+        """One call's share out of the lease (which ``fits`` it)."""
+        self.nano_left -= amount
+        self.outstanding += 1
+        self.served += 1
+        if self.calls_left is not None:
+            self.calls_left -= 1
+        if self.tokens_left is not None:
+            self.tokens_left -= tokens
 
 
 def _next_size(lease: Lease) -> int:
@@ -429,17 +445,6 @@ def _roomy(limits: Limits, room: tuple[int, int, int], size: int, size_nano: int
                 or (limits.max_budget is not None and budget < headroom * size_nano)
                 or (limits.rpm_limit and calls < headroom * size)
                 or (limits.tpm_limit and tokens < headroom * size_tokens))
-
-
-def _draw(lease: Lease, amount: int, tokens: int) -> None:
-    """One call's share out of ``lease`` (which has room for it)."""
-    lease.nano_left -= amount
-    lease.outstanding += 1
-    lease.served += 1
-    if lease.calls_left is not None:
-        lease.calls_left -= 1
-    if lease.tokens_left is not None:
-        lease.tokens_left -= tokens
 
 
 def worst_case_nano(prices: Any, prompt_tokens: int, max_output_tokens: int) -> int:
@@ -742,31 +747,17 @@ class Admission:
         if not leases:
             return None
         now = time.monotonic()
-        if len(scopes) == 1:  # a key alone: the common case, inlined (it runs per call)
-            scope = scopes[0]
-            lease = leases.get(scope.ref)
-            if lease is None:
+        if len(scopes) == 1:  # a key alone: the common case, without the lists
+            lease = leases.get(scopes[0].ref)
+            if lease is None or not self._has_room(lease, scopes[0], amount, tokens, now):
                 return None
-            if lease.scope.rev != scope.rev or now >= lease.expires_s:
-                self._return_lease(lease)
-                return None
-            calls_left, tokens_left = lease.calls_left, lease.tokens_left
-            if lease.nano_left < amount or (calls_left is not None and calls_left < 1) or (
-                    tokens_left is not None and tokens_left < tokens):
-                return None  # used up: this call goes to Redis, and renews it
-            lease.nano_left -= amount
-            lease.outstanding += 1
-            served = lease.served = lease.served + 1
-            if calls_left is not None:
-                lease.calls_left = calls_left - 1
-            if tokens_left is not None:
-                lease.tokens_left = tokens_left - tokens
-            if served == lease.renew_at:
+            lease.draw(amount, tokens)
+            if lease.served == lease.renew_at:
                 self._renew(lease, amount, tokens)
             # The remaining-counts a leased call reports are estimates anyway
             # (other workers' use is unseen): refreshed every few calls.
             headers = lease.headers
-            if headers is None or served % HEADER_REFRESH_CALLS == 0:
+            if headers is None or lease.served % HEADER_REFRESH_CALLS == 0:
                 headers = lease.headers = self._lease_headers((lease,))
             return Grant(scopes if scopes.__class__ is tuple else tuple(scopes), amount,
                          tokens, lease.marks, headers, False, lease.alone)
@@ -777,7 +768,7 @@ class Admission:
                 return None
             found.append(lease)
         for lease in found:
-            _draw(lease, amount, tokens)
+            lease.draw(amount, tokens)
             if lease.served == lease.renew_at:
                 self._renew(lease, amount, tokens)
         return Grant(tuple(scopes), amount, tokens, tuple([lease.marks[0] for lease in found]),
@@ -785,13 +776,12 @@ class Admission:
 
     def _has_room(self, lease: Lease, scope: Scope, amount: int, tokens: int,
                   now: float) -> bool:
+        """Whether ``lease`` can serve this call: still current (else it goes
+        back) and not used up (else the call goes to Redis, and renews it)."""
         if lease.scope.rev != scope.rev or now >= lease.expires_s:
             self._return_lease(lease)
             return False
-        calls_left, tokens_left = lease.calls_left, lease.tokens_left
-        # used up: this call goes to Redis, and renews it
-        return not (lease.nano_left < amount or (calls_left is not None and calls_left < 1)
-                    or (tokens_left is not None and tokens_left < tokens))
+        return lease.fits(amount, tokens)
 
     def _lease_headers(self, found: Sequence[Lease]) -> list[tuple[str, str]]:
         headers: list[tuple[str, str]] = []
@@ -824,10 +814,8 @@ class Admission:
             return
         for index, scope in enumerate(ask.scopes):
             held = self._leases.get(scope.ref)
-            if held is not None and held.scope.rev == scope.rev and (
-                    held.nano_left >= ask.amount
-                    and (held.calls_left is None or held.calls_left >= 1)
-                    and (held.tokens_left is None or held.tokens_left >= ask.tokens)):
+            if held is not None and held.scope.rev == scope.rev and held.fits(ask.amount,
+                                                                              ask.tokens):
                 continue
             # A lease just used up sizes the next one; else the first size.
             size = _next_size(held) if held is not None else LEASE_CALLS

@@ -150,8 +150,7 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
-                content = message.get("content")
-                chars += len(content) if content.__class__ is str else text_chars(content)
+                chars += text_chars(message.get("content"))
                 overhead += MESSAGE_OVERHEAD_TOKENS
     if _OTHER_PROMPT_FIELDS.isdisjoint(body):  # a chat request: nothing more to count
         return estimate_tokens_from_chars(chars) + overhead
