@@ -131,6 +131,33 @@ def test_bodies_are_cut_at_the_cap_and_marked_and_not_captured_when_off() -> Non
     assert _fields(raw)["bodies_truncated"] is False
 
 
+def test_a_snapshot_holds_the_record_not_the_call() -> None:
+    """What waits in a worker's buffer until the flush: no call, request or
+    header list (kept alive, their objects would be walked by the GC), and
+    bodies already cut to the cap; built later, it is the call's record."""
+    import gc
+
+    call = _call(b"x" * 5000, headers=[(b"x-smartflow-tags", b"team-a, hipaa-1")])
+    call.answer_body = b"y" * 5000
+    builder = _builder(cap=1000)
+    snapshot = builder.snapshot(call)
+    seen: set[int] = set()
+    stack: list[object] = [snapshot]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        assert item is not call and item is not call.request and item is not call.request.headers
+        if isinstance(item, tuple | list):
+            stack.extend(gc.get_referents(item))
+    _, question, answer, _, truncated = snapshot
+    assert (len(question), len(answer), truncated) == (1000, 1000, True)
+    raw, _, _ = builder.build_batch([snapshot])[0]
+    assert _fields(raw)["tags"] == ["team-a", "hipaa-1"]
+    assert _fields(raw)["call_id"] == call.call_id
+
+
 def test_a_failed_call_records_its_phase_and_code() -> None:
     call = _call()
     call.status = 429

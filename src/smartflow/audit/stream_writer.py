@@ -1,9 +1,9 @@
 """The hot path's half of the audit log: records into a capped Redis stream.
 
-``append`` only puts the finished call in a per-worker buffer; a flush a
-moment later (or as soon as a batch is full) builds the records of all of
-them and packs them into one
-stream entry (``audit.framing``) and appends it with one XADD, pipelined
+``append`` only puts a finished call's snapshot (``RecordBuilder.snapshot``)
+in a per-worker buffer; a flush a moment later (or as soon as a batch is
+full) builds the records of all of them, packs them into one stream entry
+(``audit.framing``) and appends it with one XADD, pipelined
 with the INCRBY that counts the records into the backlog counter. So a busy worker pays one
 round trip and one XADD per few hundred calls, and no call waits for Redis.
 When Redis cannot be reached the batch goes back to the front of the buffer
@@ -22,15 +22,12 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
 
 from smartflow.audit.framing import pack
+from smartflow.audit.record import Snapshot
 from smartflow.store.fast_client import StoreClient
 from smartflow.store.keyspace import AUDIT_QUEUED, AUDIT_STREAM
 from smartflow.store.resp import ReplyError
-
-if TYPE_CHECKING:
-    from smartflow.proxy.call import Call
 
 logger = logging.getLogger("smartflow.audit")
 
@@ -46,22 +43,21 @@ Entry = tuple[bytes, bytes, bytes]
 
 
 class AuditStreamWriter:
-    """``append(call)`` keeps the finished Call; the flush builds the records of
-    all calls buffered in one tight loop (warm caches: about a third of the
-    per-call cost of building each in its own request) and appends them."""
+    """``append(snapshot)`` keeps a finished call's snapshot; the flush builds
+    the records of all buffered in one loop (``build``) and appends them."""
 
-    __slots__ = ("_build", "_built", "_calls", "_client", "_failing", "_flushing", "_idle",
-                 "_max_buffered", "_max_len", "_scheduled", "_task",
-                 "appended", "dropped", "failures")
+    __slots__ = ("_build", "_built", "_client", "_failing", "_flushing", "_idle", "_max_buffered",
+                 "_max_len", "_pending", "_scheduled", "_task", "appended", "dropped",
+                 "failures")
 
     def __init__(self, client: StoreClient,
-                 build: Callable[[Iterable[Call]], list[Entry]] | None = None, *,
+                 build: Callable[[Iterable[Snapshot]], list[Entry]] | None = None, *,
                  max_len: int, max_buffered: int = 50_000) -> None:
         self._client = client
         self._build = build
         self._max_len = max_len
         self._max_buffered = max_buffered
-        self._calls: deque[Call] = deque()
+        self._pending: deque[Snapshot] = deque()
         self._built: deque[Entry] = deque()  # records ready (a failed append's come back here)
         self._scheduled = False
         self._flushing = False
@@ -75,26 +71,24 @@ class AuditStreamWriter:
 
     @property
     def buffered(self) -> int:
-        return len(self._calls) + len(self._built)
+        return len(self._pending) + len(self._built)
 
-    def append(self, call: Call) -> None:
-        """Queue a finished call's record; never blocks, never raises."""
-        if len(self._calls) + len(self._built) >= self._max_buffered:
+    def append(self, snapshot: Snapshot) -> None:
+        """Queue a finished call's snapshot; never blocks, never raises."""
+        if len(self._pending) + len(self._built) >= self._max_buffered:
             self.dropped += 1
             return
+        self._pending.append(snapshot)
         if self._failing:
-            # While Redis is away calls pile up: keep their records (bodies cut
-            # to the cap), not the calls (requests, headers, whole bodies).
-            self._calls.append(call)
+            # While Redis is away records pile up: keep them built (a stream's
+            # text, not its chunks; every body cut to the cap).
             self._build_waiting()
-        else:
-            self._calls.append(call)
         if not (self._scheduled or self._flushing):
             self._schedule()
 
     def append_record(self, record: bytes, request: bytes, answer: bytes) -> None:
         """Queue a record already built (by something other than an LLM call)."""
-        if len(self._calls) + len(self._built) >= self._max_buffered:
+        if len(self._pending) + len(self._built) >= self._max_buffered:
             self.dropped += 1
             return
         self._built.append((record, request, answer))
@@ -113,33 +107,33 @@ class AuditStreamWriter:
         self._flushing = True
         self._task = asyncio.get_running_loop().create_task(self._flush())
 
-    def _build_all(self, calls: list[Call]) -> list[Entry]:
+    def _build_all(self, snapshots: list[Snapshot]) -> list[Entry]:
         try:
-            return self._build(calls)  # type: ignore[misc]
+            return self._build(snapshots)  # type: ignore[misc]
         except Exception:  # a bug: build one by one, losing only the record that fails
             logger.exception("audit: building a batch of records failed")
         entries: list[Entry] = []
-        for call in calls:
+        for snapshot in snapshots:
             try:
-                entries += self._build((call,))  # type: ignore[misc]
+                entries += self._build((snapshot,))  # type: ignore[misc]
             except Exception:
                 logger.exception("audit: the record of call %s could not be built",
-                                 call.call_id)
+                                 snapshot[0][1])
                 self.dropped += 1
         return entries
 
     def _build_waiting(self) -> None:
-        calls = list(self._calls)
-        self._calls.clear()
-        self._built.extend(self._build_all(calls))
+        snapshots = list(self._pending)
+        self._pending.clear()
+        self._built.extend(self._build_all(snapshots))
 
     def _take_batch(self) -> list[Entry]:
         """Up to MAX_BATCH_RECORDS records (a failed append's first) and about
         MAX_BATCH_BYTES at most."""
-        built, calls = self._built, self._calls
-        if calls and len(built) < MAX_BATCH_RECORDS:
-            take = min(len(calls), MAX_BATCH_RECORDS)
-            built.extend(self._build_all([calls.popleft() for _ in range(take)]))
+        built, pending = self._built, self._pending
+        if pending and len(built) < MAX_BATCH_RECORDS:
+            take = min(len(pending), MAX_BATCH_RECORDS)
+            built.extend(self._build_all([pending.popleft() for _ in range(take)]))
         batch: list[Entry] = []
         size = 0
         while built and len(batch) < MAX_BATCH_RECORDS and size < MAX_BATCH_BYTES:

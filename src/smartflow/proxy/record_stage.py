@@ -1,8 +1,8 @@
 """The record slot's audit stage: one VAS record per call, into the stream.
 
-``on_exit`` hands the finished call to the worker's stream writer, which
-builds its record a moment later with the others (the call never waits for
-Redis). For a streamed answer,
+``on_exit`` hands a snapshot of the finished call to the worker's stream
+writer, which builds its record a moment later with the others (the call
+never waits for Redis). For a streamed answer,
 when bodies are captured, ``wrap_stream`` keeps a reference to each chunk
 the caller was sent, up to the capture cap (no copy, no parsing); the
 shipper assembles the text later.
@@ -54,6 +54,7 @@ class AuditRecordStage(Stage):
     slot = "record"
 
     def __init__(self, audit: AuditRuntime) -> None:
+        self._snapshot = audit.builder.snapshot
         self._append = audit.writer.append
         self._capture_cap = audit.builder.stream_capture_cap
 
@@ -65,4 +66,4 @@ class AuditRecordStage(Stage):
         return _CapturingTransform(transform, chunks, self._capture_cap)
 
     async def on_exit(self, call: Call) -> None:
-        self._append(call)  # the record is built at the flush, with the others
+        self._append(self._snapshot(call))  # the record is built at the flush
