@@ -8,7 +8,15 @@ llm_proxy_bench), identical but for ``[audit]``: one records every call
 real PostgreSQL 15 that this bench starts; the other has the audit off. wrk
 POSTs chat completions at c=32 (non-stream and stream), interleaved per round
 and rotated; ``--rounds N`` keeps the median. Target (issue): on/off req/s
->= 0.95.
+>= 0.95. The default policy's guardrails are off in both unless ``--policy``:
+they cost both gateways the same and would hide what the audit costs.
+
+**Both at once.** The same two gateways loaded together, each by its own wrk
+at c=32, so that whatever else the machine does in a round (a shared host's
+other tenants) slows both alike. Two ratios per round: req/s, and requests
+per CPU-second of the gateway's workers (what a call costs, whatever share of
+the cores each got); medians over the rounds. On a quiet machine it agrees
+with the one-at-a-time figure; on a noisy one it is the steadier of the two.
 
 **Exactly once, 50,000 calls.** ``--calls`` requests (default 50,000) at
 concurrency 32 through the audit-on gateway (its own PostgreSQL), one in five
@@ -25,6 +33,7 @@ call ids are distinct, and that they are the answered calls' ids
     python3 bench/audit_bench.py --rounds 3             # full run
     python3 bench/audit_bench.py --rounds 3 | tee bench/results/audit_bench.txt
     python3 bench/audit_bench.py --skip-throughput      # only the 50,000-call run
+    python3 bench/audit_bench.py --rounds 3 --policy    # with the default guardrails on
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -50,6 +60,8 @@ from _common import (
     WORK_DIR,
     LoadResult,
     ServerProcess,
+    cmdline,
+    descendants,
     ensure_apt,
     format_table,
     free_port,
@@ -80,11 +92,13 @@ MIN_RATIO = 0.95
 CONCURRENCY = 32
 
 
-def gateway(name: str, port: int, upstream_port: int, audit: dict[str, object] | None
-            ) -> ServerProcess:
+def gateway(name: str, port: int, upstream_port: int, audit: dict[str, object] | None, *,
+            policy: bool = True) -> ServerProcess:
     config = WORK_DIR / f"{name}-audit.toml"
     upstream = f"http://127.0.0.1:{upstream_port}"
     text = f'[server]\naccess_log = false\n\n[auth]\nmaster_key = "{API_KEY}"\n\n'
+    if not policy:
+        text += "[policy]\nenabled = false\n\n"
     if audit is not None:
         text += "[audit]\n" + "".join(f'{key} = "{value}"\n' if isinstance(value, str)
                                       else f"{key} = {value}\n" for key, value in audit.items())
@@ -198,6 +212,101 @@ def measure_throughput(servers: dict[str, ServerProcess], rounds: int, duration_
         for target, results in runs.items():
             points.append(Point(mode, target, median_result(results)))
     return points
+
+
+def _workers_cpu_s(server: ServerProcess) -> float:
+    """CPU seconds (user + system) the gateway's request workers have used."""
+    assert server.popen is not None
+    total = 0.0
+    for pid in descendants(server.popen.pid):
+        if not cmdline(pid).startswith("smartflow: worker"):
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+@dataclass
+class PairedPoint:
+    mode: str
+    off: float  # req/s, median
+    on: float
+    ratio: float  # median of the rounds' on/off req/s
+    cost_ratio: float  # median of the rounds' on/off requests per worker CPU-second
+    errors: int
+
+
+def measure_paired(servers: dict[str, ServerProcess], rounds: int, duration_s: float
+                   ) -> list[PairedPoint]:
+    """Both gateways under load at once (the shipper held), ``rounds`` times."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    audited = servers["audit-on"]
+    points = []
+    for mode, stream in (("non-stream", False), ("stream", True)):
+        script = wrk_post_script(WORK_DIR / f"audit-paired-{mode}.lua", chat_body(stream),
+                                 headers)
+        rps: dict[str, list[float]] = {"audit-off": [], "audit-on": []}
+        ratios, cost_ratios = [], []
+        errors = 0
+        for index in range(rounds):
+            wait_quiet(audited)
+            held = shipper_pid(audited)
+            if held is not None:
+                os.kill(held, signal.SIGSTOP)
+            warm = threading.Barrier(len(servers))
+            results: dict[str, tuple[LoadResult, float]] = {}
+
+            def load(target: str, script: Path = script, warm: threading.Barrier = warm,
+                     results: dict[str, tuple[LoadResult, float]] = results) -> None:
+                url = servers[target].base_url + "/v1/chat/completions"
+                run_wrk(url, CONCURRENCY, 2, script=script)  # warm-up
+                warm.wait()
+                cpu = _workers_cpu_s(servers[target])
+                result = run_wrk(url, CONCURRENCY, duration_s, script=script)
+                results[target] = (result, _workers_cpu_s(servers[target]) - cpu)
+
+            try:
+                threads = [threading.Thread(target=load, args=(target,)) for target in servers]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+            finally:
+                if held is not None:
+                    os.kill(held, signal.SIGCONT)
+            (off, off_cpu), (on, on_cpu) = results["audit-off"], results["audit-on"]
+            errors += off.errors + on.errors
+            rps["audit-off"].append(off.requests_per_s)
+            rps["audit-on"].append(on.requests_per_s)
+            ratio = on.requests_per_s / off.requests_per_s if off.requests_per_s else 0.0
+            cost = ratio * off_cpu / on_cpu if on_cpu else 0.0
+            ratios.append(ratio)
+            cost_ratios.append(cost)
+            log(f"{mode} both at once round {index + 1}: off {off.requests_per_s:,.0f} req/s "
+                f"({off_cpu:.2f} CPU-s), on {on.requests_per_s:,.0f} req/s ({on_cpu:.2f} "
+                f"CPU-s): {ratio:.3f}, per CPU-second {cost:.3f}")
+        points.append(PairedPoint(mode, statistics.median(rps["audit-off"]),
+                                  statistics.median(rps["audit-on"]),
+                                  statistics.median(ratios), statistics.median(cost_ratios),
+                                  errors))
+    return points
+
+
+def paired_table(points: list[PairedPoint], title: str, results: dict[str, object]
+                 ) -> list[str]:
+    rows = []
+    for point in points:
+        verdict = "PASS" if min(point.ratio, point.cost_ratio) >= MIN_RATIO and \
+            not point.errors else "FAIL"
+        rows.append([point.mode, str(CONCURRENCY), f"{point.off:,.0f}", f"{point.on:,.0f}",
+                     f"{point.ratio:.3f}", f"{point.cost_ratio:.3f}", f">= {MIN_RATIO}",
+                     verdict])
+        results[f"paired_{point.mode}"] = point.__dict__
+    return ["", title, format_table(["scenario", "c", "off req/s", "on req/s", "on/off",
+                                     "per CPU-s", "target", "verdict"], rows)]
 
 
 def measure_latency(servers: dict[str, ServerProcess], rounds: int, duration_s: float
@@ -428,6 +537,9 @@ def main() -> int:
     parser.add_argument("--skip-once", action="store_true")
     parser.add_argument("--whole", action="store_true",
                         help="also measure with the shipper and PostgreSQL running meanwhile")
+    parser.add_argument("--policy", action="store_true",
+                        help="keep the default policy (guardrails) on in both gateways; off by "
+                             "default, since it costs both the same")
     args = parser.parse_args()
     if not _has_modules("h11", "asyncpg") and REPO_PYTHON.exists() and \
             Path(sys.prefix).resolve() != REPO_PYTHON.parent.parent.resolve():
@@ -442,15 +554,17 @@ def main() -> int:
     upstream.start()
     upstream.wait_ready(30)
     results: dict[str, object] = {}
-    lines = [f"audit_bench: {machine_note()}"]
+    policy_note = "on" if args.policy else "off (--policy keeps it on)"
+    lines = [f"audit_bench: {machine_note()}; default policy {policy_note}"]
     try:
         if not args.skip_throughput:
             pg = PostgresServer()
             pg.start()
             servers = {
-                "audit-off": gateway("audit-off", free_port(), upstream_port, None),
+                "audit-off": gateway("audit-off", free_port(), upstream_port, None,
+                                     policy=args.policy),
                 "audit-on": gateway("audit-on", free_port(), upstream_port,
-                                    {"postgres_dsn": pg.dsn}),
+                                    {"postgres_dsn": pg.dsn}, policy=args.policy),
             }
             try:
                 for server in servers.values():
@@ -459,6 +573,7 @@ def main() -> int:
                     server.wait_ready(60)
                 latency = measure_latency(servers, args.rounds, args.duration)
                 hot = measure_throughput(servers, args.rounds, args.duration, hold_shipper=True)
+                paired = measure_paired(servers, args.rounds, args.duration)
                 whole = (measure_throughput(servers, args.rounds, args.duration,
                                             hold_shipper=False) if args.whole else [])
             finally:
@@ -474,6 +589,10 @@ def main() -> int:
                 hot, f"request path: throughput at c={CONCURRENCY}, audit on / off, the "
                      f"shipper held while measured (median of {args.rounds} x "
                      f"{args.duration:g} s):", results, "request_path")
+            lines += paired_table(
+                paired, f"request path, both gateways loaded at once, each by its own wrk at "
+                        f"c={CONCURRENCY}, the shipper held (median of {args.rounds} rounds of "
+                        f"{args.duration:g} s):", results)
             if whole:
                 lines += throughput_table(
                     whole, f"whole pipeline: the same with the shipper and PostgreSQL running "

@@ -228,6 +228,50 @@ async def test_the_writer_keeps_records_through_a_redis_outage(redis_server_fact
         await client.aclose()
 
 
+async def test_calls_that_end_during_a_redis_outage_are_recorded_after_it(
+        redis_server_factory) -> None:
+    """Calls' snapshots buffered while Redis is down are built at once (kept as
+    records, bodies cut to the cap) and appended, in order, when it is back."""
+    from smartflow.audit.framing import unpack
+    from smartflow.audit.record import RecordBuilder
+    from smartflow.audit.redact import Redactor
+    from smartflow.dialects import openai as openai_dialect
+    from smartflow.http.request import Request
+    from smartflow.proxy.call import Call
+
+    def call(n: int) -> Call:
+        request = Request("POST", "/v1/chat/completions", b"", [], None, "1.1")
+        made = Call(request, openai_dialect.DIALECT, "chat", call_id=f"call-{n:06d}")
+        made.raw_body = b'{"messages":[{"role":"user","content":"%d"}]}' % n + b" " * 3000
+        made.answer_body = b'{"choices":[]}'
+        made.status = 200
+        made.ended_s = made.started_s + 0.01
+        return made
+
+    server = redis_server_factory(persistence=True)
+    client = create_store_client(server.url, timeout_s=1.0, connect_timeout_s=0.5)
+    builder = RecordBuilder(capture_bodies=True, max_body_bytes=1000, redactor=Redactor(()),
+                            node="n1")
+    try:
+        writer = AuditStreamWriter(client, builder.build_batch, max_len=100_000)
+        server.stop()
+        writer.append(builder.snapshot(call(0)))
+        await wait_until_async(lambda: writer.failures >= 1, timeout_s=20)
+        for n in range(1, 40):
+            writer.append(builder.snapshot(call(n)))
+        assert writer.buffered == 40
+        server.start()
+        assert await writer.drain(30)
+        entries = await client.execute("XRANGE", AUDIT_STREAM, "-", "+", key=AUDIT_STREAM)
+        records = [record for _, fields in entries
+                   for record in unpack(dict(zip(fields[::2], fields[1::2], strict=True))[b"b"])]
+        assert [orjson.loads(raw)[1] for raw, _, _ in records] == \
+            [f"call-{n:06d}" for n in range(40)]
+        assert all(len(question) == 1000 for _, question, _ in records)
+    finally:
+        await client.aclose()
+
+
 async def test_a_stream_that_vanished_is_made_again(clean_stream: StoreClient) -> None:
     """Redis restarted without persistence: the stream and its group are gone."""
     sink = MemorySink()
