@@ -79,7 +79,8 @@ class RecordBuilder:
         self._redactor = redactor
         self._node = node
         # started_s is on the monotonic clock: this offset turns it into wall
-        # time. Refreshed at every batch, so a clock step is followed at once.
+        # time. Refreshed at every batch, so after a step of the wall clock
+        # only the calls snapshotted before the next flush keep the old one.
         self._wall_offset = time.time() - time.perf_counter()
         self.stream_capture_cap = max_body_bytes * STREAM_CAPTURE_FACTOR if self._capture else 0
 
