@@ -153,20 +153,27 @@ class RecordBuilder:
         cap = self._max_body
         redact_pair = self._redactor.redact_pair
         built = []
-        for fields, question, answer, secret, truncated in snapshots:
-            if answer.__class__ is list:  # a stream's chunks: its text, still escaped
-                answer = escaped_text(fields[_DIALECT], fields[_OPERATION],
-                                      b"".join(answer))  # type: ignore[arg-type]
+        for fields, question, kept, secret, truncated in snapshots:
+            if isinstance(kept, list):  # a stream's chunks: its text, still escaped
+                answer = escaped_text(fields[_DIALECT], fields[_OPERATION], b"".join(kept))
+            else:
+                answer = kept
             if len(answer) > cap:
                 answer, truncated = answer[:cap], True
             if question or answer:
-                question, answer = redact_pair(question, answer, secret)  # type: ignore[arg-type]
+                question, answer = redact_pair(question, answer, secret)
             built.append((dumps((*fields, truncated)), question, answer))
-        return built  # type: ignore[return-value]
+        return built
 
 
+_CALL_ID = WIRE_FIELDS.index("call_id")
 _DIALECT = WIRE_FIELDS.index("dialect")
 _OPERATION = WIRE_FIELDS.index("operation")
+
+
+def snapshot_call_id(snapshot: Snapshot) -> str:
+    """The id of the call a snapshot was taken of (for logging)."""
+    return str(snapshot[0][_CALL_ID])
 
 
 def _tags(header: str | None) -> list[str]:

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from smartflow.audit.framing import pack
-from smartflow.audit.record import Snapshot
+from smartflow.audit.record import Snapshot, snapshot_call_id
 from smartflow.store.fast_client import StoreClient
 from smartflow.store.keyspace import AUDIT_QUEUED, AUDIT_STREAM
 from smartflow.store.resp import ReplyError
@@ -118,7 +118,7 @@ class AuditStreamWriter:
                 entries += self._build((snapshot,))  # type: ignore[misc]
             except Exception:
                 logger.exception("audit: the record of call %s could not be built",
-                                 snapshot[0][1])
+                                 snapshot_call_id(snapshot))
                 self.dropped += 1
         return entries
 
