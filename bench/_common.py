@@ -304,6 +304,21 @@ class MemoryReport:
 _NOT_WORKERS = ("redis-server", "resource_tracker", "semaphore_tracker", "py-spy")
 
 
+def workers_cpu_s(server: ServerProcess) -> float:
+    """CPU seconds (user + system) the gateway's request workers have used."""
+    assert server.popen is not None
+    total = 0.0
+    for pid in descendants(server.popen.pid):
+        if not cmdline(pid).startswith("smartflow: worker"):
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def worker_pids(root_pid: int) -> list[int]:
     """The request-serving processes under ``root_pid`` (itself when it has none)."""
     pids = [p for p in descendants(root_pid)

@@ -60,8 +60,6 @@ from _common import (
     WORK_DIR,
     LoadResult,
     ServerProcess,
-    cmdline,
-    descendants,
     ensure_apt,
     format_table,
     free_port,
@@ -70,6 +68,7 @@ from _common import (
     median_result,
     run_cli,
     run_wrk,
+    workers_cpu_s,
     write_results,
     wrk_post_script,
 )
@@ -214,21 +213,6 @@ def measure_throughput(servers: dict[str, ServerProcess], rounds: int, duration_
     return points
 
 
-def _workers_cpu_s(server: ServerProcess) -> float:
-    """CPU seconds (user + system) the gateway's request workers have used."""
-    assert server.popen is not None
-    total = 0.0
-    for pid in descendants(server.popen.pid):
-        if not cmdline(pid).startswith("smartflow: worker"):
-            continue
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
-
-
 @dataclass
 class PairedPoint:
     mode: str
@@ -264,9 +248,9 @@ def measure_paired(servers: dict[str, ServerProcess], rounds: int, duration_s: f
                 url = servers[target].base_url + "/v1/chat/completions"
                 run_wrk(url, CONCURRENCY, 2, script=script)  # warm-up
                 warm.wait()
-                cpu = _workers_cpu_s(servers[target])
+                cpu = workers_cpu_s(servers[target])
                 result = run_wrk(url, CONCURRENCY, duration_s, script=script)
-                results[target] = (result, _workers_cpu_s(servers[target]) - cpu)
+                results[target] = (result, workers_cpu_s(servers[target]) - cpu)
 
             try:
                 threads = [threading.Thread(target=load, args=(target,)) for target in servers]

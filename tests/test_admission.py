@@ -248,6 +248,12 @@ async def test_far_from_its_limits_a_scope_is_served_from_a_lease_and_settles_ex
     assert all(isinstance(g, Grant) for g in grants)
     assert counting.scripts - before <= 2  # 200 calls, no round trip each
     assert ("x-ratelimit-limit-requests", "100000") in grants[-1].headers
+    # What a leased call reports left: what the window has counted (a lease's
+    # calls as they are drawn), never more than the limit.
+    left = dict(grants[-1].headers)
+    requests_used = 100_000 - int(left["x-ratelimit-remaining-requests"])
+    tokens_used = 10**8 - int(left["x-ratelimit-remaining-tokens"])
+    assert 1 < requests_used and tokens_used == 20 * requests_used
     for grant in [first, *grants]:
         assert isinstance(grant, Grant)
         admission.settle_later(grant, model="m", cost_usd=0.005, prompt_tokens=10,

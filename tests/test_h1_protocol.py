@@ -207,13 +207,38 @@ def test_response_head_for_streaming_is_chunked_and_may_close() -> None:
         ("bad name", "v"),
         ("x:y", "v"),
         ("", "v"),
+        ("x-smartflow-provider", "openai\r\nset-cookie: x"),  # a name the encoder knows
+        ("x-ratelimit-remaining-tokens", "1\r"),
+        ("x-smartflow-call-id", "a\x00"),
+        ("content-type\r\nx-evil", "v"),
     ],
 )
 def test_response_header_with_cr_lf_nul_or_bad_name_is_refused(name: str, value: str) -> None:
+    headers = [("x-smartflow-call-id", "c1"), (name, value), ("x-b", "2")]
     with pytest.raises(HeaderError):
         encode_response_head(
-            200, [(name, value)], None, 0, keep_alive=True, chunked=False, date_line=b""
+            200, headers, None, 0, keep_alive=True, chunked=False, date_line=b""
         )
+
+
+def test_a_content_type_with_a_line_break_is_refused() -> None:
+    with pytest.raises(HeaderError):
+        encode_response_head(
+            200, [], "text/plain\r\nx: y", 0, keep_alive=True, chunked=False, date_line=b""
+        )
+
+
+def test_many_headers_keep_their_order_and_known_and_unknown_names_pass() -> None:
+    headers = [(f"x-h{i}", f"v{i}") for i in range(10)] + [("x-smartflow-attempts", "1")]
+    head = encode_response_head(
+        404, headers, "application/json", None, keep_alive=False, chunked=True, date_line=b""
+    )
+    assert head == (
+        b"HTTP/1.1 404 Not Found\r\n"
+        + b"".join(b"x-h%d: v%d\r\n" % (i, i) for i in range(10))
+        + b"x-smartflow-attempts: 1\r\ncontent-type: application/json\r\n"
+        b"transfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    )
 
 
 def test_a_repeated_head_gives_the_same_request_with_its_own_header_list() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import pytest
 
+from smartflow.dialects import openai as openai_dialect
+from smartflow.http.request import Request
 from smartflow.keys.admission import Refusal, Scope, _duration, refusal_headers, worst_case_nano
 from smartflow.keys.money import to_nano, to_usd
 from smartflow.keys.periods import PeriodClock
@@ -17,8 +21,10 @@ from smartflow.keys.records import (
     model_allowed,
 )
 from smartflow.keys.store import hash_key, looks_like_virtual_key, new_plaintext_key
-from smartflow.providers.base import Prices
-from smartflow.proxy.key_stages import _requested_output_tokens
+from smartflow.providers.base import Prices, Target
+from smartflow.proxy.call import Call
+from smartflow.proxy.cost import estimate_prompt_tokens
+from smartflow.proxy.key_stages import AdmitStage, _requested_output_tokens
 from smartflow.store.keyspace import SCOPE_KEY
 
 
@@ -122,3 +128,29 @@ def test_refusal_headers_follow_openai_and_name_the_budget() -> None:
     assert rpm["x-ratelimit-reset-requests"] == "1.5s"
     assert rpm["retry-after"] == "2"
     assert _duration(250) == "250ms" and _duration(61_000) == "1m1s"
+
+
+def test_the_admit_stage_holds_exactly_worst_case_nano() -> None:
+    """The stage sums a worst case inline, for speed: over many prices, prompts
+    and limits it must hold what ``worst_case_nano`` says, to the nano."""
+    rng = random.Random(7)
+    stage = AdmitStage(SimpleNamespace(admission=None), None, 4096)  # type: ignore[arg-type]
+    request = Request("POST", "/v1/chat/completions", b"", [], None, "1.1")
+    entry = SimpleNamespace(needs_cost=True, needs_tokens=True)
+    for _ in range(2000):
+        prices = Prices(input_per_mtok=rng.choice([0.0, 0.15, 2.5, 3.0, 15.0, 0.075]),
+                        output_per_mtok=rng.choice([0.0, 0.6, 10.0, 15.0, 75.0, 0.3]),
+                        per_request=rng.choice([0.0, 0.01, 0.001, 0.0003]))
+        limit = rng.choice([0, 1024, 4096, 16384, 128000])
+        body: dict[str, object] = {"messages": [
+            {"role": "user", "content": "x" * rng.randrange(0, 5000)}]}
+        if rng.random() < 0.7:
+            body["max_tokens"] = rng.randrange(1, 100_000)
+        call = Call(request, openai_dialect.DIALECT, "chat")
+        call.body = body
+        call.target = Target(public_name="m", provider="openai", model="m", api_base="",
+                             prices=prices, max_output_tokens=limit)
+        prompt = estimate_prompt_tokens(body)
+        output = _requested_output_tokens(body) or limit or 4096
+        assert stage._worst_case(call, entry) == (  # type: ignore[arg-type]
+            worst_case_nano(prices, prompt, output), prompt)

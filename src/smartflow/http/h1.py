@@ -24,6 +24,7 @@ buffered (the transport pauses reading past a high-water mark).
 from __future__ import annotations
 
 import enum
+import operator
 import re
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -58,8 +59,14 @@ _KNOWN_RESPONSE_HEADER_NAMES = frozenset(
         "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
         "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens",
         "x-smartflow-budget-limit", "x-smartflow-budget-remaining", "x-smartflow-budget-reset",
+        "x-smartflow-attempts", "x-smartflow-deployment", "x-smartflow-tokens-estimated",
+        "x-smartflow-cache-key", "x-smartflow-cache-tier", "x-smartflow-cache-similarity",
+        "x-smartflow-policies", "x-smartflow-guardrails", "x-smartflow-virtual-key",
+        "content-encoding", "content-language", "request-id", "openai-version",
+        "openai-organization", "x-content-type-options",
     }
 )  # fmt: skip
+_name_of = operator.itemgetter(0)
 
 
 def _status_line(status: int) -> bytes:
@@ -411,21 +418,28 @@ def encode_response_head(
     """Status line + headers + blank line.  `content_length` None and not
     `chunked` means the body is delimited by closing the connection."""
     status_line = _STATUS_LINES.get(status) or _status_line(status)
-    parts = []
-    for name, value in headers:
-        check_header(name, value)
-        parts.append(f"{name}: {value}\r\n")
+    text = "".join([f"{name}: {value}\r\n" for name, value in headers])
+    lines = len(headers)
     if content_type is not None:
-        check_header("content-type", content_type)
-        parts.append(f"content-type: {content_type}\r\n")
+        text += f"content-type: {content_type}\r\n"
+        lines += 1
+    # One scan of the joined lines, not a check per header (a response
+    # carries a dozen): each line ends in the one CR LF written here, so any
+    # other CR, LF or NUL came from a name or a value. A name we do not know
+    # is checked (and the culprit named) one header at a time.
+    if (text.count("\n") != lines or text.count("\r") != lines or "\0" in text
+            or not _KNOWN_RESPONSE_HEADER_NAMES.issuperset(map(_name_of, headers))):
+        for name, value in headers:
+            check_header(name, value)
+        if content_type is not None:
+            check_header("content-type", content_type)
     if content_length is not None:
-        parts.append(f"content-length: {content_length}\r\n")
+        text += f"content-length: {content_length}\r\n"
     elif chunked:
-        parts.append("transfer-encoding: chunked\r\n")
+        text += "transfer-encoding: chunked\r\n"
     if not keep_alive:
-        parts.append("connection: close\r\n")
-    parts.append("\r\n")
-    return b"".join((status_line, date_line, "".join(parts).encode("latin-1")))
+        text += "connection: close\r\n"
+    return b"".join((status_line, date_line, text.encode("latin-1"), b"\r\n"))
 
 
 def encode_chunk(data: bytes) -> bytes:

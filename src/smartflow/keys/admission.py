@@ -82,7 +82,7 @@ HEADER_REFRESH_CALLS = 16
 # admin API) at most that much later; it never lets a budget overshoot. A quiet
 # worker settles each call SETTLE_DELAY_S after it ends.
 SETTLE_DELAY_S = 0.002
-SETTLE_INTERVAL_S = 0.02
+SETTLE_INTERVAL_S = 0.05
 SETTLE_BUSY_CALLS = 8
 # Admissions per script call at most: a bound on one script's run time in
 # Redis (others wait while it runs).
@@ -404,11 +404,20 @@ class Lease:
     marks: tuple[tuple[int, int], ...] = ()
     alone: tuple[Lease, ...] = ()
     renew_at: int = 0  # served calls at which the next lease is asked for
+    tokens_granted: int = 0  # TPM tokens it took (its ``tokens_left`` when granted)
+    # What its calls that ended since the last settle owe, summed as they end
+    # (``Admission.settle_later``): the next settle adds it to the scope's.
+    spend: int = 0  # nano, actual cost
+    released: int = 0  # nano, their worst cases: back into the lease's minute
+    correction: int = 0  # TPM tokens used minus estimated
+    ledger: dict[str, list[int]] = field(default_factory=dict)  # model -> [nano, req, pt, ct]
+    owes: bool = False  # in the admission's list of leases to settle
 
     def __post_init__(self) -> None:
         self.marks = ((self.minute, self.second),)
         self.alone = (self,)
         self.renew_at = max(1, int(self.size * LEASE_RENEW_AT))
+        self.tokens_granted = self.tokens_left or 0
 
     def fits(self, amount: int, tokens: int) -> bool:
         """Whether one more call of ``amount`` and ``tokens`` fits in what is left."""
@@ -507,9 +516,12 @@ class Admission:
         self._hold_s = str(math.ceil(hold_s))
         self._asks: list[_Ask] = []
         self._settlements: dict[tuple[str, str], tuple[Scope, _Settlement]] = {}
-        # calls over since the last settle: (grant, model, cost, tokens in and
-        # out, whether it counts as a request, its duration), see settle_later
+        # calls admitted by Redis over since the last settle: (grant, model,
+        # cost, tokens in and out, whether it counts as a request, its
+        # duration), see settle_later
         self._ended: list[tuple[Grant, str, float, int, int, bool, float]] = []
+        self._owing: list[Lease] = []  # leases with calls that ended since the last settle
+        self._ended_count = 0  # calls that ended since the last settle
         self._flush_scheduled = False
         self._settle_scheduled = False
         self._last_settle_s = -math.inf  # loop time the last settle script started
@@ -706,11 +718,12 @@ class Admission:
                     tokens = (limits.tpm_limit, left, int(values[base + 4]))
         if requests is not None:
             headers += (("x-ratelimit-limit-requests", str(requests[0])),
-                        ("x-ratelimit-remaining-requests", str(max(0, requests[1]))),
+                        ("x-ratelimit-remaining-requests",
+                         str(min(max(0, requests[1]), requests[0]))),
                         ("x-ratelimit-reset-requests", _duration(requests[2])))
         if tokens is not None:
             headers += (("x-ratelimit-limit-tokens", str(tokens[0])),
-                        ("x-ratelimit-remaining-tokens", str(max(0, tokens[1]))),
+                        ("x-ratelimit-remaining-tokens", str(min(max(0, tokens[1]), tokens[0]))),
                         ("x-ratelimit-reset-tokens", _duration(tokens[2])))
         return headers
 
@@ -747,17 +760,31 @@ class Admission:
         if not leases:
             return None
         now = time.monotonic()
-        if len(scopes) == 1:  # a key alone: the common case, without the lists
-            lease = leases.get(scopes[0].ref)
-            if lease is None or not self._has_room(lease, scopes[0], amount, tokens, now):
+        if len(scopes) == 1:  # a key alone: the common case, ``_has_room`` and ``draw`` inline
+            scope = scopes[0]
+            lease = leases.get(scope.ref)
+            if lease is None:
                 return None
-            lease.draw(amount, tokens)
-            if lease.served == lease.renew_at:
+            if lease.scope.rev != scope.rev or now >= lease.expires_s:
+                self._return_lease(lease)
+                return None
+            calls_left, tokens_left = lease.calls_left, lease.tokens_left
+            if lease.nano_left < amount or (calls_left is not None and calls_left < 1) or (
+                    tokens_left is not None and tokens_left < tokens):
+                return None
+            lease.nano_left -= amount
+            lease.outstanding += 1
+            served = lease.served = lease.served + 1
+            if calls_left is not None:
+                lease.calls_left = calls_left - 1
+            if tokens_left is not None:
+                lease.tokens_left = tokens_left - tokens
+            if served == lease.renew_at:
                 self._renew(lease, amount, tokens)
             # The remaining-counts a leased call reports are estimates anyway
             # (other workers' use is unseen): refreshed every few calls.
             headers = lease.headers
-            if headers is None or lease.served % HEADER_REFRESH_CALLS == 0:
+            if headers is None or served % HEADER_REFRESH_CALLS == 0:
                 headers = lease.headers = self._lease_headers((lease,))
             return Grant(scopes if scopes.__class__ is tuple else tuple(scopes), amount,
                          tokens, lease.marks, headers, False, lease.alone)
@@ -789,12 +816,16 @@ class Admission:
         tokens_best: tuple[str, int, int] | None = None
         for lease in found:
             view = lease.view
+            limits = lease.scope.limits
             if lease.calls_left is not None:
-                left = view[1] + lease.calls_left
+                # the script's figure counts the lease's calls as made already
+                left = min(max(0, view[1] + lease.calls_left), limits.rpm_limit or 0)
                 if requests_best is None or left < requests_best[1]:
                     requests_best = (lease.scope.rpm_text, left, view[2])
             if lease.tokens_left is not None:
-                left = view[3] + lease.tokens_left
+                # ... but not its tokens: only those drawn are used
+                left = min(max(0, view[3] - lease.tokens_granted + lease.tokens_left),
+                           limits.tpm_limit or 0)
                 if tokens_best is None or left < tokens_best[1]:
                     tokens_best = (lease.scope.tpm_text, left, view[4])
         if requests_best is not None:
@@ -917,36 +948,70 @@ class Admission:
 
     # -- settlement -----------------------------------------------------------------
 
-    def settle_later(self, grant: Grant, *, model: str, cost_usd: float, prompt_tokens: int,
+    def settle_later(self, grant: Grant, model: str, cost_usd: float, prompt_tokens: int,
                      completion_tokens: int, counts_request: bool, elapsed_s: float) -> None:
         """Commit the actual cost and release the hold, without the caller waiting.
-        The call is only noted here; the next settle works out what it owes."""
+
+        A call served by Redis is only noted here; the next settle works out
+        what it owes. A leased call's dues are added to its leases' sums at
+        once: a few additions cost less than keeping the call for the settle,
+        and the settle then has one entry per lease, not one per call."""
         if grant.settled:
             return
         grant.settled = True
-        # A leased call's hold is part of its lease's, which counts as the one
-        # call in flight until the lease is back and all its calls settled.
-        for lease in grant.leases:
-            lease.outstanding -= 1
-            if lease.returned and lease.outstanding == 0:
-                self._settlement(lease.scope).holds.setdefault(lease.minute, [0, 0])[1] += 1
-        self._ended.append((grant, model, cost_usd, prompt_tokens, completion_tokens,
-                            counts_request, elapsed_s))
+        self._ended_count += 1
+        leases = grant.leases
+        if not leases:
+            self._ended.append((grant, model, cost_usd, prompt_tokens, completion_tokens,
+                                counts_request, elapsed_s))
+        else:
+            actual = round(cost_usd * NANO_PER_USD)
+            used = prompt_tokens + completion_tokens
+            correction = used - grant.estimated_tokens if elapsed_s < TPM_WINDOW_S else used
+            amount = grant.amount_nano
+            for lease in leases:
+                lease.spend += actual
+                lease.released += amount
+                lease.correction += correction
+                if counts_request:
+                    _add_to_ledger(lease.ledger, model, actual, 1, prompt_tokens,
+                                   completion_tokens)
+                if not lease.owes:
+                    lease.owes = True
+                    self._owing.append(lease)
+                # Its hold is part of its lease's, which counts as the one
+                # call in flight until the lease is back and all its calls settled.
+                lease.outstanding -= 1
+                if lease.returned and lease.outstanding == 0:
+                    self._settlement(lease.scope).holds.setdefault(lease.minute, [0, 0])[1] += 1
         if not (self._settle_scheduled or self._settling):
             self._schedule_settle()
 
     def _gather_ended(self) -> None:
-        """What the calls noted by ``settle_later`` owe, added to their scopes'
-        settlements: one tight loop per settle instead of a pass per call."""
-        ended, self._ended = self._ended, []
+        """What the calls that ended since the last settle owe, added to their
+        scopes' settlements: the leases' sums, then one tight loop over the
+        calls served by Redis."""
+        owing, self._owing = self._owing, []
         settlement = self._settlement
+        for lease in owing:
+            lease.owes = False
+            scope = lease.scope
+            entry = settlement(scope)
+            entry.spend += lease.spend
+            if scope.needs_tokens:
+                entry.correction += lease.correction
+            entry.holds.setdefault(lease.minute, [0, 0])[0] += lease.released
+            for model, (nano, requests, prompt, completion) in lease.ledger.items():
+                _add_to_ledger(entry.ledger, model or "-", nano, requests, prompt, completion)
+            lease.spend = lease.released = lease.correction = 0
+            lease.ledger = {}
+        ended, self._ended = self._ended, []
         for (grant, model, cost_usd, prompt_tokens, completion_tokens, counts_request,
              elapsed_s) in ended:
             actual = round(cost_usd * NANO_PER_USD)
             used = prompt_tokens + completion_tokens
             correction = used - grant.estimated_tokens if elapsed_s < TPM_WINDOW_S else used
             model = model or "-"
-            calls = 0 if grant.leases else 1
             amount = grant.amount_nano
             for scope, (minute, _second) in zip(grant.scopes, grant.marks, strict=True):
                 entry = settlement(scope)
@@ -955,19 +1020,13 @@ class Admission:
                     entry.correction += correction
                 hold = entry.holds.get(minute)
                 if hold is None:
-                    entry.holds[minute] = [amount, calls]
+                    entry.holds[minute] = [amount, 1]
                 else:
                     hold[0] += amount
-                    hold[1] += calls
+                    hold[1] += 1
                 if counts_request:
-                    row = entry.ledger.get(model)
-                    if row is None:
-                        entry.ledger[model] = [actual, 1, prompt_tokens, completion_tokens]
-                    else:
-                        row[0] += actual
-                        row[1] += 1
-                        row[2] += prompt_tokens
-                        row[3] += completion_tokens
+                    _add_to_ledger(entry.ledger, model, actual, 1, prompt_tokens,
+                                   completion_tokens)
 
     def _settlement(self, scope: Scope) -> _Settlement:
         found = self._settlements.get(scope.ref)
@@ -988,14 +1047,15 @@ class Admission:
     def _flush_settlements(self, *, now: bool = False) -> None:
         """Send what is gathered (``now``: whatever the cadence, at shutdown)."""
         self._settle_scheduled = False
-        if self._settling or not (self._settlements or self._ended):
+        if self._settling or not (self._settlements or self._ended or self._owing):
             return
         loop = asyncio.get_running_loop()
         if (not now and self._busy
                 and loop.time() < self._last_settle_s + SETTLE_INTERVAL_S - 1e-3):
             self._schedule_settle()
             return
-        self._busy = len(self._ended) >= SETTLE_BUSY_CALLS
+        self._busy = self._ended_count >= SETTLE_BUSY_CALLS
+        self._ended_count = 0
         self._gather_ended()
         batch, self._settlements = self._settlements, {}
         self._settling = True
@@ -1004,7 +1064,7 @@ class Admission:
 
     def _settled(self, _task: asyncio.Task[Any]) -> None:
         self._settling = False
-        if self._settlements or self._ended:
+        if self._settlements or self._ended or self._owing:
             self._schedule_settle()
 
     async def _settle(self, batch: dict[tuple[str, str], tuple[Scope, _Settlement]]) -> None:
@@ -1046,8 +1106,22 @@ class Admission:
                 await asyncio.wait(set(self._tasks), timeout=deadline - loop.time())
                 continue
             await asyncio.sleep(0)  # done-callbacks (a lease granted meanwhile) run here
-            if not (self._tasks or self._settlements or self._ended or self._asks):
+            if not (self._tasks or self._settlements or self._ended or self._owing
+                    or self._asks):
                 return
+
+
+def _add_to_ledger(ledger: dict[str, list[int]], model: str, nano: int, requests: int,
+                   prompt_tokens: int, completion_tokens: int) -> None:
+    """Add to a model's ledger row: [nano USD, requests, prompt and completion tokens]."""
+    row = ledger.get(model)
+    if row is None:
+        ledger[model] = [nano, requests, prompt_tokens, completion_tokens]
+    else:
+        row[0] += nano
+        row[1] += requests
+        row[2] += prompt_tokens
+        row[3] += completion_tokens
 
 
 def _duration(ms: int) -> str:

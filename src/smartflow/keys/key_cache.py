@@ -10,6 +10,7 @@ everywhere, while the common case costs no Redis read at all.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -39,6 +40,10 @@ class KeyEntry:
     # needed), or a TPM limit (its estimated tokens)
     needs_cost: bool = False
     needs_tokens: bool = False
+    # Monotonic time until which a call may use it with no other check: its
+    # fetch's TTL, or its expiry if sooner; -inf once it is blocked, replaced
+    # or dropped (set by KeyCache).
+    usable_until: float = -math.inf
 
     def __post_init__(self) -> None:
         self.needs_cost = any(scope.needs_cost for scope in self.scopes)
@@ -59,7 +64,7 @@ def scopes_of(key: VirtualKey, team: Team | None, user: User | None) -> tuple[Sc
 
 
 class KeyCache:
-    __slots__ = ("_entries", "_hashes", "_store", "_ttl_s", "max_entries")
+    __slots__ = ("_entries", "_hashes", "_store", "_ttl_s", "_usable", "max_entries")
 
     def __init__(self, store: IdentityStore, ttl_s: float,
                  max_entries: int = MAX_ENTRIES) -> None:
@@ -71,6 +76,18 @@ class KeyCache:
         # plaintext -> hash of keys that had an entry: a dict lookup instead of
         # a SHA-256 per call (the plaintext is in every request's headers anyway)
         self._hashes: dict[str, str] = {}
+        # plaintext -> entry, for keys whose last call found them usable: the
+        # common case is one dict lookup and a clock read (an entry replaced
+        # or dropped is marked unusable, so a stale one here is never used)
+        self._usable: dict[str, KeyEntry] = {}
+
+    def usable(self, plaintext: str) -> KeyEntry | None:
+        """The entry of a key that is fresh, not blocked and not expired, if
+        this worker's last call with it found it so; else None (``cached``)."""
+        entry = self._usable.get(plaintext)
+        if entry is not None and time.monotonic() < entry.usable_until:
+            return entry
+        return None
 
     def cached(self, plaintext: str) -> KeyEntry | None:
         """The entry if this worker holds a fresh one: no I/O, no await. (The
@@ -87,32 +104,47 @@ class KeyCache:
             hashes[plaintext] = key_hash
         else:
             entry = self._entries.get(key_hash)
-        if entry is not None and time.monotonic() - entry.fetched_s < self._ttl_s:
-            return entry
-        return None
+        if entry is None:
+            return None
+        now = time.monotonic()
+        if now - entry.fetched_s >= self._ttl_s:
+            return None
+        if now < entry.usable_until:
+            usable = self._usable
+            if len(usable) >= self.max_entries:
+                usable.clear()
+            usable[plaintext] = entry
+        return entry
 
     async def refresh(self, key_hash: str) -> KeyEntry | None:
         """The key's entry read from Redis (and kept), or None for a key that
         does not exist."""
         key = await self._store.key_for_hash(key_hash)
         if key is None:
-            self._entries.pop(key_hash, None)
+            _retire(self._entries.pop(key_hash, None))
             return None
         team = await self._store.get_team(key.team_id) if key.team_id else None
         user = await self._store.get_user(key.user_id) if key.user_id else None
         expires = parse_time(key.expires_at).timestamp() if key.expires_at else None
-        entry = KeyEntry(key, team, user, time.monotonic(), scopes_of(key, team, user),
+        now = time.monotonic()
+        entry = KeyEntry(key, team, user, now, scopes_of(key, team, user),
                          expires, restricts_models=bool(key.models) or bool(
                              team is not None and team.models))
+        if not key.blocked:
+            until = now + self._ttl_s
+            if expires is not None:
+                until = min(until, now + (expires - time.time()))
+            entry.usable_until = until
         entries = self._entries
+        _retire(entries.get(key_hash))
         entries[key_hash] = entry
         entries.move_to_end(key_hash)
         while len(entries) > self.max_entries:
-            entries.popitem(last=False)
+            _retire(entries.popitem(last=False)[1])
         return entry
 
     def forget(self, key_hash: str) -> None:
-        self._entries.pop(key_hash, None)
+        _retire(self._entries.pop(key_hash, None))
 
     def forget_scope(self, kind: str, scope_id: str) -> None:
         """Drop every entry that holds the record of a key, team or user."""
@@ -121,7 +153,13 @@ class KeyCache:
                   or (kind == SCOPE_TEAM and entry.key.team_id == scope_id)
                   or (kind == SCOPE_USER and entry.key.user_id == scope_id)]
         for key_hash in doomed:
-            del self._entries[key_hash]
+            _retire(self._entries.pop(key_hash))
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _retire(entry: KeyEntry | None) -> None:
+    """An entry no call may use any more (replaced, dropped or evicted)."""
+    if entry is not None:
+        entry.usable_until = -math.inf

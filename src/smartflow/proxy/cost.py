@@ -150,10 +150,14 @@ def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
     if isinstance(messages, list):
         for message in messages:
             if isinstance(message, dict):
-                chars += text_chars(message.get("content"))
+                content = message.get("content")
+                # a string (the common case) without a call: this runs on every
+                # call with a budget or a TPM limit
+                chars += len(content) if content.__class__ is str else text_chars(content)
                 overhead += MESSAGE_OVERHEAD_TOKENS
     if _OTHER_PROMPT_FIELDS.isdisjoint(body):  # a chat request: nothing more to count
-        return estimate_tokens_from_chars(chars) + overhead
+        return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN + overhead if chars > 0 \
+            else overhead
     system = body.get("system")  # Anthropic's top-level system prompt
     if system is not None:
         chars += text_chars(system)

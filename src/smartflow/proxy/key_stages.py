@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +22,11 @@ from smartflow.keys.admission import (
     Grant,
     Refusal,
     refusal_headers,
-    worst_case_nano,
 )
 from smartflow.keys.key_cache import KeyEntry
 from smartflow.keys.records import model_allowed
 from smartflow.keys.runtime import KeysRuntime
+from smartflow.providers.base import Target
 from smartflow.proxy.call import Call, Principal
 from smartflow.proxy.catalog import Catalog, ModelNotFound
 from smartflow.proxy.cost import estimate_prompt_tokens
@@ -72,10 +73,9 @@ def _requested_output_tokens(body: dict[str, Any]) -> int:
     get = body.get
     for name in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
         limit = get(name)
-        if limit is not None:
-            tokens = _times_choices(limit, get("n"))
-            if tokens:
-                return tokens
+        if limit.__class__ is int and limit > 0:  # _times_choices, inline: every call
+            choices = get("n")
+            return limit * choices if choices.__class__ is int and choices > 1 else limit
     generation = get("generationConfig")  # the Gemini API's
     if generation.__class__ is dict:
         return _times_choices(generation.get("maxOutputTokens"), generation.get("candidateCount"))
@@ -91,7 +91,15 @@ def _times_choices(limit: Any, choices: Any) -> int:
     return limit  # type: ignore[no-any-return]
 
 
-_PriceRow = tuple[Any, int]  # a deployment's prices and its output limit
+# A deployment's prices as a worst case needs them (USD per call, USD per
+# million input and output tokens) and its output limit.
+_PriceRow = tuple[float, float, float, int]
+
+
+def _price_row(target: Target) -> _PriceRow:
+    prices = target.prices
+    return (prices.per_request, prices.input_per_mtok, prices.output_per_mtok,
+            target.max_output_tokens)
 
 
 class AdmitStage(Stage):
@@ -100,6 +108,7 @@ class AdmitStage(Stage):
     def __init__(self, keys: KeysRuntime, catalog: Catalog, default_max_output: int,
                  routing: RoutingRuntime | None = None) -> None:
         self._keys = keys
+        self._admission = keys.admission
         self._catalog = catalog
         self._routing = routing
         self._generation = 0
@@ -113,24 +122,37 @@ class AdmitStage(Stage):
         if principal is None or principal.kind != "virtual_key":
             return None
         entry: KeyEntry = principal.entry
+        if entry.restricts_models:
+            self._check_model(call, entry)
+        amount, tokens = self._worst_case(call, entry)
+        # The common case, a worker's lease with room: no await.
+        grant = self._admission.from_leases(entry.scopes, amount, tokens)
+        if grant is None:
+            await self._ask(call, entry, amount, tokens)
+            return None
+        call.reservation = grant
+        if grant.headers:
+            call.response_headers += grant.headers
+        return None
+
+    async def _ask(self, call: Call, entry: KeyEntry, amount: int, tokens: int) -> None:
+        """Admission by the script; a refusal for a stale record is retried
+        with fresh records."""
+        admission = self._admission
         try:
             for _ in range(MAX_STALE_RETRIES):
-                if entry.restricts_models:
-                    self._check_model(call, entry)
                 scopes = entry.scopes
-                amount, tokens = self._worst_case(call, entry)
-                admission = self._keys.admission
-                result: Grant | Refusal | None = admission.from_leases(scopes, amount, tokens)
-                if result is None:
-                    result = await admission.ask(scopes, amount, tokens,
-                                                 check_blocked=scopes[0])
+                result = await admission.ask(scopes, amount, tokens, check_blocked=scopes[0])
                 if isinstance(result, Grant):
                     call.reservation = result
                     if result.headers:
-                        call.response_headers.extend(result.headers)
-                    return None
+                        call.response_headers += result.headers
+                    return
                 entry = await self._after_refusal(call, result)
                 call.identity = principal_for(entry)
+                if entry.restricts_models:
+                    self._check_model(call, entry)
+                amount, tokens = self._worst_case(call, entry)
         except StoreUnavailable:
             raise state_unavailable_error() from None
         raise state_unavailable_error()
@@ -169,16 +191,16 @@ class AdmitStage(Stage):
         prompt_tokens = estimate_prompt_tokens(body)
         if not entry.needs_cost:
             return 0, prompt_tokens
-        if call.target is not None:
-            target = call.target
-            rows: tuple[_PriceRow, ...] = ((target.prices, target.max_output_tokens),)
-        else:
-            rows = self._price_rows(call)
+        target = call.target
+        rows = (_price_row(target),) if target is not None else self._price_rows(call)
         requested = _requested_output_tokens(body)
+        default = self._default_max_output
         worst = 0
-        for prices, model_limit in rows:
-            nano = worst_case_nano(prices, prompt_tokens,
-                                   requested or model_limit or self._default_max_output)
+        for per_request, input_per_mtok, output_per_mtok, model_limit in rows:
+            # worst_case_nano's sum, inline (a unit test holds the two equal)
+            usd = (per_request + prompt_tokens * input_per_mtok / 1e6
+                   + (requested or model_limit or default) * output_per_mtok / 1e6)
+            nano = math.ceil(usd * 1e9 - 1e-6)
             worst = max(worst, nano)
         return worst, prompt_tokens
 
@@ -203,12 +225,11 @@ class AdmitStage(Stage):
                     targets = (self._catalog.resolve(call.model),)
                 except ModelNotFound:
                     targets = ()
-            found = tuple((t.prices, t.max_output_tokens) for t in targets)
+            found = tuple(_price_row(t) for t in targets)
             if len(self._prices) < MAX_CACHED_MODELS:
                 self._prices[cache_key] = found
         if not found and call.fallback_target is not None:
-            target = call.fallback_target
-            return ((target.prices, target.max_output_tokens),)
+            return (_price_row(call.fallback_target),)
         return found
 
 
@@ -234,20 +255,17 @@ class SettleStage(Stage):
     slot = "post_call"
 
     def __init__(self, keys: KeysRuntime) -> None:
-        self._keys = keys
+        self._settle = keys.admission.settle_later
 
     async def on_exit(self, call: Call) -> None:
         grant = call.reservation
         if not isinstance(grant, Grant):
             return
         cost = call.cost
-        reached = call.first_byte_s is not None
-        if cost is not None and reached:
-            self._keys.admission.settle_later(
-                grant, model=call.model, cost_usd=cost.usd, prompt_tokens=cost.prompt_tokens,
-                completion_tokens=cost.completion_tokens, counts_request=True,
-                elapsed_s=call.elapsed_ms() / 1000)
+        ended = call.ended_s
+        elapsed_s = (ended if ended is not None else time.perf_counter()) - call.started_s
+        if cost is not None and call.first_byte_s is not None:
+            self._settle(grant, call.model, cost.usd, cost.prompt_tokens,
+                         cost.completion_tokens, True, elapsed_s)
         else:  # nothing was billed: give the whole hold back
-            self._keys.admission.settle_later(
-                grant, model=call.model, cost_usd=0.0, prompt_tokens=0, completion_tokens=0,
-                counts_request=False, elapsed_s=call.elapsed_ms() / 1000)
+            self._settle(grant, call.model, 0.0, 0, 0, False, elapsed_s)

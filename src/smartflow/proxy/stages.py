@@ -69,6 +69,12 @@ class AuthenticateStage(Stage):
     async def on_enter(self, call: Call) -> Reply | None:
         authenticator = self._authenticator
         key = presented_key(call.request, google_keys=call.dialect.google_keys)
+        keys = self._keys
+        if keys is not None and key is not None:
+            entry = keys.cache.usable(key)  # the common case: one lookup, no await
+            if entry is not None:
+                call.identity = principal_for(entry)
+                return None
         if key is None:
             if authenticator.is_development_mode:
                 call.identity = _ANONYMOUS
@@ -79,9 +85,8 @@ class AuthenticateStage(Stage):
         if authenticator.is_master_key(key):
             call.identity = _MASTER
             return None
-        keys = self._keys
         if keys is not None:
-            entry = keys.cache.cached(key)  # the common case: no await at all
+            entry = keys.cache.cached(key)  # no await
             if entry is not None and not _refused(entry):
                 call.identity = principal_for(entry)
                 return None
@@ -287,8 +292,9 @@ def default_stages(context: ProxyContext) -> list[Stage]:
         AuthenticateStage(context.authenticator, keys, capture_provider_keys=capture_keys),
         RouteStage(context.catalog, context.routing,
                    keys.vault if keys is not None else None),
-        AccessLogStage(),
     ]
+    if settings.server.access_log:  # its fields would go nowhere
+        stages.append(AccessLogStage())
     if context.routing is not None:
         stages.append(RoutingExitStage(context.routing))
     if context.embeddings is not None:
