@@ -760,25 +760,12 @@ class Admission:
         if not leases:
             return None
         now = time.monotonic()
-        if len(scopes) == 1:  # a key alone: the common case, ``_has_room`` and ``draw`` inline
-            scope = scopes[0]
-            lease = leases.get(scope.ref)
-            if lease is None:
+        if len(scopes) == 1:  # a key alone: the common case, without the lists
+            lease = leases.get(scopes[0].ref)
+            if lease is None or not self._has_room(lease, scopes[0], amount, tokens, now):
                 return None
-            if lease.scope.rev != scope.rev or now >= lease.expires_s:
-                self._return_lease(lease)
-                return None
-            calls_left, tokens_left = lease.calls_left, lease.tokens_left
-            if lease.nano_left < amount or (calls_left is not None and calls_left < 1) or (
-                    tokens_left is not None and tokens_left < tokens):
-                return None
-            lease.nano_left -= amount
-            lease.outstanding += 1
-            served = lease.served = lease.served + 1
-            if calls_left is not None:
-                lease.calls_left = calls_left - 1
-            if tokens_left is not None:
-                lease.tokens_left = tokens_left - tokens
+            lease.draw(amount, tokens)
+            served = lease.served
             if served == lease.renew_at:
                 self._renew(lease, amount, tokens)
             # The remaining-counts a leased call reports are estimates anyway
