@@ -184,9 +184,17 @@ def test_a_killed_worker_is_replaced_within_a_second_while_the_other_keeps_answe
     # Measured at 2-5 ms and 12-30 ms with two CPU burners running; the
     # bounds leave a loaded CI runner a wide margin (the backoff itself is
     # unit-tested in test_supervisor_plan.py).
+    # The replacement can answer before a loaded supervisor has written its
+    # lines: wait for them rather than read the log once.
+    def logged(event: str) -> dict[str, object] | None:
+        return next((e for e in gateway.log_events(event) if e["worker_pid"] == replacement),
+                    None)
+
+    wait_for(lambda: logged("worker_started") is not None and logged("worker_ready") is not None,
+             10, "the replacement's worker_started and worker_ready lines")
     (died,) = gateway.log_events("worker_died")
-    started = next(e for e in gateway.log_events("worker_started") if e["worker_pid"] == replacement)
-    ready = next(e for e in gateway.log_events("worker_ready") if e["worker_pid"] == replacement)
+    started, ready = logged("worker_started"), logged("worker_ready")
+    assert started is not None and ready is not None
     assert died["worker_pid"] == victim
     decided_s = float(started["ts"]) - float(died["ts"])  # type: ignore[arg-type]
     booted_s = float(ready["ts"]) - float(started["ts"])  # type: ignore[arg-type]
