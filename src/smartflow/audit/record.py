@@ -52,21 +52,26 @@ _NO_ERROR = (None,) * 4
 
 
 # What ``snapshot`` keeps of a call until the flush builds its record: the
-# record's fields but the last, the request body (cut to the cap), the answer
-# (its body, or a stream's chunks), the provider key to redact, and whether the
-# request was cut.
-Snapshot = tuple[tuple[Any, ...], bytes, bytes | list[bytes], str, bool]
+# call's own values and references to the small objects it points at (the
+# request's headers, the target, the principal, the cost), in ``_SNAPSHOT``
+# order. The bodies are already cut to the cap (so a buffer of snapshots stays
+# small); an error or a route plan is read at once (an exception holds its
+# traceback, and with it the frames of the call).
+Snapshot = tuple[Any, ...]
 
 
 class RecordBuilder:
     """Built once per worker. A call pays for ``snapshot(call)`` once it is
     over; ``build_batch`` turns the snapshots of a flush into records.
 
-    Split so because the costly part (JSON, redaction, a stream's text) runs
-    several times faster over a batch in one loop than once per call between
-    requests (measured in the worker: its code and data are no longer in the
-    CPU's caches by then), and a snapshot is one flat tuple where the call is
-    a graph of objects that, kept until the flush, the cyclic GC would walk.
+    Split so because the costly part (reading the objects a call points at,
+    JSON, redaction, a stream's text) runs several times faster over a batch
+    in one loop than once per call between requests: measured in the worker,
+    the code is no longer in the CPU's caches by the end of a call, and in a
+    batch it is. So the snapshot reads only the call's own fields (the call
+    was just written to) and keeps references; and it is one flat tuple,
+    where the call is a graph of objects (its parsed body among them) that,
+    kept until the flush, the cyclic GC would walk.
     """
 
     __slots__ = ("_capture", "_max_body", "_node", "_redactor", "_wall_offset",
@@ -89,91 +94,94 @@ class RecordBuilder:
         return self.build_batch((self.snapshot(call),))[0]
 
     def snapshot(self, call: Call) -> Snapshot:
-        """What the record needs of a finished call: references, and bodies
-        cut to the cap (so a buffer of snapshots stays small)."""
-        started = call.started_s
+        """What the record needs of a finished call (see ``Snapshot``)."""
         ended = call.ended_s
-        if ended is None:
-            ended = time.perf_counter()
-        first_byte = call.first_byte_s
-        target = call.target
         request = call.request
-        principal = call.identity
-        cost = call.cost
         error = call.error
         route = call.route_plan
-        question: bytes = b""
-        answer: bytes | list[bytes] = b""
-        secret = ""
+        question = answer = b""
+        chunks = None
         truncated = False
         if self._capture:
+            cap = self._max_body
             question = call.raw_body
-            if len(question) > self._max_body:
-                question, truncated = question[:self._max_body], True
-            chunks = call.answer_chunks
-            if chunks is not None:
-                answer = chunks  # bounded by the stage (stream_capture_cap)
-            else:
+            if len(question) > cap:
+                question, truncated = question[:cap], True
+            chunks = call.answer_chunks  # bounded by the stage (stream_capture_cap)
+            if chunks is None:
                 answer = call.answer_body or b""
-                if len(answer) > self._max_body:
-                    answer, truncated = answer[:self._max_body], True
-            if target is not None:
-                secret = target.api_key
+                if len(answer) > cap:
+                    answer, truncated = answer[:cap], True
         return (
-            RECORD_VERSION, call.call_id, started + self._wall_offset, "llm", call.trace_id,
-            request.method,
+            call.call_id, call.started_s, ended if ended is not None else time.perf_counter(),
+            call.first_byte_s, call.trace_id, request.method,
             request.path,  # never the query string: it may carry key=
-            call.dialect.name, call.operation,
-            target.public_name if target is not None else call.model,
-            call.status, call.is_stream, call.cache_outcome, ended - started,
-            first_byte - started if first_byte is not None else None,
-            call.attempts,
-            *(_NO_TARGET if target is None else (target.model, target.provider)),
+            request.headers, call.dialect, call.operation, call.model, call.status,
+            call.is_stream, call.cache_outcome, call.attempts, call.target,
             call.deployment_id or None,
             (route.chain or None) if route is not None else None,
-            # ids and the alias, never the key
-            *(_NO_PRINCIPAL if principal is None else (
-                principal.kind, principal.key_id, principal.key_alias, principal.user_id,
-                principal.team_id)),
-            *(_NO_COST if cost is None else (
-                cost.prompt_tokens, cost.completion_tokens, cost.cached_tokens, cost.usd,
-                cost.is_estimated)),
-            call.finish_reason,
-            *(_NO_ERROR if error is None else (
+            call.identity, call.cost, call.finish_reason,
+            _NO_ERROR if error is None else (
                 error.phase.value, error.code or call.dialect.error_type(error.status),
-                error.reason.value, error.message[:1000])),
-            call.policies, call.guardrails, call.verdict,
-            request.header("x-smartflow-tags"), self._node,
-        ), question, answer, secret, truncated
+                error.reason.value, error.message[:1000]),
+            call.policies, call.guardrails, call.verdict, question, answer, chunks, truncated,
+        )
 
     def build_batch(self, snapshots: Iterable[Snapshot]) -> list[tuple[bytes, bytes, bytes]]:
         """The records of the snapshots, in one loop (the flush's)."""
-        self._wall_offset = time.time() - time.perf_counter()
+        self._wall_offset = offset = time.time() - time.perf_counter()
         dumps = orjson.dumps
         cap = self._max_body
+        node = self._node
         redact_pair = self._redactor.redact_pair
         built = []
-        for fields, question, kept, secret, truncated in snapshots:
-            if isinstance(kept, list):  # a stream's chunks: its text, still escaped
-                answer = escaped_text(fields[_DIALECT], fields[_OPERATION], b"".join(kept))
-            else:
-                answer = kept
-            if len(answer) > cap:
-                answer, truncated = answer[:cap], True
+        for (call_id, started, ended, first_byte, trace_id, method, path, headers, dialect,
+             operation, model, status, is_stream, cache_outcome, attempts, target, deployment,
+             chain, principal, cost, finish_reason, error, policies, guardrails, verdict,
+             question, answer, chunks, truncated) in snapshots:
+            if chunks is not None:  # a stream's chunks: its text, still escaped
+                answer = escaped_text(dialect.name, operation, b"".join(chunks))
+                if len(answer) > cap:
+                    answer, truncated = answer[:cap], True
+            secret = ""
+            if target is not None:
+                model = target.public_name
+                secret = target.api_key
             if question or answer:
                 question, answer = redact_pair(question, answer, secret)
-            built.append((dumps((*fields, truncated)), question, answer))
+            record = (
+                RECORD_VERSION, call_id, started + offset, "llm", trace_id, method, path,
+                dialect.name, operation, model, status, is_stream, cache_outcome,
+                ended - started, first_byte - started if first_byte is not None else None,
+                attempts,
+                *(_NO_TARGET if target is None else (target.model, target.provider)),
+                deployment, chain,
+                # ids and the alias, never the key
+                *(_NO_PRINCIPAL if principal is None else (
+                    principal.kind, principal.key_id, principal.key_alias, principal.user_id,
+                    principal.team_id)),
+                *(_NO_COST if cost is None else (
+                    cost.prompt_tokens, cost.completion_tokens, cost.cached_tokens, cost.usd,
+                    cost.is_estimated)),
+                finish_reason, *error, policies, guardrails, verdict,
+                _header(headers, _TAGS_HEADER), node, truncated)
+            built.append((dumps(record), question, answer))
         return built
 
 
-_CALL_ID = WIRE_FIELDS.index("call_id")
-_DIALECT = WIRE_FIELDS.index("dialect")
-_OPERATION = WIRE_FIELDS.index("operation")
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+_TAGS_HEADER = b"x-smartflow-tags"
 
 
 def snapshot_call_id(snapshot: Snapshot) -> str:
     """The id of the call a snapshot was taken of (for logging)."""
-    return str(snapshot[0][_CALL_ID])
+    return str(snapshot[0])
 
 
 def _tags(header: str | None) -> list[str]:
