@@ -32,8 +32,10 @@ from smartflow.store.resp import ReplyError
 logger = logging.getLogger("smartflow.audit")
 
 # A longer window means fewer, larger appends: each costs Redis and the worker
-# a write and a wake-up whatever its size. A record waits at most this long.
-FLUSH_DELAY_S = 0.01
+# a write and a wake-up whatever its size. A record waits at most this long
+# (under load a flush starts sooner: at MAX_BATCH_RECORDS). Measured in a
+# worker at c=32, 50 ms instead of 10 ms cost about 1% less CPU per call.
+FLUSH_DELAY_S = 0.05
 MAX_BATCH_RECORDS = 512
 MAX_BATCH_BYTES = 2 * 1024 * 1024
 RETRY_FIRST_S = 0.05
