@@ -21,6 +21,7 @@ import orjson
 from smartflow.audit.energy import EnergyModel
 from smartflow.audit.redact import Redactor
 from smartflow.audit.stream_text import escaped_text
+from smartflow.http.request import first_header
 
 if TYPE_CHECKING:
     from smartflow.proxy.call import Call
@@ -53,8 +54,8 @@ _NO_ERROR = (None,) * 4
 
 # What ``snapshot`` keeps of a call until the flush builds its record: the
 # call's own values and references to the small objects it points at (the
-# request's headers, the target, the principal, the cost), in ``_SNAPSHOT``
-# order. The bodies are already cut to the cap (so a buffer of snapshots stays
+# request's headers, the target, the principal, the cost), in the order
+# ``build_batch`` unpacks them. The bodies are already cut to the cap (so a buffer of snapshots stays
 # small); an error or a route plan is read at once (an exception holds its
 # traceback, and with it the frames of the call).
 Snapshot = tuple[Any, ...]
@@ -164,16 +165,9 @@ class RecordBuilder:
                     cost.prompt_tokens, cost.completion_tokens, cost.cached_tokens, cost.usd,
                     cost.is_estimated)),
                 finish_reason, *error, policies, guardrails, verdict,
-                _header(headers, _TAGS_HEADER), node, truncated)
+                first_header(headers, _TAGS_HEADER), node, truncated)
             built.append((dumps(record), question, answer))
         return built
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value.decode("latin-1")
-    return None
 
 
 _TAGS_HEADER = b"x-smartflow-tags"

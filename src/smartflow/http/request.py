@@ -44,6 +44,14 @@ def _header_key(name: str) -> bytes:
     return name.lower().encode("latin-1")
 
 
+def first_header(headers: Headers, key: bytes) -> str | None:
+    """The first value of the header named ``key`` (lower-case bytes), or None."""
+    for name, value in headers:
+        if name == key:
+            return value.decode("latin-1")
+    return None
+
+
 class RequestBody:
     """Body chunks received but not yet read by the handler (bounded by the
     connection: it stops reading the socket past a high-water mark)."""
@@ -178,11 +186,7 @@ class Request:
 
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
-        key = _header_key(name)
-        for header_name, value in self.headers:
-            if header_name == key:
-                return value.decode("latin-1")
-        return None
+        return first_header(self.headers, _header_key(name))
 
     @property
     def request_id(self) -> str:
