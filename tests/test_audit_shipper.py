@@ -286,3 +286,55 @@ async def test_a_stream_that_vanished_is_made_again(clean_stream: StoreClient) -
     finally:
         await _stop(stopping, task)
     assert set(sink.writes.values()) == {1}
+
+
+async def test_a_worker_appends_at_once_when_much_captured_body_waits(
+        clean_stream: StoreClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records wait for the flush window, unless the bodies they keep add up
+    to MAX_HELD_BYTES: then they are appended at once (kept bodies cost the
+    request path, through the CPU's caches, more than the wait saves)."""
+    from smartflow.audit import stream_writer
+    from smartflow.audit.framing import unpack
+    from smartflow.audit.record import RecordBuilder
+    from smartflow.audit.redact import Redactor
+    from smartflow.dialects import openai as openai_dialect
+    from smartflow.http.request import Request
+    from smartflow.proxy.call import Call
+
+    def call(n: int, size: int, *, stream: bool) -> Call:
+        request = Request("POST", "/v1/chat/completions", b"", [], None, "1.1")
+        made = Call(request, openai_dialect.DIALECT, "chat", call_id=f"held-{n}")
+        made.raw_body = b'{"messages":[]}'
+        text = b'data: {"choices":[{"index":0,"delta":{"content":"%s"}}]}\n\n' % (b"x" * size)
+        if stream:
+            made.is_stream = True
+            made.answer_chunks = [text[:size // 2], text[size // 2:]]
+        else:
+            made.answer_body = b"y" * size
+        made.status = 200
+        return made
+
+    async def appended() -> list[str]:
+        entries = await clean_stream.execute("XRANGE", AUDIT_STREAM, "-", "+", key=AUDIT_STREAM)
+        return [orjson.loads(raw)[1] for _, fields in entries
+                for raw, _, _ in unpack(dict(zip(fields[::2], fields[1::2], strict=True))[b"b"])]
+
+    monkeypatch.setattr(stream_writer, "FLUSH_DELAY_S", 60.0)
+    builder = RecordBuilder(capture_bodies=True, max_body_bytes=32768, redactor=Redactor(()),
+                            node="n1")
+    writer = AuditStreamWriter(clean_stream, builder.build_batch, max_len=100_000)
+    writer.append(builder.snapshot(call(0, 100, stream=False)))
+    await asyncio.sleep(0.5)
+    assert await appended() == []  # small: it waits for the window (60 s here)
+    size = stream_writer.MAX_HELD_BYTES // 3
+    writer.append(builder.snapshot(call(1, size, stream=True)))
+    writer.append(builder.snapshot(call(2, size, stream=False)))
+    await asyncio.sleep(0.3)
+    assert await appended() == []  # not yet MAX_HELD_BYTES
+    writer.append(builder.snapshot(call(3, size, stream=True)))
+    for _ in range(200):
+        if await appended():
+            break
+        await asyncio.sleep(0.05)
+    assert await appended() == ["held-0", "held-1", "held-2", "held-3"]
+    assert writer.buffered == 0

@@ -55,9 +55,11 @@ _NO_ERROR = (None,) * 4
 # What ``snapshot`` keeps of a call until the flush builds its record: the
 # call's own values and references to the small objects it points at (the
 # request's headers, the target, the principal, the cost), in the order
-# ``build_batch`` unpacks them. The bodies are already cut to the cap (so a buffer of snapshots stays
-# small); an error or a route plan is read at once (an exception holds its
-# traceback, and with it the frames of the call).
+# ``build_batch`` unpacks them, and last the bytes of body it keeps (the
+# stream writer flushes early when many are waiting). The bodies are already
+# cut to the cap (so a buffer of snapshots stays small); an error or a route
+# plan is read at once (an exception holds its traceback, and with it the
+# frames of the call).
 Snapshot = tuple[Any, ...]
 
 
@@ -103,6 +105,7 @@ class RecordBuilder:
         question = answer = b""
         chunks = None
         truncated = False
+        held = 0
         if self._capture:
             cap = self._max_body
             question = call.raw_body
@@ -113,6 +116,9 @@ class RecordBuilder:
                 answer = call.answer_body or b""
                 if len(answer) > cap:
                     answer, truncated = answer[:cap], True
+                held = len(question) + len(answer)
+            else:
+                held = len(question) + sum(map(len, chunks))
         return (
             call.call_id, call.started_s, ended if ended is not None else time.perf_counter(),
             call.first_byte_s, call.trace_id, request.method,
@@ -126,6 +132,7 @@ class RecordBuilder:
                 error.phase.value, error.code or call.dialect.error_type(error.status),
                 error.reason.value, error.message[:1000]),
             call.policies, call.guardrails, call.verdict, question, answer, chunks, truncated,
+            held,
         )
 
     def build_batch(self, snapshots: Iterable[Snapshot]) -> list[tuple[bytes, bytes, bytes]]:
@@ -139,7 +146,7 @@ class RecordBuilder:
         for (call_id, started, ended, first_byte, trace_id, method, path, headers, dialect,
              operation, model, status, is_stream, cache_outcome, attempts, target, deployment,
              chain, principal, cost, finish_reason, error, policies, guardrails, verdict,
-             question, answer, chunks, truncated) in snapshots:
+             question, answer, chunks, truncated, _held) in snapshots:
             if chunks is not None:  # a stream's chunks: its text, still escaped
                 answer = escaped_text(dialect.name, operation, b"".join(chunks))
                 if len(answer) > cap:
