@@ -100,7 +100,8 @@ class AuditStreamWriter:
         if not self._scheduled:
             self._schedule()
         elif not self._urgent and self._is_full():
-            self._timer.cancel()  # type: ignore[union-attr]
+            if self._timer is not None:
+                self._timer.cancel()
             self._schedule()
 
     def append_record(self, record: bytes, request: bytes, answer: bytes) -> None:
