@@ -22,6 +22,7 @@ from smartflow.audit.energy import EnergyModel
 from smartflow.audit.redact import Redactor
 from smartflow.audit.stream_text import escaped_text
 from smartflow.http.request import first_header
+from smartflow.proxy.headers import TAGS_HEADER
 
 if TYPE_CHECKING:
     from smartflow.proxy.call import Call
@@ -177,7 +178,7 @@ class RecordBuilder:
         return built
 
 
-_TAGS_HEADER = b"x-smartflow-tags"
+_TAGS_HEADER = TAGS_HEADER.encode()  # header names are kept lower-case bytes
 
 
 def snapshot_call_id(snapshot: Snapshot) -> str:
