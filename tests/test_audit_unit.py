@@ -12,9 +12,9 @@ from smartflow.audit.record import RecordBuilder, record_fields
 from smartflow.audit.redact import REDACTED, Redactor, scrub_key_formats
 from smartflow.audit.replay import answer_of_body, question_of
 from smartflow.audit.shipper import decode_record
-from smartflow.audit.stream_text import escaped_text, unescape
 from smartflow.dialects import anthropic as anthropic_dialect
 from smartflow.dialects import openai as openai_dialect
+from smartflow.dialects.stream_text import escaped_text, unescape
 from smartflow.gateway_error import GatewayError, Phase
 from smartflow.http.request import Request
 from smartflow.providers.base import Target, Usage

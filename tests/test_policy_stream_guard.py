@@ -40,8 +40,8 @@ def guard(action: str, *, kind: str = "pii", config: dict[str, Any] | None = Non
     def block_error(decision: Decision) -> GatewayError:
         return GatewayError(400, f"blocked by {decision.guardrail}", code="guardrail_blocked")
 
-    return OutputGuard(inner, engine, [guardrail], "openai", window=window, masker=Masker(),
-                       block_error=block_error)
+    return OutputGuard(inner, engine, [guardrail], "openai", operation="chat", window=window,
+                       masker=Masker(), block_error=block_error)
 
 
 def texts_of(sent: bytes) -> str:
@@ -152,3 +152,15 @@ def test_crlf_framed_events_keep_their_bytes_and_are_masked_in_place() -> None:
     assert sent.count(b"\r\n\r\n") == 3 and b"\n\n" not in sent.replace(b"\r\n\r\n", b"")
     assert crlf[0] in sent and crlf[2] in sent
     assert b"[EMAIL_1]" in sent and EMAIL.encode() not in sent
+
+
+def test_flags_judge_text_in_any_layout_of_a_chunk() -> None:
+    # Read from the chunk whole when it is in OpenAI's layout; decoded event by
+    # event when one of its events is not (here a key spaced otherwise).
+    odd = b'data: {"choices":[{"index":0,"delta":{"content" : "' + EMAIL.encode() + b'"}}]}\n\n'
+    for chunks in ([chunk("mail "), chunk(EMAIL)], [chunk("mail ") + odd]):
+        g = guard("flag")
+        sent = b"".join(g.feed(c) for c in chunks) + g.close()
+        assert sent == b"".join(chunks)
+        assert g.decisions[0].outcome == "flagged"
+        assert [f.type for _, f in g.decisions[0].findings] == ["EMAIL"]

@@ -5,7 +5,7 @@ moment later with the other calls of a flush (``build_batch``).
 The record is one JSON array (``WIRE_FIELDS``); the captured bodies travel
 beside it as raw bytes, so the worker never decodes, parses or re-encodes
 them (a stream's text is picked out of its SSE bytes by
-``audit.stream_text``). The shipper turns the array into the ``vas_log``
+``dialects.stream_text``). The shipper turns the array into the ``vas_log``
 columns (``record_fields``) and pulls the question and the answer's text out
 of the bodies, off the request path.
 """
@@ -20,7 +20,7 @@ import orjson
 
 from smartflow.audit.energy import EnergyModel
 from smartflow.audit.redact import Redactor
-from smartflow.audit.stream_text import escaped_text
+from smartflow.dialects.stream_text import escaped_text
 from smartflow.http.request import first_header
 from smartflow.proxy.headers import TAGS_HEADER
 

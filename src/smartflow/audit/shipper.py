@@ -36,8 +36,8 @@ from smartflow.audit.framing import unpack
 from smartflow.audit.record import record_fields
 from smartflow.audit.redact import scrub_key_formats
 from smartflow.audit.replay import answer_of_body, question_of
-from smartflow.audit.stream_text import unescape
 from smartflow.config import AuditSettings
+from smartflow.dialects.stream_text import unescape
 from smartflow.store.fast_client import Script, StoreClient
 from smartflow.store.keyspace import AUDIT_DEAD_LETTER, AUDIT_GROUP, AUDIT_QUEUED, AUDIT_STREAM
 from smartflow.store.resp import ReplyError

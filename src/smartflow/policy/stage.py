@@ -249,7 +249,8 @@ class GuardrailStage(Stage):
         state = call.policy_state
         if state is None or not state.output_guardrails:
             return transform
-        guard = OutputGuard(transform, state.engine or self._engine, state.output_guardrails, call.dialect.name,
+        guard = OutputGuard(transform, state.engine or self._engine, state.output_guardrails,
+                            call.dialect.name, operation=call.operation,
                             window=self._window, masker=state.masker,
                             block_error=lambda d: blocked_error(d, answer=True))
         state.guard = guard

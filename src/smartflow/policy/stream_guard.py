@@ -14,7 +14,10 @@ A block ends the stream with one error event in the caller's dialect (what
 was held is dropped; what was sent before is clean). A mask rewrites the
 held events' text; other events leave as the very same bytes. When no
 guardrail of the call blocks or masks, nothing is held: the text is judged
-(for the record) as it passes.
+(for the record) as it passes, read from each chunk of events whole
+(``dialects.stream_text``) rather than event by event, as the default
+policy's flags run on every streamed call: over the bench's 22-event answer
+that read costs ~6 µs where splitting and decoding each event cost ~65 µs.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from smartflow.dialects.stream_text import text_deltas
 from smartflow.gateway_error import GatewayError
 from smartflow.policy.engine import Decision, GuardrailEngine
 from smartflow.policy.findings import Finding
@@ -34,21 +38,24 @@ BlockError = Callable[[Decision], GatewayError]
 
 
 class OutputGuard:
-    __slots__ = ("_block_error", "_codec", "_context", "_engine", "_guardrails", "_holds",
-                 "_inner", "_masker", "_pending", "_pending_chars", "_seen", "_window",
-                 "decisions")
+    __slots__ = ("_block_error", "_codec", "_context", "_dialect", "_engine", "_guardrails",
+                 "_holds", "_inner", "_masker", "_operation", "_pending", "_pending_chars",
+                 "_seen", "_window", "decisions")
 
     def __init__(self, inner: StreamTransform, engine: GuardrailEngine,
-                 guardrails: Sequence[Any], dialect: str, *, window: int,
+                 guardrails: Sequence[Any], dialect: str, *, operation: str, window: int,
                  masker: Masker, block_error: BlockError) -> None:
         self._inner = inner
         self._engine = engine
         self._guardrails = guardrails
+        self._dialect = dialect
+        self._operation = operation
         self._codec = EventText(dialect)
         self._window = window
         self._masker = masker
         self._block_error = block_error
-        self._pending: list[tuple[bytes, str]] = []  # (event, its text) held back
+        # (event, its text) held back; when nothing is held, (b"", a chunk's text)
+        self._pending: list[tuple[bytes, str]] = []
         self._pending_chars = 0
         self._context = ""  # the tail of the text already sent
         self._seen: set[tuple[str, str, str]] = set()
@@ -79,11 +86,20 @@ class OutputGuard:
 
     def _take(self, out: bytes, *, final: bool) -> bytes:
         if out:
-            codec = self._codec
-            for event in split_events(out):
-                text = codec.text_of(event) or ""
-                self._pending.append((event, text))
-                self._pending_chars += len(text)
+            if self._holds:
+                codec = self._codec
+                for event in split_events(out):
+                    text = codec.text_of(event) or ""
+                    self._pending.append((event, text))
+                    self._pending_chars += len(text)
+            else:
+                read = text_deltas(self._dialect, self._operation, out)
+                if read is None:
+                    read = "".join(self._codec.text_of(event) or ""
+                                   for event in split_events(out))
+                if read:
+                    self._pending.append((b"", read))
+                    self._pending_chars += len(read)
         if not self._holds:
             if self._pending and (final or self._pending_chars >= self._window):
                 if self._pending_chars:
