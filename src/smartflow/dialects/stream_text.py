@@ -23,7 +23,8 @@ import re
 import orjson
 
 # A JSON string's content, the loop unrolled (several times faster in re).
-_JSON_STRING = rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
+_STRING_BODY = rb'[^"\\]*(?:\\.[^"\\]*)*'
+_JSON_STRING = rb'"(' + _STRING_BODY + rb')"'  # captures the content
 # OpenAI chat chunks carry choices[].delta.content; completions chunks choices[].text.
 _CHAT = re.compile(rb'"content": ?' + _JSON_STRING)
 _COMPLETIONS = re.compile(rb'"text": ?' + _JSON_STRING)
@@ -35,7 +36,7 @@ _ANTHROPIC = re.compile(rb'"type": ?"text_delta", ?"text": ?' + _JSON_STRING)
 # an empty match) the rest of the layout and the string, quotes included.
 # Inside a JSON string a quote is escaped, so a string's content never
 # matches as a key.
-_QUOTED = rb'("[^"\\]*(?:\\.[^"\\]*)*")'
+_QUOTED = rb'("' + _STRING_BODY + rb'")'  # captures the string, quotes included
 _DELTAS: dict[tuple[str, str], re.Pattern[bytes]] = {
     ("openai", "chat"): re.compile(rb'"content"(?:: ?' + _QUOTED + rb")?"),
     ("openai", "completions"): re.compile(rb'"text"(?:: ?' + _QUOTED + rb")?"),
