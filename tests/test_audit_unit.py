@@ -94,6 +94,37 @@ def test_secrets_are_redacted_in_the_worker_and_key_formats_in_the_shipper() -> 
     assert redactor.redact(plain) is plain and scrub_key_formats(plain) is plain
 
 
+@pytest.mark.parametrize(("secrets", "by_substrings"), [
+    # secrets that open alike ("sk-"): one expression does the search
+    (["sk-master-0123456789", "sk-provider-abcdefghij", "sk-provider-abcdefghij-longer"], False),
+    # secrets that open differently: each is searched for as a substring first
+    (["sk-master-0123456789", "AIzaProviderKey-abcdefgh", "vault-0123456789abcdef",
+      "provider-abcdefghij", "provider-abcdefghij-longer"], True),
+])
+def test_redaction_finds_every_secret_whichever_search_it_takes(
+        secrets: list[str], by_substrings: bool) -> None:
+    redactor = Redactor(secrets)
+    assert (redactor._literals is not None) is by_substrings  # both searches are tested
+    for secret in secrets:
+        text = f"before {secret} after".encode()
+        assert redactor.redact(text) == b"before " + REDACTED + b" after"
+        assert redactor.redact_pair(b"plain", text) == (b"plain", b"before " + REDACTED + b" after")
+        assert redactor.redact_pair(text, b"plain")[0] == b"before " + REDACTED + b" after"
+        # at the very ends, and twice
+        assert redactor.redact(f"{secret}{secret}".encode()) == REDACTED * 2
+    # the longer of two secrets, one containing the other, goes whole
+    longer = secrets[-1]
+    assert redactor.redact(f"x {longer} y".encode()) == b"x " + REDACTED + b" y"
+    # a virtual key is found whatever the configured secrets
+    assert redactor.redact(f"key {VKEY}.".encode()) == b"key " + REDACTED + b"."
+    # the opening of a virtual key alone, and text much like a secret, stay
+    for plain in (b"sk-sf-notakey and sk-master-012345678 and provider-abcdefghi",
+                  b"kill the process, drop the test table, bypass the cache " * 40):
+        assert redactor.redact(plain) is plain
+        first, second = redactor.redact_pair(plain, plain)
+        assert first is plain and second is plain
+
+
 def test_record_carries_the_call_and_no_secret() -> None:
     body = orjson.dumps({"model": "gpt-4o", "messages": [
         {"role": "user", "content": f"my key is {VKEY} and sk-provider-secret-123456"}]})
