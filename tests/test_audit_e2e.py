@@ -189,7 +189,13 @@ async def test_the_record_carries_the_call_and_the_query_api_serves_it(
             assert first["answer"].startswith("Mock response to:")
             story = rows[ids[1]]
             assert story["stream"] is True and story["ttfb_ms"] is not None
-            assert story["answer"].startswith("Mock response to: Tell me a story")
+            # Exactly the text the caller was sent (the default policy's output
+            # guard read it as it passed, and the record took it from there).
+            sent = "".join(
+                orjson.loads(line[6:])["choices"][0]["delta"].get("content") or ""
+                for line in streamed.text.splitlines()
+                if line.startswith("data: {") and orjson.loads(line[6:])["choices"])
+            assert story["answer"] == sent and sent.startswith("Mock response to: Tell me a story")
             assert story["response_body"] is None  # the assembled text, not the SSE bytes
             denied = rows[ids[2]]
             assert (denied["status"], denied["error_phase"]) == (401, "before_send")

@@ -125,6 +125,44 @@ def test_redaction_finds_every_secret_whichever_search_it_takes(
         assert first is plain and second is plain
 
 
+def test_a_stream_text_read_by_a_stage_is_the_record_answer() -> None:
+    # The output guard, holding nothing back, keeps the text it read on the
+    # call: the record takes it (escaped as a stream's text is) and keeps no chunk.
+    builder = _builder(cap=80, secrets=("provider-key-0123456789",))
+    call = _call()
+    call.is_stream = True
+    call.answer_text = ["He said \"hi\" \\ ", "then\nleft \u00e9\U0001F600 ",
+                        "provider-key-0123456789"]
+    record, _question, answer = builder.build(call)
+    assert unescape(answer) == 'He said "hi" \\ then\nleft \u00e9\U0001F600 [REDACTED]'
+    assert _fields(record)["bodies_truncated"] is False
+    # Past the cap (a stage keeps more than fits): cut, and marked so.
+    assert builder.answer_text_cap == 81 + len(VKEY)
+    call.answer_text = ["x" * 81]
+    record, _question, answer = builder.build(call)
+    assert answer == b"x" * 80 and _fields(record)["bodies_truncated"] is True
+    # No capture: nothing kept, nothing recorded.
+    assert _builder(capture=False).answer_text_cap == 0
+    assert _builder(capture=False).build(call)[2] == b""
+
+
+def test_a_cut_body_keeps_no_part_of_a_secret_it_would_split() -> None:
+    secret = "provider-key-0123456789"
+    builder = _builder(cap=100, secrets=(secret,))
+    for key in (secret, VKEY):
+        for offset in (1, len(key) // 2, len(key) - 1):  # the cap falls inside the key
+            body = ("q" * (100 - offset) + key + " and more text after it").encode()
+            at = 100 - offset
+            call = _call(body)
+            call.answer_body = body
+            record, question, answer = builder.build(call)
+            assert question == body[:at] == answer  # cut before the key, not through it
+            assert _fields(record)["bodies_truncated"] is True
+        # cut well before or after a key: exactly the cap
+        plain = b"z" * 300
+        assert builder.build(_call(plain))[1] == plain[:100]
+
+
 def test_record_carries_the_call_and_no_secret() -> None:
     body = orjson.dumps({"model": "gpt-4o", "messages": [
         {"role": "user", "content": f"my key is {VKEY} and sk-provider-secret-123456"}]})

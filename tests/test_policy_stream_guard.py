@@ -30,7 +30,7 @@ def chunk(text: str) -> bytes:
 
 
 def guard(action: str, *, kind: str = "pii", config: dict[str, Any] | None = None,
-          window: int = 64) -> OutputGuard:
+          window: int = 64, keep_text: int = 0) -> OutputGuard:
     engine = GuardrailEngine(DetectorServices(model_checks=False))
     guardrail = ResolvedGuardrail("g", kind, action, config or {"entities": ["EMAIL"]},
                                   "p", "test")
@@ -41,7 +41,7 @@ def guard(action: str, *, kind: str = "pii", config: dict[str, Any] | None = Non
         return GatewayError(400, f"blocked by {decision.guardrail}", code="guardrail_blocked")
 
     return OutputGuard(inner, engine, [guardrail], "openai", operation="chat", window=window,
-                       masker=Masker(), block_error=block_error)
+                       masker=Masker(), block_error=block_error, keep_text=keep_text)
 
 
 def texts_of(sent: bytes) -> str:
@@ -164,3 +164,22 @@ def test_flags_judge_text_in_any_layout_of_a_chunk() -> None:
         assert sent == b"".join(chunks)
         assert g.decisions[0].outcome == "flagged"
         assert [f.type for _, f in g.decisions[0].findings] == ["EMAIL"]
+
+
+def test_holding_nothing_it_keeps_the_text_it_read_for_the_record() -> None:
+    odd = b'data: {"choices":[{"index":0,"delta":{"content" : "\\"odd\\" \xc3\xa9"}}]}\n\n'
+    chunks = [chunk("Dear \\ reader, "), chunk(EMAIL + "\n") + odd, b"data: [DONE]\n\n"]
+    g = guard("flag", keep_text=1000)
+    assert b"".join(g.feed(c) for c in chunks) + g.close() == b"".join(chunks)
+    assert g.text is not None
+    assert "".join(g.text) == "Dear \\ reader, " + EMAIL + "\n" + '"odd" \u00e9'
+    # Up to its room: a cut shows as one character more than the record's cap.
+    g = guard("log", keep_text=10)
+    for c in chunks:
+        g.feed(c)
+    g.close()
+    assert "".join(g.text or []) == "Dear \\ rea"
+    # Holding events back (a block or a mask may rewrite them), or asked for none, it keeps none.
+    assert guard("mask", keep_text=1000).text is None
+    assert guard("block", keep_text=1000).text is None
+    assert guard("flag").text is None

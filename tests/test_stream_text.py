@@ -13,7 +13,7 @@ import random
 import orjson
 import pytest
 
-from smartflow.dialects.stream_text import text_deltas
+from smartflow.dialects.stream_text import escaped_text, text_deltas, unescape
 from smartflow.policy.sse_text import EventText, split_any_framing, split_events
 
 
@@ -86,3 +86,35 @@ def test_split_events_finds_the_boundaries_of_any_framing() -> None:
     for _ in range(3000):
         data = b"".join(rng.choice(parts) for _ in range(rng.randint(0, 12)))
         assert split_events(data) == split_any_framing(data), data
+
+
+def test_the_audit_reads_responses_and_gemini_streams_as_decoding_does() -> None:
+    # What the audit record keeps of a streamed answer: the same text the
+    # events decode to, for the Responses and Gemini ingresses too.
+    pieces = ["Hello", ' "quoted" ', "line\nbreak", "caf\u00e9 \U0001f600", "back\\slash"]
+    full = "".join(pieces)
+
+    def responses_event(kind: str, data: dict) -> bytes:
+        return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **data}) + b"\n\n"
+
+    responses = b"".join([
+        responses_event("response.created", {"response": {"id": "r1", "text": {"format": {
+            "type": "text"}}, "output": []}}),
+        *(responses_event("response.output_text.delta", {
+            "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": piece,
+            "logprobs": [], "sequence_number": i}) for i, piece in enumerate(pieces)),
+        responses_event("response.output_text.done", {"item_id": "msg_1", "text": full}),
+        responses_event("response.completed", {"response": {"id": "r1", "output": [{
+            "type": "message", "content": [{"type": "output_text", "text": full}]}]}}),
+    ])
+    assert unescape(escaped_text("responses", "responses", responses)) == full
+    assert decoded("responses", responses) == full
+
+    frames = [{"candidates": [{"content": {"parts": [{"text": piece}], "role": "model"},
+                               "index": 0}]} for piece in pieces]
+    frames[-1]["usageMetadata"] = {"promptTokenCount": 3, "candidatesTokenCount": 5}
+    sse = b"".join(b"data: " + orjson.dumps(frame) + b"\r\n\r\n" for frame in frames)
+    assert unescape(escaped_text("gemini", "generate", sse)) == full
+    assert decoded("gemini", sse) == full
+    # Without alt=sse Gemini streams one JSON array.
+    assert unescape(escaped_text("gemini", "generate", orjson.dumps(frames))) == full

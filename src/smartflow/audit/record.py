@@ -60,7 +60,8 @@ _NO_ERROR = (None,) * 4
 # stream writer flushes early when many are waiting). The bodies are already
 # cut to the cap (so a buffer of snapshots stays small); an error or a route
 # plan is read at once (an exception holds its traceback, and with it the
-# frames of the call).
+# frames of the call). A stream's answer is either its chunks (bytes) or the
+# pieces of its text a stage read (str), in the same place.
 Snapshot = tuple[Any, ...]
 
 
@@ -79,7 +80,7 @@ class RecordBuilder:
     """
 
     __slots__ = ("_capture", "_max_body", "_node", "_redactor", "_wall_offset",
-                 "stream_capture_cap")
+                 "answer_text_cap", "stream_capture_cap")
 
     def __init__(self, *, capture_bodies: bool, max_body_bytes: int, redactor: Redactor,
                  node: str) -> None:
@@ -92,6 +93,10 @@ class RecordBuilder:
         # only the calls snapshotted before the next flush keep the old one.
         self._wall_offset = time.time() - time.perf_counter()
         self.stream_capture_cap = max_body_bytes * STREAM_CAPTURE_FACTOR if self._capture else 0
+        # Characters of a stream's text a stage keeps for the record
+        # (``Call.answer_text``): more than fits, so that a cut shows and a
+        # secret across the cap is seen whole (``Redactor.cut``).
+        self.answer_text_cap = max_body_bytes + redactor.longest + 1 if self._capture else 0
 
     def build(self, call: Call) -> tuple[bytes, bytes, bytes]:
         """(record JSON, request body, answer) — the bodies empty when not captured."""
@@ -104,19 +109,23 @@ class RecordBuilder:
         error = call.error
         route = call.route_plan
         question = answer = b""
-        chunks = None
+        chunks: list[bytes] | list[str] | None = None
         truncated = False
         held = 0
         if self._capture:
             cap = self._max_body
             question = call.raw_body
             if len(question) > cap:
-                question, truncated = question[:cap], True
+                question, truncated = self._redactor.cut(question, cap), True
             chunks = call.answer_chunks  # bounded by the stage (stream_capture_cap)
-            if chunks is None:
+            text = call.answer_text  # bounded by the stage (answer_text_cap)
+            if text is not None and chunks is None:
+                chunks = text
+                held = len(question) + sum(map(len, text))
+            elif chunks is None:
                 answer = call.answer_body or b""
                 if len(answer) > cap:
-                    answer, truncated = answer[:cap], True
+                    answer, truncated = self._redactor.cut(answer, cap), True
                 held = len(question) + len(answer)
             else:
                 held = len(question) + sum(map(len, chunks))
@@ -143,15 +152,19 @@ class RecordBuilder:
         cap = self._max_body
         node = self._node
         redact_pair = self._redactor.redact_pair
+        cut = self._redactor.cut
         built = []
         for (call_id, started, ended, first_byte, trace_id, method, path, headers, dialect,
              operation, model, status, is_stream, cache_outcome, attempts, target, deployment,
              chain, principal, cost, finish_reason, error, policies, guardrails, verdict,
              question, answer, chunks, truncated, _held) in snapshots:
-            if chunks is not None:  # a stream's chunks: its text, still escaped
-                answer = escaped_text(dialect.name, operation, b"".join(chunks))
+            if chunks is not None:
+                if chunks and chunks[0].__class__ is str:  # the text a stage read
+                    answer = _escaped("".join(chunks))
+                else:  # a stream's chunks: its text, still escaped
+                    answer = escaped_text(dialect.name, operation, b"".join(chunks))
                 if len(answer) > cap:
-                    answer, truncated = answer[:cap], True
+                    answer, truncated = cut(answer, cap), True
             secret = ""
             if target is not None:
                 model = target.public_name
@@ -179,6 +192,15 @@ class RecordBuilder:
 
 
 _TAGS_HEADER = TAGS_HEADER.encode()  # header names are kept lower-case bytes
+
+
+def _escaped(text: str) -> bytes:
+    """``text`` JSON-escaped, without its quotes: what ``escaped_text`` reads
+    out of a stream, and the shipper unescapes."""
+    try:
+        return orjson.dumps(text)[1:-1]
+    except orjson.JSONEncodeError:  # a lone surrogate
+        return orjson.dumps(text.encode("utf-8", "replace").decode())[1:-1]
 
 
 def snapshot_call_id(snapshot: Snapshot) -> str:

@@ -24,6 +24,7 @@ MIN_SECRET_LEN = 8  # shorter configured "keys" are placeholders, and would reda
 
 _VIRTUAL_KEY_OPENING = b"sk-sf-"
 _VIRTUAL_KEY = re.compile(_VIRTUAL_KEY_OPENING + rb"[0-9a-f]{48}")
+VIRTUAL_KEY_LEN = len(_VIRTUAL_KEY_OPENING) + 48
 MAX_SUBSTRING_SEARCHES = 32
 
 # Each needs enough characters that ordinary text does not match.
@@ -58,7 +59,7 @@ class Redactor:
     only confirms and replaces what was found.
     """
 
-    __slots__ = ("_known", "_literals", "_pattern")
+    __slots__ = ("_known", "_literals", "_pattern", "longest")
 
     def __init__(self, known_secrets: Iterable[str]) -> None:
         unique = {s.encode() for s in known_secrets if len(s) >= MIN_SECRET_LEN}
@@ -71,6 +72,7 @@ class Redactor:
         # virtual key ("sk-"): re then searches for that shared opening with
         # its fast scan. So it is past a few dozen secrets.
         needles = (*ordered, _VIRTUAL_KEY_OPENING)
+        self.longest = max(len(ordered[0]) if ordered else 0, VIRTUAL_KEY_LEN)
         shared = len(os.path.commonprefix(needles)) >= 2
         self._literals: tuple[bytes, ...] | None = (
             None if shared or len(ordered) > MAX_SUBSTRING_SEARCHES else needles)
@@ -80,6 +82,21 @@ class Redactor:
         if literals is not None and not any(map(data.__contains__, literals)):
             return False
         return self._pattern.search(data) is not None  # confirms "sk-sf-" is a key
+
+    def cut(self, data: bytes, size: int) -> bytes:
+        """The first ``size`` bytes of ``data``, or fewer: never the first
+        part of a secret that the cut would split (redaction, which runs on
+        what is kept, could not recognise it)."""
+        if len(data) <= size:
+            return data
+        reach = self.longest
+        start = max(0, size - reach)
+        window = data[start:size + reach]
+        if self._holds_secret(window):
+            for match in self._pattern.finditer(window):
+                if match.start() < size - start < match.end():
+                    return data[:start + match.start()]
+        return data[:size]
 
     def _extra(self, extra_secret: str) -> bytes | None:
         """A per-call secret (a vault key) not already among the known ones."""

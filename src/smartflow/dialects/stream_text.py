@@ -30,6 +30,14 @@ _CHAT = re.compile(rb'"content": ?' + _JSON_STRING)
 _COMPLETIONS = re.compile(rb'"text": ?' + _JSON_STRING)
 # Anthropic: content_block_delta events with a text_delta.
 _ANTHROPIC = re.compile(rb'"type": ?"text_delta", ?"text": ?' + _JSON_STRING)
+# Responses: response.output_text.delta events carry it as "delta", a few keys
+# after their type (within the event's data line; a key cannot be inside a
+# string, whose quotes are escaped).
+_RESPONSES = re.compile(rb'"type": ?"response\.output_text\.delta",[^\n]*?"delta": ?'
+                        + _JSON_STRING)
+# Gemini: candidates[].content.parts[].text (SSE, or a streamed JSON array).
+_GEMINI = re.compile(rb'"text": ?' + _JSON_STRING)
+_BY_DIALECT = {"anthropic": _ANTHROPIC, "responses": _RESPONSES, "gemini": _GEMINI}
 
 # For the guardrails, per dialect and operation: each text-carrying event's
 # key, then (optionally, so that a key in another layout still shows up, as
@@ -46,9 +54,8 @@ _DELTAS: dict[tuple[str, str], re.Pattern[bytes]] = {
 
 def escaped_text(dialect: str, operation: str, sse: bytes) -> bytes:
     """The answer's text deltas, concatenated, as JSON-escaped bytes."""
-    if dialect == "anthropic":
-        pattern = _ANTHROPIC
-    else:
+    pattern = _BY_DIALECT.get(dialect)
+    if pattern is None:
         pattern = _COMPLETIONS if operation == "completions" else _CHAT
     return b"".join(pattern.findall(sse))
 

@@ -129,8 +129,12 @@ def _header_value(decisions: list[Decision]) -> str:
 class GuardrailStage(Stage):
     slot = "pre_call"
 
-    def __init__(self, runtime: PolicyRuntime) -> None:
+    def __init__(self, runtime: PolicyRuntime, *, keep_answer_text: int = 0) -> None:
+        """``keep_answer_text``: how many characters of a streamed answer's
+        text the output guard keeps on the call (``Call.answer_text``) when
+        it holds nothing back; 0 keeps none."""
         self._runtime = runtime
+        self._keep_answer_text = keep_answer_text
         self._engine = runtime.engine
         self._default_engine = runtime.default_engine
         settings = runtime.settings
@@ -252,8 +256,10 @@ class GuardrailStage(Stage):
         guard = OutputGuard(transform, state.engine or self._engine, state.output_guardrails,
                             call.dialect.name, operation=call.operation,
                             window=self._window, masker=state.masker,
-                            block_error=lambda d: blocked_error(d, answer=True))
+                            block_error=lambda d: blocked_error(d, answer=True),
+                            keep_text=self._keep_answer_text)
         state.guard = guard
+        call.answer_text = guard.text
         return guard
 
     async def on_exit(self, call: Call) -> None:

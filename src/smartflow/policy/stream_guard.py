@@ -40,11 +40,11 @@ BlockError = Callable[[Decision], GatewayError]
 class OutputGuard:
     __slots__ = ("_block_error", "_codec", "_context", "_dialect", "_engine", "_guardrails",
                  "_holds", "_inner", "_masker", "_operation", "_pending", "_pending_chars",
-                 "_seen", "_window", "decisions")
+                 "_seen", "_text", "_text_room", "_window", "decisions")
 
     def __init__(self, inner: StreamTransform, engine: GuardrailEngine,
                  guardrails: Sequence[Any], dialect: str, *, operation: str, window: int,
-                 masker: Masker, block_error: BlockError) -> None:
+                 masker: Masker, block_error: BlockError, keep_text: int = 0) -> None:
         self._inner = inner
         self._engine = engine
         self._guardrails = guardrails
@@ -62,9 +62,21 @@ class OutputGuard:
         # Only a block or a mask needs to see text before it leaves; flags and
         # logs are judged as the text passes, delaying nothing.
         self._holds = any(g.action in ("block", "mask") for g in guardrails)
+        # Holding nothing, the guard reads the text the caller is sent as it
+        # is: it keeps up to ``keep_text`` characters of it (for the audit
+        # record, which then keeps no chunks and reads no text of its own).
+        self._text: list[str] | None = [] if keep_text > 0 and not self._holds else None
+        self._text_room = keep_text
         # One decision per guardrail for the whole answer, filled as findings come.
         self.decisions = [Decision(g.name, g.type, getattr(g, "policy", ""), "output", g.action)
                           for g in guardrails]
+
+    @property
+    def text(self) -> list[str] | None:
+        """The pieces of text read so far (up to ``keep_text`` characters);
+        None when the guard holds events back (their text may be rewritten)
+        or keeps none."""
+        return self._text
 
     # -- StreamTransform
 
@@ -100,6 +112,9 @@ class OutputGuard:
                 if read:
                     self._pending.append((b"", read))
                     self._pending_chars += len(read)
+                    if self._text is not None and self._text_room > 0:
+                        self._text.append(read[:self._text_room])
+                        self._text_room -= len(read)
         if not self._holds:
             if self._pending and (final or self._pending_chars >= self._window):
                 if self._pending_chars:

@@ -94,6 +94,9 @@ class Call:
     # when bodies are captured) its chunks up to the capture cap
     answer_body: bytes | None = None
     answer_chunks: list[bytes] | None = None
+    # or a stream's text, when a stage reads it as it passes anyway (the
+    # output guard, holding nothing back): then no chunk is kept
+    answer_text: list[str] | None = None
     # what the policy engine decided (names of matched policies, guardrail
     # decisions, the compliance verdict): recorded with the call
     policies: tuple[str, ...] = ()

@@ -4,8 +4,11 @@
 writer, which builds its record a moment later with the others (the call
 never waits for Redis). For a streamed answer,
 when bodies are captured, ``wrap_stream`` keeps a reference to each chunk
-the caller was sent, up to the capture cap (no copy, no parsing); the
-shipper assembles the text later.
+the caller was sent, up to the capture cap (no copy, no parsing), and the
+flush reads the text out of them; or, when an earlier stage reads the text
+the caller is sent anyway (the output guard, holding nothing back: it
+leaves the chunks as they are), it keeps nothing and the record takes that
+stage's text (``Call.answer_text``).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ class AuditRecordStage(Stage):
         self._capture_cap = audit.builder.stream_capture_cap
 
     def wrap_stream(self, call: Call, transform: StreamTransform) -> StreamTransform:
-        if self._capture_cap <= 0:
+        if self._capture_cap <= 0 or call.answer_text is not None:
             return transform
         chunks: list[bytes] = []
         call.answer_chunks = chunks

@@ -304,7 +304,10 @@ def default_stages(context: ProxyContext) -> list[Stage]:
     if context.policy is not None:
         from smartflow.policy.stage import GuardrailStage
 
-        stages.append(GuardrailStage(context.policy))
+        # When the audit captures answers, the output guard keeps the text of a
+        # stream it reads anyway, so the record need not read it again.
+        keep_text = context.audit.builder.answer_text_cap if context.audit is not None else 0
+        stages.append(GuardrailStage(context.policy, keep_answer_text=keep_text))
     if context.cache is not None:
         from smartflow.cache.stage import CacheStage
 
