@@ -23,6 +23,7 @@ from upstreams.server import UpstreamThread
 from smartflow.audit.energy import load_energy_model
 from smartflow.audit.framing import unpack
 from smartflow.audit.record import record_fields
+from smartflow.dialects.stream_text import unescape
 from smartflow.store.keyspace import AUDIT_STREAM
 
 MASTER = "sk-master-ingress-0123456789"
@@ -82,6 +83,7 @@ def gemini(url: str, key: str, model: str = "penny", *, in_query: bool = False
 
 
 def audit_records(redis_server: Any) -> list[dict[str, Any]]:
+    """Every record in the audit stream, its captured answer as ``_answer``."""
     import redis
 
     client = redis.Redis.from_url(redis_server.url)
@@ -92,8 +94,8 @@ def audit_records(redis_server: Any) -> list[dict[str, Any]]:
     energy = load_energy_model()
     records = []
     for _, fields in entries:
-        for record, _request, _answer in unpack(fields[b"b"]):
-            records.append(record_fields(orjson.loads(record), energy))
+        for record, _request, answer in unpack(fields[b"b"]):
+            records.append({**record_fields(orjson.loads(record), energy), "_answer": answer})
     return records
 
 
@@ -148,7 +150,42 @@ def test_each_ingress_leaves_one_audit_record_without_the_key(
     assert claude["completion_tokens"] > 0
     for record in mine():
         assert record["key_alias"] == "ingress-audit"
-        assert key not in orjson.dumps(record).decode()
+        answer = record.pop("_answer")
+        assert key not in orjson.dumps(record).decode() and key.encode() not in answer
+
+
+def test_streamed_answers_of_every_ingress_are_recorded_as_their_text(
+        nodes: GatewayNodes, redis_server: Any) -> None:
+    url = nodes.urls[0]
+    streamed_responses = httpx.post(url + "/v1/responses", timeout=30,
+                                    headers={"authorization": f"Bearer {MASTER}"},
+                                    json={"model": "penny", "input": "stream me", "stream": True})
+    streamed_gemini = httpx.post(url + "/v1beta/models/penny:streamGenerateContent?alt=sse",
+                                 json=GEMINI_HELLO, headers={"x-goog-api-key": MASTER},
+                                 timeout=30)
+    assert [streamed_responses.status_code, streamed_gemini.status_code] == [200, 200]
+    sent = {}
+    for answer, route in ((streamed_responses, "/v1/responses"),
+                          (streamed_gemini, "/v1beta/models/penny:streamGenerateContent")):
+        events = [orjson.loads(line[5:]) for line in answer.text.splitlines()
+                  if line.startswith("data:") and line[5:].strip().startswith("{")]
+        if route == "/v1/responses":
+            text = "".join(e["delta"] for e in events
+                           if e.get("type") == "response.output_text.delta")
+        else:
+            text = "".join(part.get("text", "") for e in events
+                           for c in e.get("candidates", []) for part in c["content"]["parts"])
+        assert text.startswith("Mock response to:"), answer.text[:300]
+        sent[answer.headers["x-smartflow-call-id"]] = (route, text)
+
+    def mine() -> list[dict[str, Any]]:
+        return [r for r in audit_records(redis_server) if r["call_id"] in sent]
+
+    wait_until_sync(lambda: len(mine()) == 2, timeout_s=20)
+    for record in mine():
+        route, text = sent[record["call_id"]]
+        assert (record["route"], record["stream"]) == (route, True)
+        assert unescape(record["_answer"]) == text
 
 
 def test_a_responses_chain_started_on_one_node_continues_on_the_other(
