@@ -60,8 +60,8 @@ _NO_ERROR = (None,) * 4
 # stream writer flushes early when many are waiting). The bodies are already
 # cut to the cap (so a buffer of snapshots stays small); an error or a route
 # plan is read at once (an exception holds its traceback, and with it the
-# frames of the call). A stream's answer is either its chunks (bytes) or the
-# pieces of its text a stage read (str), in the same place.
+# frames of the call). A stream's answer is its chunks, or the pieces of
+# its text a stage read (``Call.answer_text``), whichever the call kept.
 Snapshot = tuple[Any, ...]
 
 
@@ -109,7 +109,7 @@ class RecordBuilder:
         error = call.error
         route = call.route_plan
         question = answer = b""
-        chunks: list[bytes] | list[str] | None = None
+        chunks = text = None
         truncated = False
         held = 0
         if self._capture:
@@ -118,17 +118,17 @@ class RecordBuilder:
             if len(question) > cap:
                 question, truncated = self._redactor.cut(question, cap), True
             chunks = call.answer_chunks  # bounded by the stage (stream_capture_cap)
-            text = call.answer_text  # bounded by the stage (answer_text_cap)
-            if text is not None and chunks is None:
-                chunks = text
+            if chunks is None:
+                text = call.answer_text  # bounded by the stage (answer_text_cap)
+            if chunks is not None:
+                held = len(question) + sum(map(len, chunks))
+            elif text is not None:
                 held = len(question) + sum(map(len, text))
-            elif chunks is None:
+            else:
                 answer = call.answer_body or b""
                 if len(answer) > cap:
                     answer, truncated = self._redactor.cut(answer, cap), True
                 held = len(question) + len(answer)
-            else:
-                held = len(question) + sum(map(len, chunks))
         return (
             call.call_id, call.started_s, ended if ended is not None else time.perf_counter(),
             call.first_byte_s, call.trace_id, request.method,
@@ -141,8 +141,8 @@ class RecordBuilder:
             _NO_ERROR if error is None else (
                 error.phase.value, error.code or call.dialect.error_type(error.status),
                 error.reason.value, error.message[:1000]),
-            call.policies, call.guardrails, call.verdict, question, answer, chunks, truncated,
-            held,
+            call.policies, call.guardrails, call.verdict, question, answer, chunks, text,
+            truncated, held,
         )
 
     def build_batch(self, snapshots: Iterable[Snapshot]) -> list[tuple[bytes, bytes, bytes]]:
@@ -157,12 +157,12 @@ class RecordBuilder:
         for (call_id, started, ended, first_byte, trace_id, method, path, headers, dialect,
              operation, model, status, is_stream, cache_outcome, attempts, target, deployment,
              chain, principal, cost, finish_reason, error, policies, guardrails, verdict,
-             question, answer, chunks, truncated, _held) in snapshots:
-            if chunks is not None:
-                if chunks and chunks[0].__class__ is str:  # the text a stage read
-                    answer = _escaped("".join(chunks))
-                else:  # a stream's chunks: its text, still escaped
+             question, answer, chunks, text, truncated, _held) in snapshots:
+            if chunks is not None or text is not None:
+                if chunks is not None:  # a stream's chunks: its text, still escaped
                     answer = escaped_text(dialect.name, operation, b"".join(chunks))
+                else:  # the text a stage read
+                    answer = _escaped("".join(text))
                 if len(answer) > cap:
                     answer, truncated = cut(answer, cap), True
             secret = ""
