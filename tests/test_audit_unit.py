@@ -3,6 +3,8 @@ record a call leaves, and what the shipper reads back out of a stream entry."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 import pytest
 
@@ -161,6 +163,61 @@ def test_a_cut_body_keeps_no_part_of_a_secret_it_would_split() -> None:
         # cut well before or after a key: exactly the cap
         plain = b"z" * 300
         assert builder.build(_call(plain))[1] == plain[:100]
+
+
+# Other issuers' keys the shipper scrubs (it needs them whole), and a vault
+# key only the call knows: a cut anywhere through one keeps none of it.
+_OTHER_KEYS = (
+    "sk-proj-" + "Ab3" * 10,
+    "AKIA" + "ABCDEFGHIJKLMNOP",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLXBhcnQtaGVyZQ",
+)
+_VAULT_KEY = "vault-issued:Zq81-77xK-p0Lm"  # no issuer's format, and a ":" in it
+
+
+def _sink_view(builder: RecordBuilder, call: Call) -> str:
+    """Everything of the call's record that a sink would get, as one text."""
+    entry = decode_record(*builder.build(call), max_text=10_000, energy=load_energy_model())
+    return orjson.dumps([entry.record, entry.request_body, entry.response_body,
+                         entry.question, entry.answer]).decode()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_cut_keeps_no_part_of_another_issuers_key_or_the_calls_vault_key(
+        stream: bool) -> None:
+    builder = _builder(cap=100)
+    for key in (*_OTHER_KEYS, _VAULT_KEY):
+        for offset in range(1, len(key)):  # the cap falls inside the key
+            text = "q" * (100 - offset) + " " + key + " and more text after it"
+            call = _call(text.encode())
+            call.target = replace(call.target, api_key=_VAULT_KEY)
+            if stream:
+                call.is_stream = True
+                call.answer_text = [text[:builder.answer_text_cap]]
+            else:
+                call.answer_body = text.encode()
+            record, question, answer = builder.build(call)
+            kept = text[:101 - offset].encode()  # up to the key, which starts at 101 - offset
+            assert question == kept == answer, (key, offset)
+            assert _fields(record)["bodies_truncated"] is True
+            assert key[:3] not in _sink_view(builder, call)
+    # an ordinary long word through the cut is cut at the cap as before
+    call = _call(b"w" * 300)
+    assert builder.build(call)[1] == b"w" * 100
+
+
+def test_an_error_message_reaches_the_sink_without_a_key() -> None:
+    call = _call()
+    call.status = 502
+    for message, gone in (
+            ("upstream refused key sk-provider-secret-123456 for this model",
+             "sk-provider-secret-123456"),  # the call's own provider key
+            (f"echoed {_OTHER_KEYS[0]} back", _OTHER_KEYS[0])):  # another issuer's format
+        call.error = GatewayError(502, message, phase=Phase.BEFORE_FIRST_BYTE)
+        seen = _sink_view(_builder(), call)
+        assert gone not in seen and "[REDACTED]" in seen
+    call.error = GatewayError(502, "The upstream answered HTTP 502.", phase=Phase.BEFORE_FIRST_BYTE)
+    assert _fields(_builder().build(call)[0])["error_message"] == "The upstream answered HTTP 502."
 
 
 def test_record_carries_the_call_and_no_secret() -> None:

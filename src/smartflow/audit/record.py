@@ -116,7 +116,7 @@ class RecordBuilder:
             cap = self._max_body
             question = call.raw_body
             if len(question) > cap:
-                question, truncated = self._redactor.cut(question, cap), True
+                question, truncated = self._redactor.cut(question, cap, _secret(call)), True
             chunks = call.answer_chunks  # bounded by the stage (stream_capture_cap)
             if chunks is None:
                 text = call.answer_text  # bounded by the stage (answer_text_cap)
@@ -127,7 +127,7 @@ class RecordBuilder:
             else:
                 answer = call.answer_body or b""
                 if len(answer) > cap:
-                    answer, truncated = self._redactor.cut(answer, cap), True
+                    answer, truncated = self._redactor.cut(answer, cap, _secret(call)), True
                 held = len(question) + len(answer)
         return (
             call.call_id, call.started_s, ended if ended is not None else time.perf_counter(),
@@ -153,24 +153,27 @@ class RecordBuilder:
         node = self._node
         redact_pair = self._redactor.redact_pair
         cut = self._redactor.cut
+        redact_text = self._redactor.redact_text
         built = []
         for (call_id, started, ended, first_byte, trace_id, method, path, headers, dialect,
              operation, model, status, is_stream, cache_outcome, attempts, target, deployment,
              chain, principal, cost, finish_reason, error, policies, guardrails, verdict,
              question, answer, chunks, text, truncated, _held) in snapshots:
+            secret = ""
+            if target is not None:
+                model = target.public_name
+                secret = target.api_key
             if chunks is not None or text is not None:
                 if chunks is not None:  # a stream's chunks: its text, still escaped
                     answer = escaped_text(dialect.name, operation, b"".join(chunks))
                 else:  # the text a stage read
                     answer = _escaped("".join(text))
                 if len(answer) > cap:
-                    answer, truncated = cut(answer, cap), True
-            secret = ""
-            if target is not None:
-                model = target.public_name
-                secret = target.api_key
+                    answer, truncated = cut(answer, cap, secret), True
             if question or answer:
                 question, answer = redact_pair(question, answer, secret)
+            if error is not _NO_ERROR and error[3]:  # a message can quote a key
+                error = (*error[:3], redact_text(error[3], secret))
             record = (
                 RECORD_VERSION, call_id, started + offset, "llm", trace_id, method, path,
                 dialect.name, operation, model, status, is_stream, cache_outcome,
@@ -192,6 +195,12 @@ class RecordBuilder:
 
 
 _TAGS_HEADER = TAGS_HEADER.encode()  # header names are kept lower-case bytes
+
+
+def _secret(call: Call) -> str:
+    """The provider key the call was sent with (a vault key is per call)."""
+    target = call.target
+    return target.api_key if target is not None else ""
 
 
 def _escaped(text: str) -> bytes:

@@ -10,7 +10,11 @@ answer. Each is replaced by ``[REDACTED]``, in two places:
   it knows — found by substring search (C speed);
 * in the shipper, before any sink (``scrub_key_formats``): key formats of
   other issuers (OpenAI, Anthropic, Google, AWS, GitHub, Slack, JWTs), by
-  one regular expression, off the request path.
+  one regular expression, off the request path; also in the record's
+  free-text fields (``scrub_text_fields``).
+
+A body cut at the capture cap is never cut through one of them
+(``Redactor.cut``): what was left of it could no longer be recognised.
 """
 
 from __future__ import annotations
@@ -39,11 +43,45 @@ _KEY_FORMATS = re.compile(
 )
 
 
+# How the formats above open, and the key characters that may follow: a cut
+# through such a run could keep a part too short for ``_KEY_FORMATS`` to
+# recognise in the shipper, so ``Redactor.cut`` cuts before it.
+_KEY_OPENING = re.compile(
+    rb"(?:sk-|AIza|AKIA|ASIA|gh[pousr]_|xox[abprs]-|eyJ)[A-Za-z0-9_\-.]*")
+# Bytes before a cut searched for such an opening: a JWT can run to a few KB.
+# A longer token cut still keeps enough of itself for the shipper to match.
+OPENING_REACH = 4096
+
+
 def scrub_key_formats(data: bytes) -> bytes:
     """``data`` with every well-known key format replaced."""
     if _KEY_FORMATS.search(data) is None:
         return data
     return _KEY_FORMATS.sub(REDACTED, data)
+
+
+# The record's fields whose text a caller or a provider chose (the rest are
+# the gateway's own names, ids and numbers).
+FREE_TEXT_FIELDS = ("error_message", "model", "upstream_model", "finish_reason", "trace_id",
+                    "error_code")
+
+
+def scrub_text_fields(fields: dict[str, object]) -> None:
+    """The free-text fields of a record (and its tags) with the key formats
+    replaced: an error message can quote a key, and so can a model name."""
+    for name in FREE_TEXT_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, str) and value:
+            fields[name] = _scrubbed(value)
+    tags = fields.get("tags")
+    if isinstance(tags, list) and tags:
+        fields["tags"] = [_scrubbed(tag) if isinstance(tag, str) else tag for tag in tags]
+
+
+def _scrubbed(text: str) -> str:
+    data = text.encode("utf-8", "surrogatepass")
+    scrubbed = scrub_key_formats(data)
+    return text if scrubbed is data else scrubbed.decode("utf-8", "replace")
 
 
 class Redactor:
@@ -84,20 +122,43 @@ class Redactor:
             return False
         return self._pattern.search(data) is not None  # confirms "sk-sf-" is a key
 
-    def cut(self, data: bytes, size: int) -> bytes:
+    def cut(self, data: bytes, size: int, extra_secret: str = "") -> bytes:
         """The first ``size`` bytes of ``data``, or fewer: never the first
-        part of a secret that the cut would split (redaction, which runs on
-        what is kept, could not recognise it)."""
+        part of a secret that the cut would split, since redaction, which
+        runs on what is kept, could not recognise it. Secrets are the known
+        ones, the call's own (``extra_secret``, a vault key) and anything
+        that opens like another issuer's key (the shipper's formats)."""
         if len(data) <= size:
             return data
+        extra = self._extra(extra_secret)
+        at = self._cut_point(data, size, extra)
+        while at < size:  # moved back: the new cut must not split one either
+            size, at = at, self._cut_point(data, at, extra)
+        return data[:at]
+
+    def _cut_point(self, data: bytes, size: int, extra: bytes | None) -> int:
+        """``size``, or the start of the first secret a cut there would split."""
+        at = size
         reach = self.longest
         start = max(0, size - reach)
         window = data[start:size + reach]
         if self._holds_secret(window):
             for match in self._pattern.finditer(window):
                 if match.start() < size - start < match.end():
-                    return data[:start + match.start()]
-        return data[:size]
+                    at = start + match.start()
+                    break
+        if extra is not None:
+            found = _split_start(data, size, extra)
+            if found is not None and found < at:
+                at = found
+        # Only a run of key characters through the cut can be a split key.
+        if _is_key_byte(data, size - 1) and _is_key_byte(data, size):
+            # Past the cut far enough to see an opening it would split ("xoxb-").
+            for match in _KEY_OPENING.finditer(data, max(0, size - OPENING_REACH), size + 8):
+                if match.start() < size < match.end():
+                    at = min(at, match.start())
+                    break
+        return at
 
     def _extra(self, extra_secret: str) -> bytes | None:
         """A per-call secret (a vault key) not already among the known ones."""
@@ -114,6 +175,12 @@ class Redactor:
             data = self._pattern.sub(REDACTED, data)
         return data
 
+    def redact_text(self, text: str, extra_secret: str = "") -> str:
+        """``text`` (an error message) with every secret replaced."""
+        data = text.encode("utf-8", "surrogatepass")
+        redacted = self.redact(data, extra_secret)
+        return text if redacted is data else redacted.decode("utf-8", "replace")
+
     def redact_pair(self, first: bytes, second: bytes, extra_secret: str = ""
                     ) -> tuple[bytes, bytes]:
         """Both bodies of a record; the usual case (nothing found) costs a
@@ -124,3 +191,24 @@ class Redactor:
             if extra is None or (extra not in first and extra not in second):
                 return first, second
         return self.redact(first, extra_secret), self.redact(second, extra_secret)
+
+
+_KEY_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+
+
+def _is_key_byte(data: bytes, index: int) -> bool:
+    return 0 <= index < len(data) and data[index] in _KEY_BYTES
+
+
+def _split_start(data: bytes, size: int, secret: bytes) -> int | None:
+    """Where ``secret`` starts in ``data`` when a cut at ``size`` would split
+    it; also when ``data`` ends inside it (a stream's text is kept only so far)."""
+    first = max(0, size - len(secret) + 1)
+    found = data.find(secret, first, size + len(secret) - 1)
+    if found >= 0:
+        return found
+    if len(data) < size + len(secret) - 1:
+        for start in range(first, size):
+            if secret.startswith(data[start:]):
+                return start
+    return None

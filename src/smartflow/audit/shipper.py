@@ -34,7 +34,7 @@ from smartflow.audit.energy import EnergyModel, load_energy_model
 from smartflow.audit.entry import AuditEntry, Sink, SinkUnavailable
 from smartflow.audit.framing import unpack
 from smartflow.audit.record import record_fields
-from smartflow.audit.redact import scrub_key_formats
+from smartflow.audit.redact import scrub_key_formats, scrub_text_fields
 from smartflow.audit.replay import answer_of_body, question_of
 from smartflow.config import AuditSettings
 from smartflow.dialects.stream_text import unescape
@@ -86,6 +86,7 @@ def decode_record(record_json: bytes, request: bytes, answer: bytes, *, max_text
     ts = record.pop("ts")
     if not isinstance(call_id, str) or not call_id or not isinstance(ts, int | float):
         raise ValueError("the record has no call_id or ts")
+    scrub_text_fields(record)
     entry = AuditEntry(call_id=call_id, ts=datetime.fromtimestamp(ts, UTC), record=record)
     if request:
         request = scrub_key_formats(request)
