@@ -284,6 +284,30 @@ async def test_1000_entries_land_exactly_once(
     assert await db.fetchval("SELECT count(DISTINCT call_id) FROM vas_log") == 1050
 
 
+async def test_a_call_twice_in_one_batch_lands_once(
+    make_sink: Callable[..., PostgresSink], db: Any
+) -> None:
+    # A batch moves in one statement (COPY into the staging table, then
+    # INSERT ... SELECT): a redelivered entry inside the same batch is skipped too.
+    entries = batch(20, NOW)
+    await make_sink().write(entries + entries[:5] + entries[-1:])
+    assert await count_rows(db) == 20
+    assert await db.fetchval("SELECT count(DISTINCT call_id) FROM vas_log") == 20
+
+
+async def test_bodies_are_stored_whole_and_compressed_with_lz4(
+    make_sink: Callable[..., PostgresSink], db: Any
+) -> None:
+    body = "a question about the cache and the budget of the stream, " * 200  # ~11 KB
+    item = AuditEntry(call_id="big", ts=NOW, record={"status": 200}, request_body=body,
+                      question=body, answer=body[::-1])
+    await make_sink().write([item])
+    row = await db.fetchrow("SELECT request_body, question, answer, "
+                            "pg_column_compression(request_body) AS how FROM vas_log")
+    assert (row["request_body"], row["question"], row["answer"]) == (body, body, body[::-1])
+    assert row["how"] == "lz4"  # the server here is built with it
+
+
 async def test_values_round_trip(make_sink: Callable[..., PostgresSink], db: Any) -> None:
     record = {
         "trace_id": "t1", "model": "gpt-4o", "status": 429, "stream": True,

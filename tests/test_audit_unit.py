@@ -220,6 +220,39 @@ def test_an_error_message_reaches_the_sink_without_a_key() -> None:
     assert _fields(_builder().build(call)[0])["error_message"] == "The upstream answered HTTP 502."
 
 
+def test_the_shipper_finds_a_key_format_exactly_where_the_expression_does() -> None:
+    """``holds_key_format`` searches only the long runs of key characters
+    (the expression alone is slow on prose): it must agree with the whole
+    expression on every text, keys whole, cut short, glued to other key
+    characters, in prose, in code and at the ends."""
+    import random
+
+    from smartflow.audit.redact import _KEY_FORMATS, holds_key_format
+
+    keys = [VKEY, *_OTHER_KEYS, "sk-ant-api03-" + "x" * 30, "AIza" + "S" * 35,
+            "ASIA" + "ABCDEFGHIJKLMNOP", "ghp_" + "a" * 36, "xoxb-1234567890"]
+    prose = b"the cache was expected to hold a desk-top session for the x-ray table " * 40
+    code = b"def get_user_name(self, user_id: int) -> str:\n    return self._cache.get(u)\n" * 40
+    rng = random.Random(7)
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.- \"':/\n\\"
+    texts = [prose, code, b"", b"x" * 14, b"k" * 15]
+    for key in keys:
+        raw = key.encode()
+        texts += [raw, raw[:-1], b"x " + raw + b" y", b'"' + raw + b'"', b"a.b_c-" + raw + b"-z",
+                  prose + raw, raw + code, code[:500] + raw + prose[:500]]
+    for _ in range(3000):
+        text = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 80)))
+        if rng.random() < 0.5:
+            key = rng.choice(keys).encode()
+            at = rng.randint(0, len(text))
+            text = text[:at] + key[:rng.randint(len(key) - 3, len(key))] + text[at:]
+        texts.append(text)
+    for text in texts:
+        assert holds_key_format(text) is (_KEY_FORMATS.search(text) is not None), text
+        assert scrub_key_formats(text) == _KEY_FORMATS.sub(REDACTED, text)
+    assert scrub_key_formats(prose) is prose  # nothing found: no copy
+
+
 def test_record_carries_the_call_and_no_secret() -> None:
     body = orjson.dumps({"model": "gpt-4o", "messages": [
         {"role": "user", "content": f"my key is {VKEY} and sk-provider-secret-123456"}]})

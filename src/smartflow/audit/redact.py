@@ -53,9 +53,41 @@ _KEY_OPENING = re.compile(
 OPENING_REACH = 4096
 
 
+# Every match of _KEY_FORMATS is a run of at least this many of these bytes
+# (the shortest, a Slack token: "xoxb-" and ten more).
+_KEY_RUN_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-"
+MIN_KEY_RUN = 15
+_AS_RUNS = bytes(0x6B if byte in _KEY_RUN_BYTES else 0x20 for byte in range(256))  # k, or space
+_RUN = b"k" * MIN_KEY_RUN
+MAX_RUNS_SEARCHED = 8  # past this (code, say) one search over the rest is cheaper
+
+
+def holds_key_format(data: bytes) -> bool:
+    """Whether ``_KEY_FORMATS`` matches in ``data``. The expression alone costs
+    15-20 ns a byte of English text (it tries its alternation at every "s",
+    "e", "g" ...): it runs only over the long runs of key characters, which
+    C finds in a copy of the text mapped to two bytes."""
+    runs = data.translate(_AS_RUNS)
+    search = _KEY_FORMATS.search
+    at = runs.find(_RUN)
+    searched = 0
+    while at >= 0:
+        start = runs.rfind(b" ", 0, at) + 1
+        searched += 1
+        if searched > MAX_RUNS_SEARCHED:
+            return search(data, start) is not None
+        end = runs.find(b" ", at + MIN_KEY_RUN)
+        if end < 0:
+            end = len(data)
+        if search(data, start, end) is not None:
+            return True
+        at = runs.find(_RUN, end)
+    return False
+
+
 def scrub_key_formats(data: bytes) -> bytes:
     """``data`` with every well-known key format replaced."""
-    if _KEY_FORMATS.search(data) is None:
+    if not holds_key_format(data):
         return data
     return _KEY_FORMATS.sub(REDACTED, data)
 
