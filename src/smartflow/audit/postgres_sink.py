@@ -19,8 +19,8 @@ body was compressed at the COPY and again at the move, and COPY lost to a
 prepared INSERT per row; a body already compressed with the column's method is
 not compressed again.
 Measured in one process at 512 rows a batch: the server's CPU per row with
-~3 KB bodies 425 us (per-row INSERT, pglz) -> 135-168 us, with small
-bodies 57-70 us -> 34-40 us. Values are coerced
+~3 KB bodies 365-425 us (per-row INSERT, pglz) -> 135-171 us, with small
+bodies 57-70 us -> 34-44 us. Values are coerced
 to their column's type first, defensively: a record the database would
 reject would otherwise block the stream forever, so a value that does not
 fit becomes NULL and NUL characters (which PostgreSQL text refuses) become
