@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 REDACTED = b"[REDACTED]"
 MIN_SECRET_LEN = 8  # shorter configured "keys" are placeholders, and would redact words
@@ -47,7 +47,7 @@ _KEY_FORMATS = re.compile(
 # through such a run could keep a part too short for ``_KEY_FORMATS`` to
 # recognise in the shipper, so ``Redactor.cut`` cuts before it.
 _KEY_OPENING = re.compile(
-    rb"(?:sk-|AIza|AKIA|ASIA|gh[pousr]_|xox[abprs]-|eyJ)[A-Za-z0-9_\-.]*")
+    rb"(?:sk-|AIza|AKIA|ASIA|gh[pousr]_|xox[abprs]-|eyJ)[A-Za-z0-9_\-.]*")  # _KEY_RUN_BYTES
 # Bytes before a cut searched for such an opening: a JWT can run to a few KB.
 # A longer token cut still keeps enough of itself for the shipper to match.
 OPENING_REACH = 4096
@@ -111,9 +111,14 @@ def scrub_text_fields(fields: dict[str, object]) -> None:
 
 
 def _scrubbed(text: str) -> str:
+    return _on_text(scrub_key_formats, text)
+
+
+def _on_text(transform: Callable[[bytes], bytes], text: str) -> str:
+    """``transform`` (which answers its argument when it changes nothing) on text."""
     data = text.encode("utf-8", "surrogatepass")
-    scrubbed = scrub_key_formats(data)
-    return text if scrubbed is data else scrubbed.decode("utf-8", "replace")
+    done = transform(data)
+    return text if done is data else done.decode("utf-8", "replace")
 
 
 class Redactor:
@@ -209,9 +214,7 @@ class Redactor:
 
     def redact_text(self, text: str, extra_secret: str = "") -> str:
         """``text`` (an error message) with every secret replaced."""
-        data = text.encode("utf-8", "surrogatepass")
-        redacted = self.redact(data, extra_secret)
-        return text if redacted is data else redacted.decode("utf-8", "replace")
+        return _on_text(lambda data: self.redact(data, extra_secret), text)
 
     def redact_pair(self, first: bytes, second: bytes, extra_secret: str = ""
                     ) -> tuple[bytes, bytes]:
@@ -225,11 +228,8 @@ class Redactor:
         return self.redact(first, extra_secret), self.redact(second, extra_secret)
 
 
-_KEY_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
-
-
 def _is_key_byte(data: bytes, index: int) -> bool:
-    return 0 <= index < len(data) and data[index] in _KEY_BYTES
+    return 0 <= index < len(data) and data[index] in _KEY_RUN_BYTES
 
 
 def _split_start(data: bytes, size: int, secret: bytes) -> int | None:
