@@ -110,8 +110,8 @@ def test_redaction_finds_every_secret_whichever_search_it_takes(
     for secret in secrets:
         text = f"before {secret} after".encode()
         assert redactor.redact(text) == b"before " + REDACTED + b" after"
-        assert redactor.redact_pair(b"plain", text) == (b"plain", b"before " + REDACTED + b" after")
-        assert redactor.redact_pair(text, b"plain")[0] == b"before " + REDACTED + b" after"
+        assert redactor.redact_batch([b"plain", text, b"plain"], ()) == [
+            b"plain", b"before " + REDACTED + b" after", b"plain"]
         # at the very ends, and twice
         assert redactor.redact(f"{secret}{secret}".encode()) == REDACTED * 2
     # the longer of two secrets, one containing the other, goes whole
@@ -123,8 +123,40 @@ def test_redaction_finds_every_secret_whichever_search_it_takes(
     for plain in (b"sk-sf-notakey and sk-master-012345678 and provider-abcdefghi",
                   b"kill the process, drop the test table, bypass the cache " * 40):
         assert redactor.redact(plain) is plain
-        first, second = redactor.redact_pair(plain, plain)
-        assert first is plain and second is plain
+        bodies = [plain, plain]
+        assert redactor.redact_batch(bodies, ()) is bodies
+
+
+def test_a_batch_is_redacted_of_every_calls_secret_and_only_where_one_is() -> None:
+    redactor = Redactor(["provider-key-0123456789"])
+    vault_a, vault_b = "vault-key-aaaaaaaa", "vault-key-bbbbbbbb-longer"
+    bodies = [b"question one", f"answer with {vault_a}".encode(), b"plain",
+              f"{vault_b} and provider-key-0123456789 and {VKEY}".encode(), b"", b"end"]
+    out = redactor.redact_batch(bodies, [vault_a, vault_b, "", "provider-key-0123456789"])
+    assert out == [b"question one", b"answer with " + REDACTED, b"plain",
+                   REDACTED + b" and " + REDACTED + b" and " + REDACTED, b"", b"end"]
+    assert out[0] is bodies[0] and out[2] is bodies[2]  # a clean body is not copied
+    # A secret is never assembled across two bodies (the first ends as a
+    # secret starts, the second goes on): both stay as they are.
+    halves = [b"provider-key-", b"0123456789", b"vault-key-", b"aaaaaaaa"]
+    assert redactor.redact_batch(halves, [vault_a]) is halves
+
+
+def test_the_worker_redacts_each_record_of_a_batch_as_it_would_alone() -> None:
+    # One search over a batch's bodies decides; a record is redacted the same
+    # whether the other records of its flush held secrets or not.
+    builder = _builder(cap=4096, secrets=("provider-key-0123456789",))
+    calls = []
+    for index, body in enumerate((b'{"q": "plain one"}', b'{"q": "my key provider-key-0123456789"}',
+                                  b'{"q": "plain two"}')):
+        call = _call(body)
+        call.answer_body = f'{{"answer": "text {index}"}}'.encode()
+        calls.append(call)
+    alone = [builder.build(call) for call in calls]
+    together = builder.build_batch([builder.snapshot(call) for call in calls])
+    assert [entry[1:] for entry in together] == [entry[1:] for entry in alone]
+    assert together[1][1] == b'{"q": "my key ' + REDACTED + b'"}'
+    assert together[0][1] == b'{"q": "plain one"}' and together[2][2] == b'{"answer": "text 2"}'
 
 
 def test_a_stream_text_read_by_a_stage_is_the_record_answer() -> None:

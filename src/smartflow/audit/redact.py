@@ -216,16 +216,29 @@ class Redactor:
         """``text`` (an error message) with every secret replaced."""
         return _on_text(lambda data: self.redact(data, extra_secret), text)
 
-    def redact_pair(self, first: bytes, second: bytes, extra_secret: str = ""
-                    ) -> tuple[bytes, bytes]:
-        """Both bodies of a record; the usual case (nothing found) costs a
-        few substring searches of each and no copy."""
-        holds = self._holds_secret
-        if not holds(first) and not holds(second):
-            extra = self._extra(extra_secret)
-            if extra is None or (extra not in first and extra not in second):
-                return first, second
-        return self.redact(first, extra_secret), self.redact(second, extra_secret)
+    def redact_batch(self, bodies: list[bytes], extra_secrets: Iterable[str]) -> list[bytes]:
+        """The bodies of a batch of records with every secret replaced: the
+        known ones and each call's own (``extra_secrets``, searched for in
+        every body, which can only redact more). The usual case, nothing
+        found, costs one search of all the bodies joined and answers
+        ``bodies`` itself: a few searches per body cost several times as
+        much, in calls rather than bytes."""
+        # Longest first, so a key that contains another is replaced whole.
+        extras = sorted({extra for extra in map(self._extra, extra_secrets) if extra is not None},
+                        key=len, reverse=True)
+        # A separator no secret holds: a match never spans two bodies.
+        joined = b"\0".join(bodies)
+        if not self._holds_secret(joined) and not any(map(joined.__contains__, extras)):
+            return bodies
+        redacted = []
+        for body in bodies:
+            for extra in extras:
+                if extra in body:
+                    body = body.replace(extra, REDACTED)
+            if self._holds_secret(body):
+                body = self._pattern.sub(REDACTED, body)
+            redacted.append(body)
+        return redacted
 
 
 def _is_key_byte(data: bytes, index: int) -> bool:
