@@ -206,8 +206,14 @@ class Redactor:
     def redact(self, data: bytes, extra_secret: str = "") -> bytes:
         """``data`` with every secret replaced; the same object when it had none."""
         extra = self._extra(extra_secret)
-        if extra is not None and extra in data:
-            data = data.replace(extra, REDACTED)
+        return self._redact(data, () if extra is None else (extra,))
+
+    def _redact(self, data: bytes, extras: Iterable[bytes]) -> bytes:
+        """``data`` with the per-call secrets ``extras`` (longest first) and
+        the known ones replaced; the same object when it had none."""
+        for extra in extras:
+            if extra in data:
+                data = data.replace(extra, REDACTED)
         if self._holds_secret(data):
             data = self._pattern.sub(REDACTED, data)
         return data
@@ -230,15 +236,7 @@ class Redactor:
         joined = b"\0".join(bodies)
         if not self._holds_secret(joined) and not any(map(joined.__contains__, extras)):
             return bodies
-        redacted = []
-        for body in bodies:
-            for extra in extras:
-                if extra in body:
-                    body = body.replace(extra, REDACTED)
-            if self._holds_secret(body):
-                body = self._pattern.sub(REDACTED, body)
-            redacted.append(body)
-        return redacted
+        return [self._redact(body, extras) for body in bodies]
 
 
 def _is_key_byte(data: bytes, index: int) -> bool:
