@@ -670,6 +670,48 @@ async def test_accept_backlog_takes_queued_connections_then_stops_listening() ->
         await server.drain(2)
 
 
+async def test_drain_answers_the_first_request_of_a_connection_it_accepted_from_the_backlog(
+) -> None:
+    """A retiring worker accepts what the kernel queued for it; a client whose
+    request bytes arrive only after the drain began must still be answered."""
+    state = DemoState()
+    sock = bound_socket()
+    port = sock.getsockname()[1]
+    slow_senders = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    silent = socket.create_connection(("127.0.0.1", port))
+    server = HTTPServer(build_demo_app(state), make_settings())
+    loop = asyncio.get_running_loop()
+    await server.start(sock)
+    try:
+        drain = asyncio.create_task(server.drain(30))
+        await wait_until(lambda: server.connection_count == 4, what="the backlog accepted")
+        await asyncio.sleep(0.2)  # the drain has begun; these clients were slow to send
+        assert not drain.done()
+        answers = []
+        for client in slow_senders:
+            client.setblocking(False)
+            await loop.sock_sendall(client, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        for client in slow_senders:
+            data = b""
+            while chunk := await asyncio.wait_for(loop.sock_recv(client, 65536), 5):
+                data += chunk
+            answers.append(data)
+        # The silent one is closed after a short grace, not held to the deadline.
+        started = loop.time()
+        await asyncio.wait_for(drain, 10)
+        assert loop.time() - started < 8
+        silent.setblocking(False)
+        assert await asyncio.wait_for(loop.sock_recv(silent, 100), 5) == b""
+    finally:
+        for client in [*slow_senders, silent]:
+            client.close()
+        if not drain.done():
+            drain.cancel()
+    for data in answers:
+        assert status_of(data) == 200 and b"connection: close" in data.lower()
+    assert server.connection_count == 0
+
+
 class RecordingObserver:
     def __init__(self) -> None:
         self.started: list[str] = []

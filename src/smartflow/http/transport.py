@@ -69,6 +69,9 @@ _PREFACE = h2_protocol.PREFACE
 _PREFACE_LENGTH = len(_PREFACE)
 _STATUS_CLIENT_GONE = 499
 _LINGER_S = 2.0
+# How long a draining server waits for the first request of a connection it
+# accepted but has read nothing from yet (see _Connection.begin_drain).
+_FIRST_REQUEST_GRACE_S = 2.0
 _NO_BODY_STATUSES = frozenset({204, 304})
 
 
@@ -179,6 +182,7 @@ class _Connection(asyncio.Protocol):
         self._deadline_is_header = False
         self._is_lingering = False
         self._is_h1_waiting_for_writable = False
+        self._has_had_request = False
 
     # -- asyncio.Protocol ------------------------------------------------------
 
@@ -520,6 +524,7 @@ class _Connection(asyncio.Protocol):
             if event_type is RequestReceived:
                 assert isinstance(event, RequestReceived)
                 self._clear_deadline()
+                self._has_had_request = True
                 body = RequestBody(1, self if event.has_body else None)
                 new_exchange = self._new_exchange(event, body)
                 new_exchange.expects_continue = event.expects_continue
@@ -952,11 +957,22 @@ class _Connection(asyncio.Protocol):
                 self._set_deadline(self._server._goaway_grace_s, is_header=False)
             return
         exchange = self._current
-        if exchange is None:
-            if self._h1 is None or not self._h1.has_partial_head:
-                self._close()
-        else:
+        if exchange is not None:
             exchange.keep_alive = False
+            return
+        if self._h1 is not None and self._h1.has_partial_head:
+            return  # its header deadline bounds it; it is answered with Connection: close
+        if not self._has_had_request:
+            # Accepted (perhaps from the backlog as this worker retires) but
+            # nothing read yet: its client has sent, or is about to send, a
+            # request and would see the connection dropped unanswered.  Serve
+            # that one request, with Connection: close, if it comes soon.
+            deadline = self._server._now + _FIRST_REQUEST_GRACE_S
+            if not self.deadline or deadline < self.deadline:
+                self.deadline = deadline
+                self._deadline_is_header = True
+            return
+        self._close()
 
     def _send_goaway(self) -> None:
         h2 = self._h2
