@@ -967,7 +967,7 @@ class _Connection(asyncio.Protocol):
             # nothing read yet: its client has sent, or is about to send, a
             # request and would see the connection dropped unanswered.  Serve
             # that one request, with Connection: close, if it comes soon.
-            deadline = self._server._now + _FIRST_REQUEST_GRACE_S
+            deadline = self._loop.time() + _FIRST_REQUEST_GRACE_S  # not the tick's stale _now
             if not self.deadline or deadline < self.deadline:
                 self.deadline = deadline
                 self._deadline_is_header = True
