@@ -938,7 +938,8 @@ class _Connection(asyncio.Protocol):
     # -- shutdown --------------------------------------------------------------
 
     def begin_drain(self) -> None:
-        """Stop taking new requests; close once the ones in progress are answered.
+        """Stop taking new requests; close once the ones in progress are answered
+        (and a connection with nothing read yet once its first one is).
 
         HTTP/2: an idle connection gets GOAWAY and is closed now; a busy one gets
         GOAWAY once its streams are done or after the server's GOAWAY grace,
