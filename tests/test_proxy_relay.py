@@ -19,6 +19,7 @@ from smartflow.dialects.anthropic import AnthropicTap
 from smartflow.dialects.base import StreamOutcome
 from smartflow.dialects.openai import DecodingTransform, OpenAITap, find_usage_object
 from smartflow.dialects.openai import error_event as openai_error_event
+from smartflow.dialects.sse_events import TAIL_EVENTS, last_events
 from smartflow.http.client import RemoteProtocolError
 from smartflow.providers.base import Usage
 from smartflow.providers.openai import OpenAIStreamDecoder
@@ -77,6 +78,47 @@ def test_the_openai_tap_reads_usage_and_finish_reason_from_the_end() -> None:
     assert outcome.usage == Usage(11, 7, 3)
     assert outcome.finish_reason == "stop"
     assert outcome.text is None
+
+
+@pytest.mark.parametrize("crlf", [False, True])
+def test_the_openai_tap_reads_the_end_of_a_long_stream(crlf: bool) -> None:
+    """Only the tail's last events are split out; a long answer, in LF or
+    CRLF framing, still yields its usage and finish reason."""
+    events = [chunk_event(f"word {i} ") for i in range(300)] + STREAM[2:]
+    if crlf:
+        events = [e.replace(b"\n", b"\r\n") for e in events]
+    tap = OpenAITap(capture_text=True)
+    for event in events:
+        tap.observe(event)
+    outcome = tap.outcome()
+    assert outcome.usage == Usage(11, 7, 3)
+    assert outcome.finish_reason == "stop"
+    assert outcome.text == "".join(f"word {i} " for i in range(300))
+
+
+def test_without_usage_a_long_streams_estimate_counts_its_framing_once() -> None:
+    """The estimate takes the framing from the smallest event of the tail, and
+    a stream's last events need not hold one with little text."""
+    words = [" a"] * 20 + [" considerably longer words"] * 20
+    tap = OpenAITap()
+    for word in words:
+        tap.observe(chunk_event(word))
+    tap.observe(chunk_event(" end", "stop") + b"data: [DONE]\n\n")
+    outcome = tap.outcome()
+    assert outcome.usage is None and outcome.finish_reason == "stop"
+    actual = len("".join(words)) + len(" end")
+    # The smallest event still holds " a": it is counted as framing.
+    assert 0.8 * actual <= outcome.approx_text_chars <= 1.1 * actual
+
+
+def test_last_events_are_the_last_few_events_oldest_first() -> None:
+    body = b"".join(b"data: %d\n\n" % i for i in range(20))
+    tail = last_events(body)
+    assert len(tail) == TAIL_EVENTS
+    assert tail[-1] == b""  # what follows the last boundary
+    assert tail[:-1] == [b"data: %d" % i for i in range(20 - TAIL_EVENTS + 1, 20)]
+    assert last_events(b"data: 1\n\ndata: 2\n\n") == [b"data: 1", b"data: 2", b""]
+    assert last_events(b"data: 1\r\n\r\ndata: 2\r\n\r\n") == [b"data: 1", b"data: 2", b""]
 
 
 def test_without_usage_the_tap_estimates_the_text_length_from_bytes() -> None:

@@ -22,6 +22,7 @@ from smartflow.dialects.sse_events import (
     HEAD_BYTES,
     TailBuffer,
     event_data,
+    last_events,
     load_json,
     split_events,
 )
@@ -129,7 +130,7 @@ class AnthropicTap:
                     usage = anthropic_usage(obj["message"].get("usage"))
                 break
         stop_reason: str | None = None
-        for event in reversed(split_events(self._tail.value())):
+        for event in reversed(last_events(self._tail.value())):
             if b"message_delta" in event:
                 obj = load_json(event_data(event))
                 if isinstance(obj, dict):

@@ -18,7 +18,7 @@ import orjson
 from smartflow.dialects.base import Dialect, StreamOutcome
 from smartflow.dialects.checks import ChatRequestFacts, json_type
 from smartflow.dialects.reencode import ReencodingTransform
-from smartflow.dialects.sse_events import TailBuffer, event_data, load_json, split_events
+from smartflow.dialects.sse_events import TailBuffer, event_data, last_events, load_json
 from smartflow.gateway_error import GatewayError, Reason
 from smartflow.providers.base import StreamDecoder, Usage
 from smartflow.providers.gemini import FINISH_REASONS, usage_from_gemini
@@ -224,7 +224,7 @@ class GeminiTap:
         usage: Usage | None = None
         raw_finish: str | None = None
         parsed = 0
-        for event in reversed(split_events(self._tail.value())):
+        for event in reversed(last_events(self._tail.value())):
             if parsed >= MAX_TAIL_EVENTS_PARSED or (usage is not None and raw_finish is not None):
                 break
             wants_usage = usage is None and b'"usageMetadata"' in event

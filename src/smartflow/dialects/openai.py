@@ -25,7 +25,13 @@ from smartflow.dialects.checks import (
     check_text_or_array,
     json_type,
 )
-from smartflow.dialects.sse_events import TailBuffer, event_data, load_json, split_events
+from smartflow.dialects.sse_events import (
+    TailBuffer,
+    event_data,
+    last_events,
+    load_json,
+    split_events,
+)
 from smartflow.gateway_error import GatewayError
 from smartflow.http.errors import error_type_for_status
 from smartflow.providers.base import StreamDecoder, Usage
@@ -193,7 +199,8 @@ class OpenAITap:
     def outcome(self) -> StreamOutcome:
         usage: Usage | None = None
         finish_reason: str | None = None
-        events = split_events(self._tail.value())
+        tail = self._tail.value()
+        events = last_events(tail)
         parsed = 0
         for event in reversed(events):
             if parsed >= MAX_TAIL_EVENTS_PARSED or (usage is not None
@@ -218,7 +225,9 @@ class OpenAITap:
                         finish_reason = str(choice["finish_reason"])
                         break
         text = "".join(self._text) if self._text is not None else None
-        approx_chars = self._approx_text_chars(events) if usage is None else 0
+        # The estimate wants the smallest event of the whole tail (the framing
+        # alone); the last few are no sample of it.
+        approx_chars = self._approx_text_chars(split_events(tail)) if usage is None else 0
         return StreamOutcome(usage, finish_reason, text, approx_text_chars=approx_chars)
 
     def _approx_text_chars(self, tail_events: list[bytes]) -> int:
