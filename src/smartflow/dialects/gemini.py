@@ -30,7 +30,6 @@ from smartflow.providers.gemini_inbound import (
 )
 
 GEMINI_ROLES = frozenset({"user", "model", "function"})  # function: the v1beta legacy role
-MAX_TAIL_EVENTS_PARSED = 8
 _SPLIT_GUARD = 16  # bytes of the previous piece kept to find a marker split across pieces
 
 # -- validation -------------------------------------------------------------------
@@ -223,15 +222,13 @@ class GeminiTap:
     def outcome(self) -> StreamOutcome:
         usage: Usage | None = None
         raw_finish: str | None = None
-        parsed = 0
-        for event in reversed(last_events(self._tail.value())):
-            if parsed >= MAX_TAIL_EVENTS_PARSED or (usage is not None and raw_finish is not None):
+        for event in reversed(last_events(self._tail.value())):  # at most TAIL_EVENTS
+            if usage is not None and raw_finish is not None:
                 break
             wants_usage = usage is None and b'"usageMetadata"' in event
             wants_finish = raw_finish is None and b'"finishReason"' in event
             if not (wants_usage or wants_finish):
                 continue
-            parsed += 1
             response = load_json(event_data(event))
             if not isinstance(response, dict):
                 continue

@@ -38,7 +38,6 @@ from smartflow.providers.base import StreamDecoder, Usage
 from smartflow.providers.openai import usage_from as openai_usage
 
 SSE_DONE = b"data: [DONE]\n\n"
-MAX_TAIL_EVENTS_PARSED = 8
 
 
 # -- validation -------------------------------------------------------------------
@@ -201,10 +200,8 @@ class OpenAITap:
         finish_reason: str | None = None
         tail = self._tail.value()
         events = last_events(tail)
-        parsed = 0
-        for event in reversed(events):
-            if parsed >= MAX_TAIL_EVENTS_PARSED or (usage is not None
-                                                    and finish_reason is not None):
+        for event in reversed(events):  # at most TAIL_EVENTS: few to decode
+            if usage is not None and finish_reason is not None:
                 break
             # Substring checks first: only events carrying a non-null usage or
             # finish reason are decoded (every chunk has "finish_reason":null).
@@ -213,7 +210,6 @@ class OpenAITap:
                                                     or b'"finish_reason": "' in event)
             if not (has_usage or has_finish):
                 continue
-            parsed += 1
             chunk = load_json(event_data(event))
             if not isinstance(chunk, dict):
                 continue

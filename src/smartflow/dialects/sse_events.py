@@ -13,25 +13,26 @@ from typing import Any
 import orjson
 
 TAIL_BYTES = 16 * 1024  # the usage and finish-reason events are within the last few hundred
+TAIL_EVENTS = 8  # ... and among its last few events
 HEAD_BYTES = 16 * 1024  # Anthropic's message_start (input usage) is the first event
 
 
-TAIL_EVENTS = 8  # the usage and finish-reason events are among a stream's last few
+def _lf(data: bytes) -> bytes:
+    """``data`` with CRLF line ends as LF."""
+    if b"\r" in data:  # one memchr: the rewrite is a search for two bytes and a copy
+        data = data.replace(b"\r\n", b"\n")
+    return data
 
 
 def split_events(data: bytes) -> list[bytes]:
-    if b"\r" in data:  # one memchr: the rewrite is a search for two bytes and a copy
-        data = data.replace(b"\r\n", b"\n")
-    return data.split(b"\n\n")
+    return _lf(data).split(b"\n\n")
 
 
 def last_events(data: bytes, count: int = TAIL_EVENTS) -> list[bytes]:
     """The last ``count`` events of ``data``, oldest first (all when fewer),
     found from its end: splitting a whole 16 KB tail to read its last two
     events cost a streamed call some 15 µs."""
-    if b"\r" in data:
-        data = data.replace(b"\r\n", b"\n")
-    events = data.rsplit(b"\n\n", count)
+    events = _lf(data).rsplit(b"\n\n", count)
     if len(events) > count:
         del events[0]  # the rest of the tail, several events in one piece
     return events
