@@ -245,6 +245,42 @@ async def test_an_upstream_dying_mid_stream_ends_with_an_error_event_not_a_hang(
     assert source.closed
 
 
+async def test_the_capture_keeps_what_the_caller_was_sent_without_keep_alives() -> None:
+    half = len(STREAM[1]) // 2
+    source = Source(STREAM[0], STREAM[1][:half], 0.3, STREAM[1][half:], *STREAM[2:])
+    kept: list[bytes] = []
+    out = await collect(relay(source.iterate(), passthrough(), close_source=source.close,
+                              keepalive_interval_s=0.05, idle_timeout_s=30,
+                              capture=kept, capture_cap=1 << 20))
+    assert SSE_KEEPALIVE in out  # one was sent, and is not part of the answer
+    assert b"".join(kept) == BODY
+    assert b"".join(kept) == b"".join(out).replace(SSE_KEEPALIVE, b"")
+    assert all(any(piece is sent for sent in out) for piece in kept)  # references, no copy
+
+
+async def test_the_capture_stops_once_its_cap_is_reached_and_the_caller_still_gets_all() -> None:
+    # A pause after each event: the relay sends them one by one.
+    source = Source(*itertools.chain.from_iterable((part, 0.01) for part in STREAM))
+    kept: list[bytes] = []
+    cap = len(STREAM[0]) + 1
+    out = await collect(relay(source.iterate(), passthrough(), close_source=source.close,
+                              keepalive_interval_s=30, idle_timeout_s=30,
+                              capture=kept, capture_cap=cap))
+    assert b"".join(out) == BODY
+    # Events until the cap is reached (the one that passes it whole), then none.
+    assert kept == STREAM[:2]
+
+
+async def test_the_capture_keeps_the_error_event_that_ended_a_broken_stream() -> None:
+    source = Source(STREAM[0], STREAM[1][:10], RemoteProtocolError("peer closed"))
+    kept: list[bytes] = []
+    out = await asyncio.wait_for(collect(relay(
+        source.iterate(), passthrough(), close_source=source.close,
+        keepalive_interval_s=30, idle_timeout_s=30, capture=kept, capture_cap=1 << 20)), 10)
+    assert kept == out
+    assert kept[-1].startswith(b'data: {"error"')
+
+
 async def test_closing_the_relay_mid_stream_cancels_the_upstream_read_and_closes_it() -> None:
     source = Source(STREAM[0], 3600.0, STREAM[1])
     ended: list[StreamOutcome] = []

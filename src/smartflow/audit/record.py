@@ -60,8 +60,9 @@ _NO_ERROR = (None,) * 4
 # stream writer flushes early when many are waiting). The bodies are already
 # cut to the cap (so a buffer of snapshots stays small); an error or a route
 # plan is read at once (an exception holds its traceback, and with it the
-# frames of the call). A stream's answer is its chunks, or the pieces of
-# its text a stage read (``Call.answer_text``), whichever the call kept.
+# frames of the call). A stream's answer is its text, still JSON-escaped,
+# read out of the events the relay kept (or the pieces of text a stage
+# read, ``Call.answer_text``).
 Snapshot = tuple[Any, ...]
 
 
@@ -70,13 +71,20 @@ class RecordBuilder:
     over; ``build_batch`` turns the snapshots of a flush into records.
 
     Split so because the costly part (reading the objects a call points at,
-    JSON, redaction, a stream's text) runs several times faster over a batch
-    in one loop than once per call between requests: measured in the worker,
-    the code is no longer in the CPU's caches by the end of a call, and in a
-    batch it is. So the snapshot reads only the call's own fields (the call
-    was just written to) and keeps references; and it is one flat tuple,
-    where the call is a graph of objects (its parsed body among them) that,
-    kept until the flush, the cyclic GC would walk.
+    JSON, redaction) runs several times faster over a batch in one loop than
+    once per call between requests: measured in the worker, the code is no
+    longer in the CPU's caches by the end of a call, and in a batch it is. So
+    the snapshot reads only the call's own fields (the call was just written
+    to) and keeps references; and it is one flat tuple, where the call is a
+    graph of objects (its parsed body among them) that, kept until the
+    flush, the cyclic GC would walk.
+
+    A stream's text is the exception: it is read at the snapshot. One regular
+    expression over the events costs the same there as in the flush's loop
+    (about 15 us a call for the bench's 5.4 KB stream, in a loaded worker,
+    either way), and the snapshot then keeps the ~100 bytes of text instead
+    of the events: a worker's buffer fills (``MAX_HELD_BYTES``) and is
+    flushed every ~70 streamed calls instead of every ~12.
     """
 
     __slots__ = ("_capture", "_max_body", "_node", "_redactor", "_wall_offset",
@@ -109,7 +117,6 @@ class RecordBuilder:
         error = call.error
         route = call.route_plan
         question = answer = b""
-        chunks = text = None
         truncated = False
         held = 0
         if self._capture:
@@ -117,18 +124,16 @@ class RecordBuilder:
             question = call.raw_body
             if len(question) > cap:
                 question, truncated = self._redactor.cut(question, cap, _secret(call)), True
-            chunks = call.answer_chunks  # bounded by the stage (stream_capture_cap)
-            if chunks is None:
-                text = call.answer_text  # bounded by the stage (answer_text_cap)
-            if chunks is not None:
-                held = len(question) + sum(map(len, chunks))
-            elif text is not None:
-                held = len(question) + sum(map(len, text))
+            chunks = call.answer_chunks  # bounded by the relay (stream_capture_cap)
+            if chunks is not None:  # a stream's events: its text, still escaped
+                answer = escaped_text(call.dialect.name, call.operation, b"".join(chunks))
+            elif call.answer_text is not None:  # the text a stage read
+                answer = _escaped("".join(call.answer_text))
             else:
                 answer = call.answer_body or b""
-                if len(answer) > cap:
-                    answer, truncated = self._redactor.cut(answer, cap, _secret(call)), True
-                held = len(question) + len(answer)
+            if len(answer) > cap:
+                answer, truncated = self._redactor.cut(answer, cap, _secret(call)), True
+            held = len(question) + len(answer)
         return (
             call.call_id, call.started_s, ended if ended is not None else time.perf_counter(),
             call.first_byte_s, call.trace_id, request.method,
@@ -141,17 +146,14 @@ class RecordBuilder:
             _NO_ERROR if error is None else (
                 error.phase.value, error.code or call.dialect.error_type(error.status),
                 error.reason.value, error.message[:1000]),
-            call.policies, call.guardrails, call.verdict, question, answer, chunks, text,
-            truncated, held,
+            call.policies, call.guardrails, call.verdict, question, answer, truncated, held,
         )
 
     def build_batch(self, snapshots: Iterable[Snapshot]) -> list[tuple[bytes, bytes, bytes]]:
         """The records of the snapshots, in one loop (the flush's)."""
         self._wall_offset = offset = time.time() - time.perf_counter()
         dumps = orjson.dumps
-        cap = self._max_body
         node = self._node
-        cut = self._redactor.cut
         redact_text = self._redactor.redact_text
         records: list[bytes] = []
         bodies: list[bytes] = []  # each record's question and answer, in turn
@@ -159,19 +161,12 @@ class RecordBuilder:
         for (call_id, started, ended, first_byte, trace_id, method, path, headers, dialect,
              operation, model, status, is_stream, cache_outcome, attempts, target, deployment,
              chain, principal, cost, finish_reason, error, policies, guardrails, verdict,
-             question, answer, chunks, text, truncated, _held) in snapshots:
+             question, answer, truncated, _held) in snapshots:
             secret = ""
             if target is not None:
                 model = target.public_name
                 secret = target.api_key
                 secrets.add(secret)
-            if chunks is not None or text is not None:
-                if chunks is not None:  # a stream's chunks: its text, still escaped
-                    answer = escaped_text(dialect.name, operation, b"".join(chunks))
-                else:  # the text a stage read
-                    answer = _escaped("".join(text))
-                if len(answer) > cap:
-                    answer, truncated = cut(answer, cap, secret), True
             if error is not _NO_ERROR and error[3]:  # a message can quote a key
                 error = (*error[:3], redact_text(error[3], secret))
             record = (

@@ -92,8 +92,8 @@ class AuditStreamWriter:
         self._pending.append(snapshot)
         self._held += snapshot[-1]
         if self._failing:
-            # While Redis is away records pile up: keep them built (a stream's
-            # text, not its chunks; every body cut to the cap).
+            # While Redis is away records pile up: keep them built (bytes, not
+            # references to each call's headers, principal and cost).
             self._build_waiting()
         if self._flushing:
             return  # the running flush takes it

@@ -94,6 +94,7 @@ class Call:
     # when bodies are captured) its chunks up to the capture cap
     answer_body: bytes | None = None
     answer_chunks: list[bytes] | None = None
+    answer_chunks_cap: int = 0  # bytes of a relayed stream kept in answer_chunks
     # or a stream's text, when a stage reads it as it passes anyway (the
     # output guard, holding nothing back): then no chunk is kept
     answer_text: list[str] | None = None

@@ -360,7 +360,8 @@ class CallRunner:
         proxy = context.settings.proxy
         chunks = relay(upstream.iter_bytes(), transform, close_source=upstream.aclose,
                        keepalive_interval_s=proxy.stream_keepalive_interval,
-                       idle_timeout_s=proxy.stream_idle_timeout, on_end=on_end)
+                       idle_timeout_s=proxy.stream_idle_timeout, on_end=on_end,
+                       capture=call.answer_chunks, capture_cap=call.answer_chunks_cap)
         if plan.is_native:
             headers = self._headers(call, None, is_stream=True) + _native_headers(upstream)
         else:

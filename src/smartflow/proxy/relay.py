@@ -296,8 +296,15 @@ async def relay(
     keepalive_interval_s: float,
     idle_timeout_s: float,
     on_end: Callable[[StreamOutcome], Awaitable[None]] | None = None,
+    capture: list[bytes] | None = None,
+    capture_cap: int = 0,
 ) -> AsyncIterator[bytes]:
     """Client bytes for one stream. See the module docstring.
+
+    ``capture``: a list that keeps the events the caller is sent (references,
+    no copy; keep-alive comments left out), until ``capture_cap`` bytes are
+    kept: the audit record's answer. Kept here rather than by a transform
+    wrapped around the stream's: that cost two more calls per chunk.
 
     ``on_end`` runs once however the stream ends (also when the client went
     away: accounting still happens), before the generator finishes, so a
@@ -310,6 +317,8 @@ async def relay(
     pump.task = loop.create_task(pump.run())
     watchdog = _Watchdog(loop, pump, keepalive_interval_s, idle_timeout_s)
     error: GatewayError | None = None
+    kept: list[bytes] = capture if capture is not None else []
+    room = capture_cap if capture is not None else 0
     try:
         while True:
             if pump.chunks:
@@ -317,23 +326,31 @@ async def relay(
                     out = transform.feed(pump.take())
                 except GatewayError as exc:
                     error = exc.at(Phase.MID_STREAM)
-                    yield transform.error_event(exc)
+                    out = transform.error_event(exc)
+                    if room > 0:
+                        kept.append(out)
+                    yield out
                     break
                 if out:
                     watchdog.last_sent_at = loop.time()
+                    if room > 0:
+                        kept.append(out)
+                        room -= len(out)
                     yield out
                 continue
             if pump.is_done:
                 if pump.error is not None:
                     error = _error_for(pump.error)
-                    yield transform.error_event(error)
-                    break
-                try:
-                    out = transform.close()
-                except GatewayError as exc:
-                    error = exc.at(Phase.MID_STREAM)
-                    out = transform.error_event(exc)
+                    out = transform.error_event(error)
+                else:
+                    try:
+                        out = transform.close()
+                    except GatewayError as exc:
+                        error = exc.at(Phase.MID_STREAM)
+                        out = transform.error_event(exc)
                 if out:
+                    if room > 0:
+                        kept.append(out)
                     yield out
                 break
             if watchdog.is_idle_expired(loop.time()):
@@ -341,7 +358,10 @@ async def relay(
                     504, f"The upstream sent nothing for {watchdog.idle_timeout_s:g} s; "
                          "stream ended.", code="stream_idle_timeout", reason=Reason.TIMEOUT,
                     phase=Phase.MID_STREAM)
-                yield transform.error_event(error)
+                out = transform.error_event(error)
+                if room > 0:
+                    kept.append(out)
+                yield out
                 break
             if watchdog.is_keepalive_due:
                 watchdog.is_keepalive_due = False
