@@ -10,8 +10,10 @@ and overrides any of three hooks:
   Call (identity, reservation, target), answer the call itself by returning a
   response (a cache hit), or refuse it by raising ``GatewayError``.
 * ``wrap_stream(call, transform)`` — for a streamed answer: returns the
-  transform to use (a guardrail or a cache fill wraps the one it is given).
-  Unwrapped, the upstream bytes go out untouched and uncopied.
+  transform to use (a guardrail or a cache fill wraps the one it is given;
+  the audit wraps nothing, it has the relay keep the events sent in
+  ``Call.answer_chunks``). Unwrapped, the upstream bytes go out untouched
+  and uncopied.
 * ``on_exit(call)`` — once the call is over (the whole answer sent, the
   stream ended, or the call failed), in slot order. Usage and cost are on
   the Call by then: commit spend, release a reservation, fill a cache,

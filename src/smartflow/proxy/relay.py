@@ -319,6 +319,7 @@ async def relay(
     error: GatewayError | None = None
     kept: list[bytes] = capture if capture is not None else []
     room = capture_cap if capture is not None else 0
+    last = b""  # what ends the stream: the transform's close, or an error event
     try:
         while True:
             if pump.chunks:
@@ -326,10 +327,7 @@ async def relay(
                     out = transform.feed(pump.take())
                 except GatewayError as exc:
                     error = exc.at(Phase.MID_STREAM)
-                    out = transform.error_event(exc)
-                    if room > 0:
-                        kept.append(out)
-                    yield out
+                    last = transform.error_event(exc)
                     break
                 if out:
                     watchdog.last_sent_at = loop.time()
@@ -341,33 +339,30 @@ async def relay(
             if pump.is_done:
                 if pump.error is not None:
                     error = _error_for(pump.error)
-                    out = transform.error_event(error)
+                    last = transform.error_event(error)
                 else:
                     try:
-                        out = transform.close()
+                        last = transform.close()
                     except GatewayError as exc:
                         error = exc.at(Phase.MID_STREAM)
-                        out = transform.error_event(exc)
-                if out:
-                    if room > 0:
-                        kept.append(out)
-                    yield out
+                        last = transform.error_event(exc)
                 break
             if watchdog.is_idle_expired(loop.time()):
                 error = GatewayError(
                     504, f"The upstream sent nothing for {watchdog.idle_timeout_s:g} s; "
                          "stream ended.", code="stream_idle_timeout", reason=Reason.TIMEOUT,
                     phase=Phase.MID_STREAM)
-                out = transform.error_event(error)
-                if room > 0:
-                    kept.append(out)
-                yield out
+                last = transform.error_event(error)
                 break
             if watchdog.is_keepalive_due:
                 watchdog.is_keepalive_due = False
                 yield SSE_KEEPALIVE
                 continue
             await pump.wait()
+        if last:
+            if room > 0:
+                kept.append(last)
+            yield last
     finally:
         watchdog.cancel()
         await pump.stop()
